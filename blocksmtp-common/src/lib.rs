@@ -1,0 +1,279 @@
+//! Types shared by blocksmtp's eBPF programs and its daemon.
+//!
+//! Every type here crosses the kernel/user boundary through a BPF map, so each is
+//! `#[repr(C)]` with explicit padding (bytemuck's `Pod` derive proves there is none).
+//! The same source compiles for `bpfel-unknown-none` (the programs) and for the host
+//! (the daemon, with the `user` feature), so the two sides cannot drift apart.
+#![no_std]
+#[cfg(test)]
+extern crate std;
+
+use bytemuck::{Pod, Zeroable};
+
+/// Bumped whenever a map's key, value or config layout changes. The daemon pins maps
+/// under `/sys/fs/bpf/blocksmtp/v{LAYOUT_VERSION}` so an old layout is never reused.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
+pub const MAX_PORTS: usize = 8;
+/// Capacity of each ban map (IPv4 /32s, IPv6 prefixes). 2^20 ≥ the promised 1,000,000.
+pub const MAX_BANS: u32 = 1 << 20;
+/// Capacity of each allow-list trie.
+pub const MAX_ALLOW: u32 = 1 << 16;
+
+/// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
+pub mod map_names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const BANS_V4: &str = "BANS_V4";
+    pub const BANS_V6: &str = "BANS_V6";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const STATS: &str = "STATS";
+    pub const ALL: [&str; 6] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    pub const XDP: &str = "blocksmtp_xdp";
+    pub const TC: &str = "blocksmtp_tc";
+}
+
+/// Key of the IPv4 ban map: the source address as it sits in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BanKeyV4 {
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 ban map: the source address masked to `Config::v6_prefix_len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BanKeyV6 {
+    pub prefix: [u8; 16],
+}
+
+/// The ban was set by hand (`blocksmtp ban`), not by detection.
+pub const BAN_FLAG_MANUAL: u32 = 1;
+
+/// Value of both ban maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BanValue {
+    /// End of the ban on CLOCK_BOOTTIME (`bpf_ktime_get_boot_ns`), so it keeps running
+    /// across suspend and needs no userspace action to lift.
+    pub expires_ns: u64,
+    /// Packets dropped under this ban; the kernel adds to it atomically.
+    pub dropped: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl BanValue {
+    pub const fn new(expires_ns: u64, flags: u32) -> Self {
+        Self { expires_ns, dropped: 0, flags, _pad: 0 }
+    }
+
+    /// An expired entry is never enforced (the kernel checks this per packet).
+    #[inline(always)]
+    pub const fn active_at(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
+    }
+}
+
+/// Value of both allow-list tries (the key is an LPM key over the address bytes).
+pub type AllowValue = u32;
+
+/// The mailer-address filter is on for IPv4 packets (`Config::mailer_v4`).
+pub const CONFIG_MAILER_V4: u8 = 1;
+/// The mailer-address filter is on for IPv6 packets (`Config::mailer_v6`).
+pub const CONFIG_MAILER_V6: u8 = 2;
+
+/// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Protected destination ports in network byte order (compared to the packet as is).
+    pub ports_be: [u16; MAX_PORTS],
+    pub n_ports: u8,
+    /// `CONFIG_MAILER_*` bits.
+    pub flags: u8,
+    pub v6_prefix_len: u8,
+    pub _pad: u8,
+    /// Only packets to this destination are dropped when `CONFIG_MAILER_V4` is set.
+    pub mailer_v4: [u8; 4],
+    /// Only packets to this destination are dropped when `CONFIG_MAILER_V6` is set.
+    pub mailer_v6: [u8; 16],
+    /// `v6_prefix_len` as a byte mask, precomputed so the program only ANDs.
+    pub v6_mask: [u8; 16],
+}
+
+impl Config {
+    /// A config protecting `ports` (at most `MAX_PORTS`; extra ones are ignored) with
+    /// IPv6 bans per `/v6_prefix_len`, no mailer-address filter.
+    pub fn new(ports: &[u16], v6_prefix_len: u8) -> Self {
+        let mut cfg = Self::zeroed();
+        let mut n = 0;
+        while n < ports.len() && n < MAX_PORTS {
+            cfg.ports_be[n] = ports[n].to_be();
+            n += 1;
+        }
+        cfg.n_ports = n as u8;
+        cfg.v6_prefix_len = if v6_prefix_len > 128 { 128 } else { v6_prefix_len };
+        cfg.v6_mask = prefix_mask(cfg.v6_prefix_len);
+        cfg
+    }
+
+    pub fn with_mailer_v4(mut self, addr: [u8; 4]) -> Self {
+        self.mailer_v4 = addr;
+        self.flags |= CONFIG_MAILER_V4;
+        self
+    }
+
+    pub fn with_mailer_v6(mut self, addr: [u8; 16]) -> Self {
+        self.mailer_v6 = addr;
+        self.flags |= CONFIG_MAILER_V6;
+        self
+    }
+
+    /// Host-order ports, for display.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports_be[..self.n_ports as usize].iter().map(|p| u16::from_be(*p))
+    }
+}
+
+/// A byte mask with the first `len` bits set.
+pub const fn prefix_mask(len: u8) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bits = len as i32 - (i as i32) * 8;
+        mask[i] = if bits >= 8 {
+            0xff
+        } else if bits <= 0 {
+            0
+        } else {
+            0xffu8 << (8 - bits)
+        };
+        i += 1;
+    }
+    mask
+}
+
+/// The IPv6 ban key for `addr`: the address ANDed with `mask` (`Config::v6_mask`).
+#[inline(always)]
+pub fn v6_key(addr: &[u8; 16], mask: &[u8; 16]) -> BanKeyV6 {
+    let mut prefix = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        prefix[i] = addr[i] & mask[i];
+        i += 1;
+    }
+    BanKeyV6 { prefix }
+}
+
+/// Why the program let a packet through, or that it dropped it. Doubles as the index
+/// into the per-CPU `STATS` array: each packet bumps exactly one counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, …).
+    PassNotIp = 0,
+    /// IP, but not TCP (UDP, ICMP, …).
+    PassNotTcp = 1,
+    /// A non-first IPv4 fragment or an IPv6 fragment: no TCP header to read.
+    PassFragment = 2,
+    /// TCP to a port (or destination address) that is not protected.
+    PassNotProtected = 3,
+    /// To a protected port, from a source with no ban.
+    PassNotBanned = 4,
+    /// The source's ban has expired; the daemon will sweep the entry.
+    PassExpired = 5,
+    /// Banned, but the source is on the allow-list.
+    PassAllowListed = 6,
+    /// Cut short or not parseable (too many IPv6 extension headers, bad IHL).
+    PassMalformed = 7,
+    /// Dropped: a banned source to a protected port.
+    Drop = 8,
+}
+
+pub const STAT_COUNT: u32 = 9;
+
+impl Verdict {
+    pub const ALL: [Verdict; STAT_COUNT as usize] = [
+        Verdict::PassNotIp,
+        Verdict::PassNotTcp,
+        Verdict::PassFragment,
+        Verdict::PassNotProtected,
+        Verdict::PassNotBanned,
+        Verdict::PassExpired,
+        Verdict::PassAllowListed,
+        Verdict::PassMalformed,
+        Verdict::Drop,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::PassNotIp => "pass_not_ip",
+            Verdict::PassNotTcp => "pass_not_tcp",
+            Verdict::PassFragment => "pass_fragment",
+            Verdict::PassNotProtected => "pass_not_protected",
+            Verdict::PassNotBanned => "pass_not_banned",
+            Verdict::PassExpired => "pass_expired",
+            Verdict::PassAllowListed => "pass_allow_listed",
+            Verdict::PassMalformed => "pass_malformed",
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C) and bytemuck::Pod (no padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::BanKeyV4 {}
+    unsafe impl aya::Pod for super::BanKeyV6 {}
+    unsafe impl aya::Pod for super::BanValue {}
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask(0), [0; 16]);
+        assert_eq!(prefix_mask(128), [0xff; 16]);
+        let m = prefix_mask(64);
+        assert_eq!(&m[..8], &[0xff; 8]);
+        assert_eq!(&m[8..], &[0; 8]);
+        let m = prefix_mask(57);
+        assert_eq!(m[7], 0x80);
+        assert_eq!(m[6], 0xff);
+        assert_eq!(m[8], 0);
+    }
+
+    #[test]
+    fn config_ports_are_network_order_and_bounded() {
+        let cfg = Config::new(&[25, 587, 1, 2, 3, 4, 5, 6, 7, 8], 64);
+        assert_eq!(cfg.n_ports as usize, MAX_PORTS);
+        assert_eq!(cfg.ports_be[0], 25u16.to_be());
+        assert_eq!(cfg.ports().collect::<std::vec::Vec<_>>()[..2], [25, 587]);
+        assert_eq!(Config::new(&[25], 200).v6_prefix_len, 128);
+    }
+
+    #[test]
+    fn v6_key_masks() {
+        let addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0xde, 0xad, 0, 0, 0, 0, 0, 0x66];
+        let k = v6_key(&addr, &prefix_mask(64));
+        assert_eq!(&k.prefix[..8], &addr[..8]);
+        assert_eq!(&k.prefix[8..], &[0; 8]);
+    }
+
+    #[test]
+    fn verdict_indices_are_dense() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as u32, i as u32);
+        }
+    }
+
+}

@@ -1,0 +1,39 @@
+//! Builds the eBPF object (blocksmtp-ebpf) and leaves it in OUT_DIR, where
+//! `src/dataplane` embeds it: the daemon binary is self-contained.
+use std::{path::Path, process::Command};
+
+fn main() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).parent().expect("workspace root");
+    let ebpf = root.join("blocksmtp-ebpf");
+    // aya-build watches the eBPF crate; the shared types live next door.
+    println!("cargo:rerun-if-changed={}", root.join("blocksmtp-common/src").display());
+
+    if let Some(missing) = missing_toolchain_piece() {
+        panic!("cannot build the eBPF object: {missing}\n  fix: run `cargo xtask setup` (installs what is missing, idempotent)");
+    }
+    let package = aya_build::Package {
+        name: "blocksmtp-ebpf",
+        root_dir: ebpf.to_str().expect("UTF-8 path"),
+        ..Default::default()
+    };
+    if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::default()) {
+        panic!("building the eBPF object failed: {e:#}");
+    }
+}
+
+/// What `cargo xtask setup` would install, if anything is missing.
+fn missing_toolchain_piece() -> Option<String> {
+    if which::which("bpf-linker").is_err() {
+        return Some("bpf-linker is not on PATH".into());
+    }
+    let sysroot = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output();
+    match sysroot {
+        Ok(out) if out.status.success() => {
+            let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
+            (!src.exists()).then(|| format!("the nightly toolchain has no rust-src ({} is missing)", src.display()))
+        }
+        _ => Some("no nightly Rust toolchain (`rustup run nightly rustc` failed)".into()),
+    }
+}

@@ -1,0 +1,1 @@
+//! `--mode iptables`: see the module owner.

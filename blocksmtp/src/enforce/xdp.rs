@@ -1,0 +1,1 @@
+//! `--mode xdp`: the eBPF dataplane as an enforcer.

@@ -1,0 +1,1 @@
+//! Parse: recognise log lines. (in progress)

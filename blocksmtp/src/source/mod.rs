@@ -1,0 +1,1 @@
+//! Log sources. (in progress)
