@@ -1,1 +1,9 @@
+//! Support for blocksmtp's end-to-end tests and benchmarks: packet fixtures, private
+//! network namespaces (documentation addresses only), cleanup that runs on failure.
+pub mod netns;
+pub mod packet;
 
+/// Whether we can do what root can (tests that need it skip, saying why, otherwise).
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

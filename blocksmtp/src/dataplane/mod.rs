@@ -1,1 +1,535 @@
-//! The eBPF dataplane. (in progress)
+//! The eBPF dataplane: load the programs, configure them, hold the ban maps.
+//!
+//! Bans are kernel map entries with an expiry on CLOCK_BOOTTIME: the program ignores an
+//! expired entry on its own, so a ban lifts on time even with the daemon dead. The daemon
+//! only sweeps expired entries to free space. With a pin directory, maps and links live in
+//! bpffs and survive restarts (see `pin` and `attach`).
+//!
+//! Full maps: each ban map holds `MAX_BANS` (1,048,576) entries. When one is full a new
+//! ban first triggers a sweep of expired entries; if the map is still full the ban is
+//! refused with an error naming the map (existing bans are never evicted to make room:
+//! an attacker must not be able to flush the ban list by provoking bans).
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    net::{IpAddr, Ipv6Addr},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{ProgramError, links::FdLink, SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use blocksmtp_common::{
+    AllowValue, BAN_FLAG_MANUAL, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict,
+    map_names, program_names, v6_key,
+};
+use ipnet::IpNet;
+
+use crate::addr::SourceAddr;
+
+pub mod attach;
+pub mod clock;
+pub mod pin;
+
+pub use attach::{AttachMode, Attached};
+pub use pin::{DEFAULT_PIN_ROOT, PinDir};
+
+/// The compiled eBPF object, embedded at build time (blocksmtp/build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocksmtp"));
+
+/// What the programs enforce.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Protected TCP destination ports (≤ 8).
+    pub ports: Vec<u16>,
+    /// Only packets to these destinations are dropped (one per family at most).
+    pub mailer_ips: Vec<IpAddr>,
+    /// IPv6 sources are banned per prefix of this length.
+    pub v6_prefix: u8,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self { ports: vec![25], mailer_ips: Vec::new(), v6_prefix: 64 }
+    }
+}
+
+impl DataplaneConfig {
+    pub fn to_kernel(&self) -> anyhow::Result<Config> {
+        if self.ports.is_empty() {
+            bail!("no port to protect");
+        }
+        if self.ports.len() > blocksmtp_common::MAX_PORTS {
+            bail!("at most {} ports can be protected, {} given", blocksmtp_common::MAX_PORTS, self.ports.len());
+        }
+        if self.v6_prefix == 0 || self.v6_prefix > 128 {
+            bail!("--v6-prefix must be 1..=128, not {}", self.v6_prefix);
+        }
+        let mut cfg = Config::new(&self.ports, self.v6_prefix);
+        let (mut v4, mut v6) = (0, 0);
+        for ip in &self.mailer_ips {
+            match ip {
+                IpAddr::V4(a) => {
+                    v4 += 1;
+                    cfg = cfg.with_mailer_v4(a.octets());
+                }
+                IpAddr::V6(a) => {
+                    v6 += 1;
+                    cfg = cfg.with_mailer_v6(a.octets());
+                }
+            }
+        }
+        if v4 > 1 || v6 > 1 {
+            bail!("--mailer-ip: at most one IPv4 and one IPv6 address");
+        }
+        Ok(cfg)
+    }
+}
+
+/// Per-verdict packet counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub by_verdict: Vec<(&'static str, u64)>,
+    pub inspected: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub allow_listed: u64,
+}
+
+impl Stats {
+    pub fn count(&self, v: Verdict) -> u64 {
+        self.by_verdict.get(v as usize).map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A ban as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelBan {
+    pub source: SourceAddr,
+    pub expires_boot_ns: u64,
+    pub dropped: u64,
+    pub manual: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum BanKey {
+    V4(BanKeyV4Ord),
+    V6([u8; 16]),
+}
+
+/// BanKeyV4 with an order, for the expiry heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BanKeyV4Ord([u8; 4]);
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    config: Config,
+    bans_v4: HashMap<MapData, BanKeyV4, BanValue>,
+    bans_v6: HashMap<MapData, BanKeyV6, BanValue>,
+    allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
+    allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
+    stats: PerCpuArray<MapData, u64>,
+    config_map: Array<MapData, Config>,
+    /// (expiry, key) for every ban set or found; entries may be stale (a ban extended
+    /// or lifted since), so a sweep re-checks the map before deleting.
+    expiry: BinaryHeap<Reverse<(u64, BanKey)>>,
+    pins: Option<PinDir>,
+    links: Vec<(String, Attached, FdLink)>,
+    /// Pinned maps were found and reused at load.
+    pub restored: bool,
+}
+
+impl Dataplane {
+    /// Load the programs with fresh, unpinned maps (tests, benchmarks, replay tools).
+    pub fn load_unpinned(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
+        let ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
+        Self::finish_load(ebpf, cfg, None, false)
+    }
+
+    /// Load with maps pinned under `pins`, reusing pinned maps of the same layout
+    /// (their bans survive) and refusing mismatched ones.
+    pub fn load_pinned(cfg: &DataplaneConfig, pins: PinDir) -> anyhow::Result<Self> {
+        pins.create()?;
+        let restored = pin::validate_pinned(&pins)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object with pinned maps")?;
+        Self::finish_load(ebpf, cfg, Some(pins), restored)
+    }
+
+    fn finish_load(mut ebpf: Ebpf, cfg: &DataplaneConfig, pins: Option<PinDir>, restored: bool) -> anyhow::Result<Self> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
+            let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+            T::try_from(map).with_context(|| format!("map {name}"))
+        }
+        let config = cfg.to_kernel()?;
+        let mut config_map: Array<MapData, Config> = take(&mut ebpf, map_names::CONFIG)?;
+        let previous = config_map.get(&0, 0).ok().filter(|c| c.v6_prefix_len != 0);
+        let mut dp = Self {
+            bans_v4: take(&mut ebpf, map_names::BANS_V4)?,
+            bans_v6: take(&mut ebpf, map_names::BANS_V6)?,
+            allow_v4: take(&mut ebpf, map_names::ALLOW_V4)?,
+            allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
+            stats: take(&mut ebpf, map_names::STATS)?,
+            config_map: {
+                config_map.set(0, config, 0).context("writing the config map")?;
+                config_map
+            },
+            ebpf,
+            config,
+            expiry: BinaryHeap::new(),
+            pins,
+            links: Vec::new(),
+            restored,
+        };
+        attach::load(&mut dp.ebpf)?;
+        if let Some(prev) = previous
+            && prev.v6_prefix_len != config.v6_prefix_len
+        {
+            dp.rekey_v6(prev.v6_prefix_len)?;
+        }
+        dp.rebuild_expiry_index()?;
+        Ok(dp)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Apply a new configuration (SIGHUP); IPv6 bans are re-keyed if the prefix changed.
+    pub fn reconfigure(&mut self, cfg: &DataplaneConfig) -> anyhow::Result<()> {
+        let new = cfg.to_kernel()?;
+        let old_len = self.config.v6_prefix_len;
+        self.config_map.set(0, new, 0).context("writing the config map")?;
+        self.config = new;
+        if old_len != new.v6_prefix_len {
+            self.rekey_v6(old_len)?;
+            self.rebuild_expiry_index()?;
+        }
+        Ok(())
+    }
+
+    /// Attach to each interface (see `attach::attach`).
+    pub fn attach(&mut self, interfaces: &[String], mode: AttachMode) -> anyhow::Result<Vec<(String, Attached)>> {
+        let links_dir = self.pins.as_ref().map(|p| p.links());
+        let mut out = Vec::new();
+        for iface in interfaces {
+            let (how, link) = attach::attach(&mut self.ebpf, iface, mode, links_dir.as_deref())?;
+            self.links.push((iface.clone(), how, link));
+            out.push((iface.clone(), how));
+        }
+        // Pinned links on interfaces no longer asked for would keep enforcing silently.
+        if let Some(dir) = &links_dir {
+            for (iface, how) in attach::pinned_interfaces(dir) {
+                if !interfaces.contains(&iface) {
+                    log::info!("{iface}: detaching the {how} link of an earlier run (interface not configured now)");
+                    attach::unpin_and_detach(&dir.join(format!("{}.{iface}", how.as_str())))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn attachments(&self) -> Vec<(String, Attached)> {
+        self.links.iter().map(|(i, h, _)| (i.clone(), *h)).collect()
+    }
+
+    /// Detach and, unless `keep_bans`, remove every pin (maps and links).
+    /// With `keep_bans`, pinned programs keep enforcing the pinned bans until the next start.
+    pub fn shutdown(mut self, keep_bans: bool) -> anyhow::Result<()> {
+        let links = std::mem::take(&mut self.links);
+        match (&self.pins, keep_bans) {
+            (Some(pins), false) => {
+                for (iface, how, _) in &links {
+                    attach::unpin_and_detach(&pins.links().join(format!("{}.{iface}", how.as_str())))?;
+                }
+                drop(links);
+                pins.remove_all()?;
+            }
+            _ => drop(links),
+        }
+        Ok(())
+    }
+
+    // ---- bans ---------------------------------------------------------------------
+
+    fn key_of(&self, source: &SourceAddr) -> anyhow::Result<BanKey> {
+        match source.net() {
+            IpNet::V4(n) => Ok(BanKey::V4(BanKeyV4Ord(n.addr().octets()))),
+            IpNet::V6(n) => {
+                let len = self.config.v6_prefix_len;
+                if n.prefix_len() < len {
+                    bail!(
+                        "{source} is wider than the /{len} that IPv6 bans are kept per (--v6-prefix); \
+                         ban its /{len} networks one by one or lower --v6-prefix"
+                    );
+                }
+                Ok(BanKey::V6(v6_key(&n.network().octets(), &self.config.v6_mask).prefix))
+            }
+        }
+    }
+
+    fn source_of(&self, key: &BanKey) -> SourceAddr {
+        match key {
+            BanKey::V4(k) => SourceAddr::from_ip(IpAddr::from(k.0), 128),
+            BanKey::V6(p) => SourceAddr::from_ip(IpAddr::V6(Ipv6Addr::from(*p)), self.config.v6_prefix_len),
+        }
+    }
+
+    fn get(&self, key: &BanKey) -> anyhow::Result<Option<BanValue>> {
+        let r = match key {
+            BanKey::V4(k) => self.bans_v4.get(&BanKeyV4 { addr: k.0 }, 0),
+            BanKey::V6(p) => self.bans_v6.get(&BanKeyV6 { prefix: *p }, 0),
+        };
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn put(&mut self, key: &BanKey, value: BanValue) -> Result<(), MapError> {
+        match key {
+            BanKey::V4(k) => self.bans_v4.insert(BanKeyV4 { addr: k.0 }, value, 0),
+            BanKey::V6(p) => self.bans_v6.insert(BanKeyV6 { prefix: *p }, value, 0),
+        }
+    }
+
+    fn delete(&mut self, key: &BanKey) -> anyhow::Result<bool> {
+        let r = match key {
+            BanKey::V4(k) => self.bans_v4.remove(&BanKeyV4 { addr: k.0 }),
+            BanKey::V6(p) => self.bans_v6.remove(&BanKeyV6 { prefix: *p }),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ban `source` for `duration` from now; an existing later expiry is kept.
+    /// Returns the ban's end on CLOCK_BOOTTIME.
+    pub fn ban(&mut self, source: &SourceAddr, duration: Duration, manual: bool) -> anyhow::Result<u64> {
+        let key = self.key_of(source)?;
+        let until = clock::boottime_ns().saturating_add(duration.as_nanos().min(u64::MAX as u128) as u64);
+        let mut value = BanValue::new(until, if manual { BAN_FLAG_MANUAL } else { 0 });
+        if let Some(old) = self.get(&key)? {
+            value.expires_ns = value.expires_ns.max(old.expires_ns);
+            value.dropped = old.dropped;
+            value.flags |= old.flags;
+        }
+        match self.put(&key, value) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                let swept = self.sweep_expired()?.len();
+                self.put(&key, value).map_err(|_| {
+                    anyhow!(
+                        "ban map {} is full ({} entries, {swept} expired swept): ban of {source} refused",
+                        if source.is_v4() { map_names::BANS_V4 } else { map_names::BANS_V6 },
+                        blocksmtp_common::MAX_BANS
+                    )
+                })?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("banning {source}")),
+        }
+        self.expiry.push(Reverse((value.expires_ns, key)));
+        Ok(value.expires_ns)
+    }
+
+    /// Lift a ban. `Ok(false)` when there was none.
+    pub fn unban(&mut self, source: &SourceAddr) -> anyhow::Result<bool> {
+        let key = self.key_of(source)?;
+        self.delete(&key)
+    }
+
+    /// The ban on `source`, if any (expired or not).
+    pub fn lookup(&self, source: &SourceAddr) -> anyhow::Result<Option<KernelBan>> {
+        let key = self.key_of(source)?;
+        Ok(self.get(&key)?.map(|v| KernelBan {
+            source: self.source_of(&key),
+            expires_boot_ns: v.expires_ns,
+            dropped: v.dropped,
+            manual: v.flags & BAN_FLAG_MANUAL != 0,
+        }))
+    }
+
+    /// Every unexpired ban.
+    pub fn list(&self) -> anyhow::Result<Vec<KernelBan>> {
+        let now = clock::boottime_ns();
+        let mut out = Vec::new();
+        for r in self.bans_v4.iter() {
+            let (k, v) = r?;
+            if v.active_at(now) {
+                out.push(self.kernel_ban(BanKey::V4(BanKeyV4Ord(k.addr)), v));
+            }
+        }
+        for r in self.bans_v6.iter() {
+            let (k, v) = r?;
+            if v.active_at(now) {
+                out.push(self.kernel_ban(BanKey::V6(k.prefix), v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn kernel_ban(&self, key: BanKey, v: BanValue) -> KernelBan {
+        KernelBan {
+            source: self.source_of(&key),
+            expires_boot_ns: v.expires_ns,
+            dropped: v.dropped,
+            manual: v.flags & BAN_FLAG_MANUAL != 0,
+        }
+    }
+
+    /// Delete expired entries (the program already ignores them). Cost: the expired
+    /// entries only, not the whole map.
+    pub fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>> {
+        let now = clock::boottime_ns();
+        let mut removed = Vec::new();
+        while let Some(Reverse((until, key))) = self.expiry.peek().copied() {
+            if until > now {
+                break;
+            }
+            self.expiry.pop();
+            // Re-check: the ban may have been extended (a newer heap entry exists) or lifted.
+            if let Some(v) = self.get(&key)?
+                && !v.active_at(now)
+                && self.delete(&key)?
+            {
+                removed.push(self.source_of(&key));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Number of entries in each ban map (expired ones included until swept).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.bans_v4.keys().count(), self.bans_v6.keys().count())
+    }
+
+    fn rebuild_expiry_index(&mut self) -> anyhow::Result<()> {
+        let mut heap = Vec::new();
+        for r in self.bans_v4.iter() {
+            let (k, v) = r?;
+            heap.push(Reverse((v.expires_ns, BanKey::V4(BanKeyV4Ord(k.addr)))));
+        }
+        for r in self.bans_v6.iter() {
+            let (k, v) = r?;
+            heap.push(Reverse((v.expires_ns, BanKey::V6(k.prefix))));
+        }
+        self.expiry = BinaryHeap::from(heap);
+        Ok(())
+    }
+
+    /// The pinned IPv6 bans were keyed for another prefix length: re-key them.
+    fn rekey_v6(&mut self, old_len: u8) -> anyhow::Result<()> {
+        let entries: Vec<(BanKeyV6, BanValue)> = self.bans_v6.iter().collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let new_len = self.config.v6_prefix_len;
+        log::warn!("--v6-prefix changed from /{old_len} to /{new_len}: re-keying {} IPv6 bans", entries.len());
+        if new_len > old_len {
+            log::warn!("each /{old_len} ban now covers only its first /{new_len}");
+        }
+        for (k, _) in &entries {
+            self.bans_v6.remove(k)?;
+        }
+        for (k, v) in entries {
+            let nk = v6_key(&k.prefix, &self.config.v6_mask);
+            let merged = match self.bans_v6.get(&nk, 0) {
+                Ok(old) if old.expires_ns > v.expires_ns => old,
+                _ => v,
+            };
+            self.bans_v6.insert(nk, merged, 0)?;
+        }
+        Ok(())
+    }
+
+    // ---- allow-list ---------------------------------------------------------------
+
+    /// Replace the allow-list tries with `nets`.
+    pub fn set_allow_list(&mut self, nets: &[IpNet]) -> anyhow::Result<()> {
+        let old4: Vec<Key<[u8; 4]>> = self.allow_v4.keys().collect::<Result<_, _>>()?;
+        let old6: Vec<Key<[u8; 16]>> = self.allow_v6.keys().collect::<Result<_, _>>()?;
+        let mut want4 = Vec::new();
+        let mut want6 = Vec::new();
+        for net in nets {
+            match net.trunc() {
+                IpNet::V4(n) => want4.push(Key::new(n.prefix_len() as u32, n.network().octets())),
+                IpNet::V6(n) => want6.push(Key::new(n.prefix_len() as u32, n.network().octets())),
+            }
+        }
+        // Insert the new entries first so no allowed source is unprotected mid-update.
+        for k in &want4 {
+            self.allow_v4.insert(k, 1, 0).context("allow-list (IPv4) is full or rejected an entry")?;
+        }
+        for k in &want6 {
+            self.allow_v6.insert(k, 1, 0).context("allow-list (IPv6) is full or rejected an entry")?;
+        }
+        let same4 = |a: &Key<[u8; 4]>, b: &Key<[u8; 4]>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+        let same6 = |a: &Key<[u8; 16]>, b: &Key<[u8; 16]>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+        for k in old4.iter().filter(|k| !want4.iter().any(|w| same4(w, k))) {
+            self.allow_v4.remove(k)?;
+        }
+        for k in old6.iter().filter(|k| !want6.iter().any(|w| same6(w, k))) {
+            self.allow_v6.remove(k)?;
+        }
+        Ok(())
+    }
+
+    // ---- statistics and test runs -------------------------------------------------
+
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let mut s = Stats::default();
+        for v in Verdict::ALL {
+            let n: u64 = self.stats.get(&(v as u32), 0)?.iter().sum();
+            s.by_verdict.push((v.name(), n));
+            s.inspected += n;
+        }
+        s.dropped = s.count(Verdict::Drop);
+        s.passed = s.inspected - s.dropped;
+        s.allow_listed = s.count(Verdict::PassAllowListed);
+        debug_assert_eq!(s.by_verdict.len(), STAT_COUNT as usize);
+        Ok(s)
+    }
+
+    /// Run a program on `packet` through BPF_PROG_TEST_RUN, `repeat` times.
+    /// Returns the program's return value and the kernel-measured time per run.
+    pub fn test_run(&self, program: Program, packet: &[u8], repeat: u32) -> Result<(u32, Duration), ProgramError> {
+        let opts = TestRunOptions { data_in: Some(packet), repeat, ..Default::default() };
+        let r = match program {
+            Program::Xdp => {
+                let p: &Xdp = self.ebpf.program(program_names::XDP).expect("XDP program").try_into()?;
+                p.test_run(opts)?
+            }
+            Program::Tc => {
+                let p: &SchedClassifier = self.ebpf.program(program_names::TC).expect("TC program").try_into()?;
+                p.test_run(opts)?
+            }
+        };
+        Ok((r.return_value, r.duration))
+    }
+}
+
+/// Which of the two programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Xdp,
+    Tc,
+}
+
+impl KernelBan {
+    /// The wall-clock end of the ban.
+    pub fn expires_at(&self) -> SystemTime {
+        clock::boottime_to_wall(self.expires_boot_ns)
+    }
+}
