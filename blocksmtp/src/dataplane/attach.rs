@@ -1,6 +1,6 @@
 //! Attaching the programs to interfaces: XDP native, then XDP generic, then TC.
 //!
-//! Each attachment is a bpf_link pinned under `<pin dir>/links/<mode>.<ifname>`, so
+//! Each attachment is a bpf_link pinned under `<pin dir>/links/<mode>@<ifname>`, so
 //! the program keeps enforcing when the daemon dies (even `kill -9`), and a restart
 //! swaps the new program into the pinned link atomically: no gap in enforcement.
 use std::{fmt, io, path::Path};
@@ -72,8 +72,18 @@ impl fmt::Display for Attached {
     }
 }
 
-fn link_pin(links_dir: &Path, how: Attached, iface: &str) -> std::path::PathBuf {
-    links_dir.join(format!("{}.{iface}", how.as_str()))
+/// bpffs refuses names with a dot (`eth0.100` is a common VLAN interface): escape it.
+fn pin_name(how: Attached, iface: &str) -> String {
+    format!("{}@{}", how.as_str(), iface.replace('%', "%25").replace('.', "%2E"))
+}
+
+fn parse_pin_name(name: &str) -> Option<(Attached, String)> {
+    let (mode, ifname) = name.split_once('@')?;
+    Some((Attached::parse(mode)?, ifname.replace("%2E", ".").replace("%25", "%")))
+}
+
+pub fn link_pin(links_dir: &Path, how: Attached, iface: &str) -> std::path::PathBuf {
+    links_dir.join(pin_name(how, iface))
 }
 
 /// Pinned links found for `iface`.
@@ -82,9 +92,8 @@ fn pinned_for(links_dir: &Path, iface: &str) -> Vec<(Attached, std::path::PathBu
     entries
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let (mode, ifname) = name.split_once('.')?;
-            (ifname == iface).then_some((Attached::parse(mode)?, e.path()))
+            let (how, ifname) = parse_pin_name(e.file_name().to_str()?)?;
+            (ifname == iface).then_some((how, e.path()))
         })
         .collect()
 }
@@ -95,9 +104,8 @@ pub fn pinned_interfaces(links_dir: &Path) -> Vec<(String, Attached)> {
     entries
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let (mode, ifname) = name.split_once('.')?;
-            Some((ifname.to_string(), Attached::parse(mode)?))
+            let (how, ifname) = parse_pin_name(e.file_name().to_str()?)?;
+            Some((ifname, how))
         })
         .collect()
 }
@@ -126,7 +134,9 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// Attach to `iface` as `mode` allows, reusing a pinned link of an allowed kind.
 /// Returns how it is attached and the link (dropping it detaches unless it is pinned).
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, links_dir: Option<&Path>) -> anyhow::Result<(Attached, FdLink)> {
-    if !Path::new("/sys/class/net").join(iface).exists() {
+    // if_nametoindex asks the calling thread's network namespace (sysfs may not).
+    let c = std::ffi::CString::new(iface).map_err(|_| anyhow!("interface name {iface:?} contains NUL"))?;
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
         bail!("network interface {iface:?} does not exist (see `ip link`)");
     }
     load_programs(ebpf)?;
@@ -256,4 +266,19 @@ pub fn default_interface() -> anyhow::Result<String> {
         }
     }
     bail!("no default route: name the interface(s) with --interface")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip_without_dots() {
+        for iface in ["eth0", "eth0.100", "we%ird.1"] {
+            let name = pin_name(Attached::Tc, iface);
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(parse_pin_name(&name), Some((Attached::Tc, iface.to_string())));
+        }
+        assert_eq!(parse_pin_name("bogus@eth0"), None);
+    }
 }

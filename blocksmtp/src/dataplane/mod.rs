@@ -230,7 +230,7 @@ impl Dataplane {
             for (iface, how) in attach::pinned_interfaces(dir) {
                 if !interfaces.contains(&iface) {
                     log::info!("{iface}: detaching the {how} link of an earlier run (interface not configured now)");
-                    attach::unpin_and_detach(&dir.join(format!("{}.{iface}", how.as_str())))?;
+                    attach::unpin_and_detach(&attach::link_pin(dir, how, &iface))?;
                 }
             }
         }
@@ -248,7 +248,7 @@ impl Dataplane {
         match (&self.pins, keep_bans) {
             (Some(pins), false) => {
                 for (iface, how, _) in &links {
-                    attach::unpin_and_detach(&pins.links().join(format!("{}.{iface}", how.as_str())))?;
+                    attach::unpin_and_detach(&attach::link_pin(&pins.links(), *how, iface))?;
                 }
                 drop(links);
                 pins.remove_all()?;
