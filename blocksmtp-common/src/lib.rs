@@ -107,6 +107,10 @@ pub struct Config {
     pub v6_mask: [u8; 16],
 }
 
+// The program reads these 16-byte fields as two u64 words; map values are 8-aligned.
+const _: () = assert!(core::mem::offset_of!(Config, mailer_v6) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Config, v6_mask) % 8 == 0);
+
 impl Config {
     /// A config protecting `ports` (at most `MAX_PORTS`; extra ones are ignored) with
     /// IPv6 bans per `/v6_prefix_len`, no mailer-address filter.

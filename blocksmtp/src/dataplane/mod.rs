@@ -41,6 +41,10 @@ pub use pin::{DEFAULT_PIN_ROOT, PinDir};
 /// The compiled eBPF object, embedded at build time (blocksmtp/build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocksmtp"));
 
+/// The benchmark's baseline: one XDP hash lookup, nothing else (blocksmtp-ebpf/src/bin/baseline.rs).
+#[cfg(feature = "bench")]
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+
 /// What the programs enforce.
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
@@ -517,6 +521,19 @@ impl Dataplane {
             }
         };
         Ok((r.return_value, r.duration))
+    }
+}
+
+impl Dataplane {
+    /// The kernel's id of a loaded program (for `bpftool prog dump xlated id N`).
+    pub fn program_id(&self, program: Program) -> anyhow::Result<u32> {
+        let info = match program {
+            Program::Xdp => <&Xdp>::try_from(self.ebpf.program(program_names::XDP).expect("XDP program"))?.info()?,
+            Program::Tc => {
+                <&SchedClassifier>::try_from(self.ebpf.program(program_names::TC).expect("TC program"))?.info()?
+            }
+        };
+        Ok(info.id())
     }
 }
 

@@ -1,0 +1,183 @@
+//! `cargo xtask setup`: everything the eBPF build needs, installed once, idempotently.
+//!
+//! - the nightly toolchain's rust-src (for `-Z build-std=core`);
+//! - bpf-linker, built against the LLVM that ships inside the nightly toolchain (no
+//!   system LLVM needed): a folder whose lib/ links to the toolchain's libLLVM becomes
+//!   LLVM_PREFIX, and the built linker finds libLLVM there at run time (RUNPATH), so
+//!   the folder lives in CARGO_HOME, not in a temporary directory;
+//! - a BPF filesystem at /sys/fs/bpf (where the daemon pins its maps);
+//! - with `test_deps`, the Debian packages the tests use.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, cmd_output};
+
+/// Debian packages the end-to-end tests and benchmarks drive.
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "rsyslog", "procps", "kmod", "time",
+];
+
+pub struct Report {
+    pub changed: Vec<String>,
+}
+
+pub fn setup(test_deps: bool) -> anyhow::Result<Report> {
+    let mut changed = Vec::new();
+    nightly_rust_src(&mut changed)?;
+    bpf_linker(&mut changed)?;
+    bpffs(&mut changed)?;
+    if test_deps {
+        debian_packages(TEST_PACKAGES, &mut changed)?;
+    }
+    if changed.is_empty() {
+        println!("setup: nothing to do (nightly rust-src, bpf-linker, bpffs{} already in place)", if test_deps { ", test packages" } else { "" });
+    } else {
+        for c in &changed {
+            println!("setup: {c}");
+        }
+    }
+    Ok(Report { changed })
+}
+
+/// Whether the eBPF build can run as things stand (cheap; no installs).
+pub fn ready() -> bool {
+    nightly_sysroot().map(|s| rust_src_present(&s)).unwrap_or(false) && bpf_linker_works()
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = cmd_output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn rust_src_present(sysroot: &Path) -> bool {
+    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+}
+
+fn nightly_rust_src(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let sysroot = match nightly_sysroot() {
+        Ok(s) => s,
+        Err(_) => {
+            cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+                .context("no nightly toolchain and `rustup toolchain install nightly` failed")?;
+            changed.push("installed the nightly toolchain with rust-src".into());
+            return Ok(());
+        }
+    };
+    if !rust_src_present(&sysroot) {
+        cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        changed.push("added rust-src to the nightly toolchain".into());
+    }
+    Ok(())
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+fn bpf_linker(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let libdir = sysroot.join("lib");
+    // The toolchain ships libLLVM.so.<major>.<minor>-rust-<version>.
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", libdir.display()))?;
+    let vv = cmd_output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc +nightly -vV` names no LLVM version")?
+        .to_string();
+    let prefix = cargo_home().join("blocksmtp-llvm").join(format!("llvm-{major}"));
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib).with_context(|| format!("creating {}", plib.display()))?;
+    for name in ["libLLVM.so".to_string(), lib.clone()] {
+        let link = plib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&lib), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    println!("setup: building bpf-linker against the nightly toolchain's LLVM {major} (about 80 s)…");
+    cmd(Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .arg("--force")
+        .env("LLVM_PREFIX", &prefix)
+        // The xtask itself runs under stable; cargo install must not inherit its rustc.
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN"))
+    .context("building bpf-linker failed")?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but does not run: is {} on PATH?", cargo_home().join("bin").display());
+    }
+    changed.push(format!("built bpf-linker against LLVM {major} (libLLVM via {})", prefix.display()));
+    Ok(())
+}
+
+fn bpffs(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    }) {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+        .context("mounting bpffs at /sys/fs/bpf (needs root)")?;
+    changed.push("mounted bpffs at /sys/fs/bpf".into());
+    Ok(())
+}
+
+pub fn debian_packages(pkgs: &[&str], changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!("missing packages {missing:?} and no apt-get: install them by hand");
+    }
+    println!("setup: installing {}", missing.join(" "));
+    cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    // Package scripts must not start services on the host (sendmail, rsyslog): tests
+    // start their own, inside namespaces.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").ok();
+        let _ = Command::new("chmod").args(["755"]).arg(policy).status();
+    }
+    let r = cmd(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if !had_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    r?;
+    changed.push(format!("installed Debian packages: {}", missing.join(" ")));
+    Ok(())
+}
