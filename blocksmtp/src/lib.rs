@@ -4,6 +4,7 @@
 //! log `source` → `parse` → `correlate` → `policy` → `enforce` (→ `dataplane`).
 pub mod addr;
 pub mod cli;
+pub mod config;
 pub mod correlate;
 pub mod dataplane;
 pub mod duration;

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
-        Task::Setup { test_deps } => setup::setup(test_deps).map(drop),
+        Task::Setup { test_deps } => setup::setup(test_deps),
         Task::BuildEbpf { release } => build_ebpf(release),
         Task::Run { debug, args } => {
             ensure_setup()?;

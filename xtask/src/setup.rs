@@ -21,11 +21,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "rsyslog", "procps", "kmod", "time",
 ];
 
-pub struct Report {
-    pub changed: Vec<String>,
-}
-
-pub fn setup(test_deps: bool) -> anyhow::Result<Report> {
+pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     let mut changed = Vec::new();
     nightly_rust_src(&mut changed)?;
     bpf_linker(&mut changed)?;
@@ -40,7 +36,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<Report> {
             println!("setup: {c}");
         }
     }
-    Ok(Report { changed })
+    Ok(())
 }
 
 /// Whether the eBPF build can run as things stand (cheap; no installs).
