@@ -312,7 +312,7 @@ impl ProcTitles {
         let dir = self.root.join(pid.to_string());
         let proc = procfs::process::Process::new_with_root(dir.clone()).ok()?;
         let stat = proc.stat().ok()?;
-        if !self.comms.iter().any(|c| *c == stat.comm) {
+        if !self.comms.contains(&stat.comm) {
             return None;
         }
         let raw = fs::read(dir.join("cmdline")).ok()?;

@@ -18,7 +18,11 @@
 //! rename, deletion of any entry), so a line is delivered within microseconds of its
 //! write. A rescan every [`FollowOptions::rescan`] (5 s) is only a safety net: for
 //! directories that could not be watched yet, for inotify queue overflows, and for
-//! writes to an old file that was moved out of the directory.
+//! writes to an old file that was moved out of the directory. A directory that is
+//! deleted and recreated is watched again at the next rescan.
+//!
+//! [`Follower::next`] is cancel-safe: lines are queued before it returns, so it can
+//! be used in `tokio::select!`.
 //!
 //! **Guarantees.** Every line written to the followed path is delivered exactly once,
 //! in order per file, provided that
@@ -108,7 +112,7 @@ struct Open {
 }
 
 impl Open {
-    fn open(path: &Path, at_end: bool) -> io::Result<Self> {
+    fn at(path: &Path, at_end: bool) -> io::Result<Self> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
         let offset = if at_end { file.seek(SeekFrom::End(0))? } else { 0 };
@@ -122,7 +126,8 @@ struct Tracked {
     cur: Option<Open>,
     /// Rotated-away files, with the time they last grew.
     retired: Vec<(Open, Instant)>,
-    dir_watched: bool,
+    /// The inotify watch on the directory, once established.
+    dir_watch: Option<inotify::WatchDescriptor>,
     missing_logged: bool,
     lines: u64,
     truncated_lines: u64,
@@ -172,7 +177,7 @@ impl Follower {
                 source,
                 cur: None,
                 retired: Vec::new(),
-                dir_watched: false,
+                dir_watch: None,
                 missing_logged: false,
                 lines: 0,
                 truncated_lines: 0,
@@ -183,7 +188,7 @@ impl Follower {
         for i in 0..me.files.len() {
             me.watch_dir(i);
             let f = &mut me.files[i];
-            match Open::open(&f.path, at_end) {
+            match Open::at(&f.path, at_end) {
                 Ok(o) => f.cur = Some(o),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     log::warn!("{}: does not exist yet; waiting for it to appear", f.path.display());
@@ -196,7 +201,7 @@ impl Follower {
     }
 
     fn watch_dir(&mut self, i: usize) {
-        if self.files[i].dir_watched {
+        if self.files[i].dir_watch.is_some() {
             return;
         }
         let dir = dir_of(&self.files[i].path);
@@ -208,7 +213,7 @@ impl Follower {
             | WatchMask::ATTRIB
             | WatchMask::CLOSE_WRITE;
         match self.inotify.get_ref().watches().add(&dir, mask) {
-            Ok(_) => self.files[i].dir_watched = true,
+            Ok(wd) => self.files[i].dir_watch = Some(wd),
             Err(e) => log::debug!("{}: cannot watch yet ({e}); rescanning", dir.display()),
         }
     }
@@ -245,10 +250,20 @@ impl Follower {
                 r = self.inotify.readable_mut() => {
                     let mut guard = r?;
                     let mut ebuf = [0u8; 4096];
+                    let mut lost = Vec::new();
                     loop {
                         match guard.get_inner_mut().read_events(&mut ebuf) {
                             Ok(events) => {
-                                if events.count() == 0 { break; }
+                                let mut n = 0;
+                                for ev in events {
+                                    n += 1;
+                                    // The directory went away (deleted, unmounted): its
+                                    // watch is gone; re-add it when it is back.
+                                    if ev.mask.contains(inotify::EventMask::IGNORED) {
+                                        lost.push(ev.wd.clone());
+                                    }
+                                }
+                                if n == 0 { break; }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                                 guard.clear_ready();
@@ -256,6 +271,15 @@ impl Follower {
                             }
                             Err(e) => return Err(e),
                         }
+                    }
+                    drop(guard);
+                    for f in &mut self.files {
+                        if f.dir_watch.as_ref().is_some_and(|w| lost.contains(w)) {
+                            f.dir_watch = None;
+                        }
+                    }
+                    for i in 0..self.files.len() {
+                        self.watch_dir(i);
                     }
                 }
                 _ = tokio::time::sleep(wait) => {
@@ -326,7 +350,7 @@ impl Follower {
             Ok(meta) => {
                 let replaced = f.cur.as_ref().is_none_or(|o| (o.dev, o.ino) != (meta.dev(), meta.ino()));
                 if replaced {
-                    match Open::open(&f.path, false) {
+                    match Open::at(&f.path, false) {
                         Ok(new) => {
                             if let Some(old) = f.cur.take() {
                                 log::info!("{}: rotated; draining the old file, reading the new one", f.path.display());
@@ -487,5 +511,29 @@ mod tests {
         std::fs::write(&p, b"hello\n").unwrap();
         assert_eq!(next_within(&mut f, 2000).await.unwrap().line, b"hello");
         assert!(f.positions()[0].open);
+    }
+
+    #[tokio::test]
+    async fn directory_recreated_is_watched_again() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("log");
+        std::fs::create_dir(&sub).unwrap();
+        let p = sub.join("maillog");
+        std::fs::write(&p, b"").unwrap();
+        let opts = FollowOptions { rescan: Duration::from_millis(200), ..Default::default() };
+        let mut f = Follower::new(vec![p.clone()], opts).unwrap();
+        std::fs::write(&p, b"before\n").unwrap();
+        assert_eq!(next_within(&mut f, 2000).await.unwrap().line, b"before");
+        std::fs::remove_dir_all(&sub).unwrap();
+        assert_eq!(next_within(&mut f, 300).await, None);
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(&p, b"after\n").unwrap();
+        assert_eq!(next_within(&mut f, 3000).await.unwrap().line, b"after");
+        // Watched again: the next write arrives without waiting for a rescan.
+        let t = Instant::now();
+        let mut w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        w.write_all(b"again\n").unwrap();
+        assert_eq!(next_within(&mut f, 3000).await.unwrap().line, b"again");
+        assert!(t.elapsed() < Duration::from_millis(30), "{:?}", t.elapsed());
     }
 }
