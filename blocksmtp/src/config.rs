@@ -186,7 +186,7 @@ mod tests {
             "max_unknown = 3\nwindow = \"5m\"\nsyslog-msgs-file = [\"/a\", \"/b\"]\nkeep-bans = true\n",
         )
         .unwrap();
-        assert_eq!(args, vec!["--window=5m", "--syslog-msgs-file=/a", "--syslog-msgs-file=/b", "--keep-bans"]);
+        assert_eq!(args, vec!["--window=5m", "--log=/a", "--log=/b", "--keep-bans"], "old names map to the current option");
     }
 
     #[test]

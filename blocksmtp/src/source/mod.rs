@@ -1,1 +1,4 @@
 //! Log sources. (in progress)
+pub mod follow;
+pub mod journal;
+pub mod stdin;
