@@ -1,1 +1,2 @@
-//! Log sources. (in progress)
+//! Log sources.
+pub mod file;
