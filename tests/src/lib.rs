@@ -1,1 +1,2 @@
-
+//! Shared test helpers of the blocksmtp workspace.
+pub mod loggen;
