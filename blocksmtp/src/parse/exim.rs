@@ -1,0 +1,201 @@
+//! Exim main log (`/var/log/exim4/mainlog`, also what exim sends to syslog):
+//!
+//! `2026-11-27 12:00:00 H=name (helo) [192.0.2.66]:54321 I=[192.0.2.25]:25
+//! F=<a@example.net> rejected RCPT <x@example.com>: Unknown user`
+//!
+//! The timestamp may carry `.mmm` (`+millisec`) and a zone (`log_timezone`), and a
+//! `[pid]` may follow (`+pid`). The host part after `H=` is one of `[ip]`,
+//! `name [ip]`, `(helo) [ip]`, `name (helo) [ip]`, each optionally followed by
+//! `:port` (`+incoming_port`). Guesses: `rejected RCPT <…>: Unknown user` and
+//! `…: Unrouteable address` (Debian's `verify = recipient`), `No Such User Here`.
+//!
+//! The HELO (in parentheses), the sender and the recipient are the client's text. The
+//! address is taken right after `H=` when the field starts with `[`; otherwise it is
+//! the bracket preceded by a blank and followed by a port, a blank or the end of the
+//! line — and it must be the only such bracket on the line (or all of them must name
+//! the same address). A client that writes one more ` [ip] ` into its HELO or sender
+//! only makes its line unattributable; it can never make another address banned.
+use std::net::IpAddr;
+
+use memchr::memmem;
+
+use super::{Event, Frame, GuessKind, addr::parse_ip, syslog::parse_pid, time::RawTime};
+
+/// Frame an exim main-log line (tag `exim`, no host), or `None`.
+pub fn frame(line: &[u8]) -> Option<Frame<'_>> {
+    if line.len() < 21 || line[4] != b'-' || line[7] != b'-' || line[10] != b' ' || line[13] != b':' {
+        return None;
+    }
+    let mut end = 19;
+    if line.get(end) == Some(&b'.') {
+        end += 1 + line[end + 1..].iter().take(9).take_while(|b| b.is_ascii_digit()).count();
+    }
+    if line.get(end) == Some(&b' ')
+        && matches!(line.get(end + 1), Some(b'+' | b'-'))
+        && line.len() >= end + 6
+        && line[end + 2..end + 6].iter().all(u8::is_ascii_digit)
+    {
+        end += 6;
+    }
+    let time = RawTime::Exim(&line[..end]);
+    let mut rest = line[end..].strip_prefix(b" ")?;
+    let mut pid = None;
+    if rest.first() == Some(&b'[')
+        && let Some(close) = rest.iter().take(12).position(|&b| b == b']')
+        && let Some(p) = parse_pid(&rest[1..close])
+    {
+        pid = Some(p);
+        rest = rest[close + 1..].strip_prefix(b" ").unwrap_or(&rest[close + 1..]);
+    }
+    Some(Frame { time, host: b"", tag: b"exim", pid, msg: rest.into(), exim_mainlog: true })
+}
+
+fn is_message_id(tok: &[u8]) -> bool {
+    // 4.97+: 6-11-4 characters; before: 6-6-2.
+    let parts: Vec<&[u8]> = tok.split(|&b| b == b'-').collect();
+    parts.len() == 3
+        && parts[0].len() == 6
+        && matches!((parts[1].len(), parts[2].len()), (6, 2) | (11, 4))
+        && parts.iter().all(|p| p.iter().all(u8::is_ascii_alphanumeric))
+}
+
+const REJECTED_RCPT: &[u8] = b" rejected RCPT ";
+const REASONS: [&[u8]; 3] = [b": Unknown user", b": Unrouteable address", b": No Such User Here"];
+
+/// Recognise one exim message (the part after the timestamp / `[pid]`).
+pub fn parse(msg: &[u8]) -> Event<'_> {
+    let mut body = msg;
+    if let Some(sp) = body.iter().take(24).position(|&b| b == b' ')
+        && is_message_id(&body[..sp])
+    {
+        body = &body[sp + 1..];
+    }
+    let Some(host) = body.strip_prefix(b"H=") else { return Event::Other };
+    let Some(reason_len) = REASONS
+        .iter()
+        .find(|r| body.len() >= r.len() && body[body.len() - r.len()..].eq_ignore_ascii_case(r))
+        .map(|r| r.len())
+    else {
+        return Event::Other;
+    };
+    let Some(pos) = memmem::find(host, REJECTED_RCPT) else { return Event::Other };
+    let target_end = host.len() - reason_len;
+    let target = if pos + REJECTED_RCPT.len() <= target_end { &host[pos + REJECTED_RCPT.len()..target_end] } else { b"" };
+    let kind = GuessKind::UnknownRecipient;
+    match client(host) {
+        Some(client) => Event::Guess { client, kind, target, session: None },
+        None => Event::Unattributable { kind, target },
+    }
+}
+
+/// After `]`: an optional `:port` / `.port`, then a blank or the end.
+fn bracket_end_ok(after: &[u8]) -> bool {
+    let after = match after.first() {
+        Some(b':' | b'.') => {
+            let n = after[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 {
+                return false;
+            }
+            &after[1 + n..]
+        }
+        _ => after,
+    };
+    matches!(after.first(), None | Some(b' '))
+}
+
+/// The client address of the text after `H=` (see the module documentation).
+fn client(host: &[u8]) -> Option<IpAddr> {
+    if host.first() == Some(&b'[') {
+        let close = memchr::memchr(b']', host)?;
+        let ip = parse_ip(&host[1..close])?;
+        return bracket_end_ok(&host[close + 1..]).then_some(ip);
+    }
+    let mut found: Option<IpAddr> = None;
+    for pos in memmem::find_iter(host, b" [") {
+        let inner_start = pos + 2;
+        let Some(len) = host[inner_start..].iter().take(60).position(|&b| b == b']') else { continue };
+        let Some(ip) = parse_ip(&host[inner_start..inner_start + len]) else { continue };
+        if !bracket_end_ok(&host[inner_start + len + 1..]) {
+            continue;
+        }
+        match found {
+            None => found = Some(ip),
+            Some(prev) if prev == ip => {}
+            Some(_) => return None,
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn client_of(line: &[u8]) -> Option<IpAddr> {
+        let f = frame(line).expect("exim frame");
+        match parse(&f.msg) {
+            Event::Guess { client, .. } => Some(client),
+            Event::Unattributable { .. } => None,
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn frames() {
+        let f = frame(b"2026-11-27 12:00:00 H=[192.0.2.66] rejected RCPT <a@b>: Unknown user").unwrap();
+        assert_eq!(f.time, RawTime::Exim(b"2026-11-27 12:00:00"));
+        assert_eq!(&*f.msg, b"H=[192.0.2.66] rejected RCPT <a@b>: Unknown user");
+        let f = frame(b"2026-11-27 12:00:00.123 +0100 [4242] H=[192.0.2.66] x").unwrap();
+        assert_eq!(f.time, RawTime::Exim(b"2026-11-27 12:00:00.123 +0100"));
+        assert_eq!(f.pid, Some(4242));
+        assert_eq!(&*f.msg, b"H=[192.0.2.66] x");
+        assert!(frame(b"2026-11-27T12:00:00Z mx x: y").is_none());
+        assert!(frame(b"2026-11-27 12:00:00").is_none());
+    }
+
+    #[test]
+    fn host_field_forms() {
+        for (line, want) in [
+            (&b"2026-11-27 12:00:00 H=[192.0.2.66] F=<a@example.net> rejected RCPT <x@example.com>: Unknown user"[..], "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=mail.example.net [192.0.2.66] F=<a@example.net> rejected RCPT <x@example.com>: Unknown user", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=(harvester.invalid) [192.0.2.66]:54321 I=[192.0.2.25]:25 F=<a@example.net> rejected RCPT <x@example.com>: Unknown user", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=host.example.net (harvester.invalid) [192.0.2.66]:54321 I=[192.0.2.25]:25 F=<a@example.net> rejected RCPT <x@example.com>: Unrouteable address", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F H=(x) [2001:db8::66]:54321 F=<> rejected RCPT <x@example.com>: Unknown user", "2001:db8::66"),
+            (b"2026-11-27 12:00:00 H=[2001:db8::66]:25 F=<> rejected RCPT <x@example.com>: unknown user", "2001:db8::66"),
+            // Hostile HELO, sender, recipient and reverse-DNS name.
+            (b"2026-11-27 12:00:00 H=host (helo [198.51.100.210]) [192.0.2.66]:54321 F=<a@example.net> rejected RCPT <x@example.com>: Unknown user", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=([198.51.100.210]) [192.0.2.66]:54321 F=<evil@[198.51.100.203]> rejected RCPT <\"[198.51.100.200]\"@example.com>: Unknown user", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=198.51.100.201 [192.0.2.66] F=<a@example.net> rejected RCPT <x@example.com>: Unknown user", "192.0.2.66"),
+        ] {
+            assert_eq!(client_of(line), Some(ip(want)), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn a_second_address_makes_the_line_unattributable() {
+        for line in [
+            &b"2026-11-27 12:00:00 H=(x) [198.51.100.210]:1 (y) [192.0.2.66]:54321 F=<a@example.net> rejected RCPT <x@example.com>: Unknown user"[..],
+            b"2026-11-27 12:00:00 H=(x) [192.0.2.66]:54321 F=<\"a [198.51.100.203] b\"@example.net> rejected RCPT <x@example.com>: Unknown user",
+        ] {
+            assert_eq!(client_of(line), None, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn other_exim_lines() {
+        for line in [
+            &b"2026-11-27 12:00:00 H=(x) [192.0.2.66] F=<a@example.net> rejected RCPT <victim@example.org>: relay not permitted"[..],
+            b"2026-11-27 12:00:00 H=(x) [192.0.2.66] F=<a@example.net> temporarily rejected RCPT <x@example.com>: greylisted",
+            b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= a@example.net H=(x) [192.0.2.66] P=esmtp S=1234",
+            b"2026-11-27 12:00:00 SMTP connection from (x) [192.0.2.66]:54321 lost",
+            b"2026-11-27 12:00:00 Start queue run: pid=1234",
+        ] {
+            let f = frame(line).unwrap();
+            assert_eq!(parse(&f.msg), Event::Other, "{}", String::from_utf8_lossy(line));
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! sendmail (8.x) messages, shaped on real 8.17 output.
+//!
+//! | line (after `QUEUEID: `)                                          | event |
+//! |--------------------------------------------------------------------|-------|
+//! | `<x@example.com>... User unknown` / `... No such user here`         | [`Event::PendingGuess`] (no address on the line) |
+//! | `ruleset=check_rcpt, arg1=<x>, relay=R, reject=550 5.1.1 <x>... User unknown` | [`Event::Guess`] when the line holds exactly one `, relay=` and one `, reject=`; otherwise pending |
+//! | `R: VRFY name`, `R: EXPN name`                                      | [`Event::Guess`] (probe) |
+//! | `R: possible SMTP attack: command=VRFY, count=N`                    | [`Event::ProbeAttack`] |
+//! | `R: Possible SMTP RCPT flood, throttling.` / `shutting down connection.` | [`Event::Flood`] |
+//! | `from=<…>, …, relay=R`                                               | [`Event::Session`] (transaction over) |
+//! | `lost input channel from R to …`, `R did not issue MAIL/EXPN/VRFY/ETRN …` | [`Event::Session`] |
+//!
+//! `R` is sendmail's relay string: `[ip]`, `name [ip]` or `name [ip] (may be forged)`.
+//! Lines ending in sendmail's own fixed text take the address from the last bracket
+//! before that text ([`relay_at_end`]); lines where attacker text follows `R` (VRFY,
+//! EXPN, lost input) take it from the start with a strict host-name check
+//! ([`relay_at_start`]). A "User unknown" line never yields an address: its recipient
+//! is the attacker's text.
+use memchr::memmem;
+
+use super::{
+    Event, GuessKind,
+    addr::{relay_at_end, relay_at_start},
+};
+
+const USER_UNKNOWN: &[u8] = b"... User unknown";
+const NO_SUCH_USER: &[u8] = b"... No such user here";
+const FLOOD_THROTTLE: &[u8] = b": Possible SMTP RCPT flood, throttling.";
+const FLOOD_SHUTDOWN: &[u8] = b": Possible SMTP RCPT flood, shutting down connection.";
+const ATTACK: &[u8] = b": possible SMTP attack: command=";
+const LOST_INPUT: &[u8] = b"lost input channel from ";
+const DID_NOT_ISSUE: &[u8] = b" did not issue MAIL/EXPN/VRFY/ETRN during connection to ";
+const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
+
+/// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
+/// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
+/// `NOQUEUE: rest` gives the id `NOQUEUE`.
+pub fn split_queue_id(msg: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    let end = msg.iter().take(22).position(|&b| b == b':');
+    if let Some(end) = end
+        && (8..=20).contains(&end)
+        && msg.get(end + 1) == Some(&b' ')
+        && msg[..end].iter().all(u8::is_ascii_alphanumeric)
+    {
+        return (Some(&msg[..end]), &msg[end + 2..]);
+    }
+    (None, msg)
+}
+
+/// Recognise one sendmail message (the text after `sm-mta[pid]: `).
+pub fn parse(msg: &[u8]) -> Event<'_> {
+    let (qid, body) = split_queue_id(msg);
+    let Some(&last) = body.last() else { return Event::Other };
+    match last {
+        // "... User unknown" / "... No such user here" / "(may be forged)"-free relay ends
+        b'n' | b'e' => {
+            if let Some(target) = body.strip_suffix(USER_UNKNOWN).or_else(|| body.strip_suffix(NO_SUCH_USER)) {
+                return unknown_user(qid, target);
+            }
+        }
+        b'.' => {
+            if let Some(r) = body.strip_suffix(FLOOD_THROTTLE).or_else(|| body.strip_suffix(FLOOD_SHUTDOWN)) {
+                return match relay_at_end(r) {
+                    Some(client) => Event::Flood { session: qid, client },
+                    None => Event::Other,
+                };
+            }
+        }
+        _ => {}
+    }
+    // "R: possible SMTP attack: command=EXPN, count=6" (all sendmail's text after R)
+    if last.is_ascii_digit()
+        && let Some(pos) = memmem::rfind(body, ATTACK)
+    {
+        let tail = &body[pos + ATTACK.len()..];
+        let kind = if tail.starts_with(b"VRFY, count=") {
+            GuessKind::Vrfy
+        } else if tail.starts_with(b"EXPN, count=") {
+            GuessKind::Expn
+        } else {
+            return Event::Other;
+        };
+        let count = std::str::from_utf8(&tail[12..]).ok().and_then(|c| c.parse::<u32>().ok());
+        return match (relay_at_end(&body[..pos]), count) {
+            (Some(client), Some(count)) => Event::ProbeAttack { session: qid, client, kind, count },
+            _ => Event::Other,
+        };
+    }
+    match body.first() {
+        Some(b'f') if body.starts_with(b"from=") => {
+            // The relay is the last field of the from= line.
+            // The relay is the last field of the from= line: whatever the sender
+            // holds comes before the last ", relay=".
+            if let Some(pos) = memmem::rfind(body, b", relay=")
+                && let Some(client) = relay_at_end(&body[pos + 8..])
+            {
+                return Event::Session { session: qid, client, ends: true };
+            }
+        }
+        Some(b'l') if body.starts_with(LOST_INPUT) => {
+            if let Some((client, rest)) = relay_at_start(&body[LOST_INPUT.len()..])
+                && rest.starts_with(b" to ")
+            {
+                return Event::Session { session: qid, client, ends: true };
+            }
+        }
+        Some(_) => {
+            if let Some((client, rest)) = relay_at_start(body) {
+                if let Some(name) = rest.strip_prefix(b": VRFY ") {
+                    return Event::Guess { client, kind: GuessKind::Vrfy, target: name, session: qid };
+                }
+                if let Some(name) = rest.strip_prefix(b": EXPN ") {
+                    return Event::Guess { client, kind: GuessKind::Expn, target: name, session: qid };
+                }
+                if rest.starts_with(DID_NOT_ISSUE) {
+                    return Event::Session { session: qid, client, ends: true };
+                }
+            }
+        }
+        None => {}
+    }
+    Event::Other
+}
+
+/// A "User unknown" line: either the short `<x>... User unknown` form (no address,
+/// attribute through the queue id) or the `ruleset=check_rcpt` reject.
+fn unknown_user<'a>(qid: Option<&'a [u8]>, target: &'a [u8]) -> Event<'a> {
+    let Some(args) = target.strip_prefix(CHECK_RCPT) else {
+        if target.is_empty() {
+            return Event::Other;
+        }
+        return match qid {
+            Some(session) => Event::PendingGuess { session, kind: GuessKind::UnknownRecipient, target },
+            None => Event::Unattributable { kind: GuessKind::UnknownRecipient, target },
+        };
+    };
+    // ruleset=check_rcpt, arg1=<ARG>, relay=R, reject=550 5.1.1 <ARG>... User unknown
+    let relays: Vec<usize> = memmem::find_iter(args, b", relay=").take(2).collect();
+    let rejects: Vec<usize> = memmem::find_iter(args, b", reject=").take(2).collect();
+    let arg_end = relays.first().copied().unwrap_or(args.len());
+    let rcpt = &args[..arg_end];
+    // Only permanent rejects are guesses; 4xx is a temporary lookup failure.
+    // (An injected ", reject=5" can only make the client's own line count.)
+    let permanent = rejects.first().is_some_and(|&r| args.get(r + 9) == Some(&b'5'));
+    if !permanent {
+        return Event::Other;
+    }
+    if relays.len() == 1 && rejects.len() == 1 && relays[0] < rejects[0] {
+        if let Some(client) = relay_at_end(&args[relays[0] + 8..rejects[0]]) {
+            return Event::Guess { client, kind: GuessKind::UnknownRecipient, target: rcpt, session: qid };
+        }
+    }
+    match qid {
+        Some(session) => Event::PendingGuess { session, kind: GuessKind::UnknownRecipient, target: rcpt },
+        None => Event::Unattributable { kind: GuessKind::UnknownRecipient, target: rcpt },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    // Lines as sendmail 8.17.1.9 wrote them (message part after "sm-mta[pid]: ").
+    #[test]
+    fn user_unknown_is_pending_on_queue_id() {
+        assert_eq!(
+            parse(b"6ARCZkEp018868: <tpwjzbwb15@example.com>... User unknown"),
+            Event::PendingGuess {
+                session: b"6ARCZkEp018868",
+                kind: GuessKind::UnknownRecipient,
+                target: b"<tpwjzbwb15@example.com>"
+            }
+        );
+        assert_eq!(
+            parse(b"6ARCZkEp018868: <x@example.com>... No such user here"),
+            Event::PendingGuess { session: b"6ARCZkEp018868", kind: GuessKind::UnknownRecipient, target: b"<x@example.com>" }
+        );
+        // The recipient names an address and even a relay= clause: still pending.
+        assert!(matches!(
+            parse(b"6ARCZkEp018868: <\"x@example.com>... User unknown, relay=[198.51.100.204]\"@example.com>... User unknown"),
+            Event::PendingGuess { .. }
+        ));
+        assert_eq!(parse(b"6ARCZkEp018868: ... User unknown"), Event::Other);
+    }
+
+    #[test]
+    fn flood_lines_name_the_client() {
+        assert_eq!(
+            parse(b"6ARCZkEp018868: [192.0.2.66]: Possible SMTP RCPT flood, throttling."),
+            Event::Flood { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66") }
+        );
+        assert_eq!(
+            parse(b"6ARCaTcj018992: [IPv6:2001:db8:0:0:0:0:0:66]: Possible SMTP RCPT flood, throttling."),
+            Event::Flood { session: Some(b"6ARCaTcj018992"), client: ip("2001:db8::66") }
+        );
+        assert_eq!(
+            parse(b"6ARCalaA019042: harvester.example.net [192.0.2.67]: Possible SMTP RCPT flood, throttling."),
+            Event::Flood { session: Some(b"6ARCalaA019042"), client: ip("192.0.2.67") }
+        );
+        assert_eq!(
+            parse(b"6ARCaoci019044: forged.example.org [192.0.2.68] (may be forged): Possible SMTP RCPT flood, throttling."),
+            Event::Flood { session: Some(b"6ARCaoci019044"), client: ip("192.0.2.68") }
+        );
+        assert_eq!(
+            parse(b"6ARCYmRS018304: [192.0.2.66]: Possible SMTP RCPT flood, shutting down connection."),
+            Event::Flood { session: Some(b"6ARCYmRS018304"), client: ip("192.0.2.66") }
+        );
+        // A reverse-DNS name that looks like an address is not the address.
+        assert_eq!(
+            parse(b"6ARCalaA019042: 198.51.100.201 [192.0.2.67]: Possible SMTP RCPT flood, throttling."),
+            Event::Flood { session: Some(b"6ARCalaA019042"), client: ip("192.0.2.67") }
+        );
+    }
+
+    #[test]
+    fn vrfy_expn_and_attack() {
+        assert_eq!(
+            parse(b"6ARCaM6m018977: [192.0.2.66]: VRFY tlpgqvkx26"),
+            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Vrfy, target: b"tlpgqvkx26", session: Some(b"6ARCaM6m018977") }
+        );
+        assert_eq!(
+            parse(b"6ARCaM6m018977: [192.0.2.66]: EXPN djevvld21"),
+            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Expn, target: b"djevvld21", session: Some(b"6ARCaM6m018977") }
+        );
+        // The probed name is the attacker's; it may look like anything.
+        assert_eq!(
+            parse(b"6ARCaM6m018977: [192.0.2.66]: VRFY [198.51.100.205]: VRFY x"),
+            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Vrfy, target: b"[198.51.100.205]: VRFY x", session: Some(b"6ARCaM6m018977") }
+        );
+        assert_eq!(
+            parse(b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=EXPN, count=6"),
+            Event::ProbeAttack { session: Some(b"6ARCaM6m018977"), client: ip("192.0.2.66"), kind: GuessKind::Expn, count: 6 }
+        );
+        assert_eq!(
+            parse(b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=NOOP, count=21"),
+            Event::Other
+        );
+    }
+
+    #[test]
+    fn session_lines() {
+        assert_eq!(
+            parse(b"6ARCZkEp018868: from=<sgbpebo11@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]"),
+            Event::Session { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66"), ends: true }
+        );
+        assert_eq!(
+            parse(b"6ARCaoci019044: from=<kfykux73@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=forged.example.org [192.0.2.68] (may be forged)"),
+            Event::Session { session: Some(b"6ARCaoci019044"), client: ip("192.0.2.68"), ends: true }
+        );
+        assert_eq!(
+            parse(b"6ARCaTcj018992: from=<adummg44@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v6, relay=[IPv6:2001:db8:0:0:0:0:0:66]"),
+            Event::Session { session: Some(b"6ARCaTcj018992"), client: ip("2001:db8::66"), ends: true }
+        );
+        // The sender is the attacker's and comes before the real relay.
+        assert_eq!(
+            parse(b"6ARCZkEp018868: from=<evil@[198.51.100.203]>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=198.51.100.201 [192.0.2.66]"),
+            Event::Session { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66"), ends: true }
+        );
+        assert_eq!(
+            parse(b"6ARCaOVO018980: lost input channel from [192.0.2.66] to MTA-v4 after rcpt"),
+            Event::Session { session: Some(b"6ARCaOVO018980"), client: ip("192.0.2.66"), ends: true }
+        );
+        assert_eq!(
+            parse(b"6ARCa7pt018879: [192.0.2.66] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA-v4"),
+            Event::Session { session: Some(b"6ARCa7pt018879"), client: ip("192.0.2.66"), ends: true }
+        );
+        assert_eq!(parse(b"6ARCa4t9018871: from=root, size=10, class=0, nrcpts=1, relay=root@localhost"), Event::Other);
+    }
+
+    #[test]
+    fn check_rcpt_rejects() {
+        assert_eq!(
+            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<nobody1@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <nobody1@example.com>... User unknown"),
+            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::UnknownRecipient, target: b"<nobody1@example.com>", session: Some(b"6ARCaRN9018986") }
+        );
+        assert_eq!(
+            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<n@example.com>, relay=198.51.100.201 [192.0.2.66] (may be forged), reject=550 5.1.1 <n@example.com>... User unknown"),
+            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::UnknownRecipient, target: b"<n@example.com>", session: Some(b"6ARCaRN9018986") }
+        );
+        // An injected relay= in the recipient makes the line ambiguous: held by queue id.
+        assert!(matches!(
+            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<\"a, relay=[198.51.100.204], reject=550\"@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <\"a, relay=[198.51.100.204], reject=550\"@example.com>... User unknown"),
+            Event::PendingGuess { session: b"6ARCaRN9018986", .. }
+        ));
+        // Not a guess: relaying denied, access denied, rate limit.
+        for other in [
+            &b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<victim@example.org>, relay=[192.0.2.66], reject=550 5.7.1 <victim@example.org>... Relaying denied. IP name lookup failed [192.0.2.66]"[..],
+            b"6ARCarAa019050: ruleset=check_rcpt, arg1=<root@example.com>, relay=[192.0.2.99], reject=550 5.7.1 <root@example.com>... Access denied",
+            b"ruleset=check_relay, arg1=[192.0.2.69], arg2=192.0.2.69, relay=[192.0.2.69], reject=421 4.3.2 Connection rate limit exceeded.",
+            b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<a@example.com>, relay=[192.0.2.66], reject=451 4.1.1 <a@example.com>... User unknown",
+            b"NOQUEUE: tcpwrappers (unknown, 192.0.2.98) rejection",
+            b"6ARCarZf019047: rejecting commands from [192.0.2.66] [192.0.2.66] due to pre-greeting traffic after 0 seconds",
+            b"6ARCaPtm018983: collect: relay=[192.0.2.66], from=<carol@example.net>, info=unexpected close",
+            b"6ARCa4t9018871: to=<root@example.com>, delay=00:00:01, xdelay=00:00:01, mailer=local, pri=30373, dsn=2.0.0, stat=Sent",
+            b"starting daemon (8.17.1.9): SMTP+queueing@00:10:00",
+            b"",
+        ] {
+            assert_eq!(parse(other), Event::Other, "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn queue_ids() {
+        assert_eq!(split_queue_id(b"6ARCZkEp018868: x"), (Some(&b"6ARCZkEp018868"[..]), &b"x"[..]));
+        assert_eq!(split_queue_id(b"NOQUEUE: x"), (None, &b"NOQUEUE: x"[..]));
+        assert_eq!(split_queue_id(b"from=<a>: x").0, None);
+        assert_eq!(split_queue_id(b"abc: x").0, None);
+    }
+}

@@ -1,0 +1,292 @@
+//! Reading a log file line by line: plain files, gzip-compressed files (rotated
+//! `mail.log.2.gz`, recognised by their magic bytes, several members allowed) and `-`
+//! for standard input.
+//!
+//! Lines are handed out as byte slices of an internal buffer — no allocation per line,
+//! no UTF-8 requirement. A line longer than [`LineReader::max_line`] is cut there (the
+//! first `max_line` bytes are returned once, the rest of it is skipped), so a
+//! newline-free stream cannot make memory grow without bound.
+use std::{
+    fs::File,
+    io::{self, Read},
+    path::{Path, PathBuf},
+};
+
+use flate2::read::MultiGzDecoder;
+
+/// Default longest line kept whole: 1 MiB.
+pub const DEFAULT_MAX_LINE: usize = 1 << 20;
+const MIN_BUFFER: usize = 256 * 1024;
+
+/// Where lines come from, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is standard input; anything else a path.
+    pub fn from_arg(p: &Path) -> Self {
+        if p.as_os_str() == "-" { Input::Stdin } else { Input::File(p.to_path_buf()) }
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Stdin => f.write_str("standard input"),
+            Input::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Lines of one input.
+pub struct LineReader {
+    src: Box<dyn Read + Send>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    scanned: usize,
+    eof: bool,
+    discarding: bool,
+    max_line: usize,
+    truncated: u64,
+    gzip: bool,
+}
+
+impl std::fmt::Debug for LineReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineReader").field("gzip", &self.gzip).field("truncated", &self.truncated).finish_non_exhaustive()
+    }
+}
+
+impl LineReader {
+    /// Open `input` (a file, or standard input).
+    pub fn open(input: &Input) -> io::Result<Self> {
+        match input {
+            Input::Stdin => Self::new(io::stdin()),
+            Input::File(p) => {
+                let f = File::open(p)?;
+                if f.metadata()?.is_dir() {
+                    return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+                }
+                Self::new(f)
+            }
+        }
+    }
+
+    /// Lines of any reader; gzip data is decompressed.
+    pub fn new(r: impl Read + Send + 'static) -> io::Result<Self> {
+        Self::with_max_line(r, DEFAULT_MAX_LINE)
+    }
+
+    /// As [`Self::new`] with a chosen longest line (at least 1 byte).
+    pub fn with_max_line(mut r: impl Read + Send + 'static, max_line: usize) -> io::Result<Self> {
+        let max_line = max_line.max(1);
+        // Peek at the first bytes for the gzip magic.
+        let mut head = [0u8; 2];
+        let mut n = 0;
+        while n < 2 {
+            match r.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let head = io::Cursor::new(head[..n].to_vec());
+        let gzip = n == 2 && head.get_ref()[..] == [0x1f, 0x8b];
+        let src: Box<dyn Read + Send> = if gzip {
+            Box::new(MultiGzDecoder::new(head.chain(r)))
+        } else {
+            Box::new(head.chain(r))
+        };
+        let cap = (max_line + 1).max(MIN_BUFFER).next_power_of_two();
+        Ok(Self {
+            src,
+            buf: vec![0; cap],
+            start: 0,
+            end: 0,
+            scanned: 0,
+            eof: false,
+            discarding: false,
+            max_line,
+            truncated: 0,
+            gzip,
+        })
+    }
+
+    /// Whether the input was gzip-compressed.
+    pub fn is_gzip(&self) -> bool {
+        self.gzip
+    }
+
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Lines cut at `max_line` so far.
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
+    /// The next line without its `\n`, or `None` at the end.
+    pub fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
+                let nl = self.scanned + i;
+                let line = self.start..nl;
+                self.start = nl + 1;
+                self.scanned = self.start;
+                if self.discarding {
+                    self.discarding = false;
+                    continue;
+                }
+                if line.len() > self.max_line {
+                    self.truncated += 1;
+                    return Ok(Some(&self.buf[line.start..line.start + self.max_line]));
+                }
+                return Ok(Some(&self.buf[line]));
+            }
+            self.scanned = self.end;
+            if self.end - self.start > self.max_line {
+                // An overlong line: hand out its head once, skip the rest.
+                if self.discarding {
+                    self.start = self.end;
+                    self.scanned = self.end;
+                } else {
+                    self.discarding = true;
+                    self.truncated += 1;
+                    let head = self.start..self.start + self.max_line;
+                    self.start = self.end;
+                    self.scanned = self.end;
+                    return Ok(Some(&self.buf[head]));
+                }
+            }
+            if self.eof {
+                if self.start < self.end && !self.discarding {
+                    let line = self.start..self.end;
+                    self.start = self.end;
+                    return Ok(Some(&self.buf[line]));
+                }
+                return Ok(None);
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.scanned -= self.start;
+                self.start = 0;
+            }
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::{Compression, write::GzEncoder};
+
+    use super::*;
+
+    fn lines(mut r: LineReader) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        while let Some(l) = r.next_line().unwrap() {
+            v.push(l.to_vec());
+        }
+        v
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn plain_lines_with_and_without_final_newline() {
+        let r = LineReader::new(io::Cursor::new(b"a\nbb\n\nccc".to_vec())).unwrap();
+        assert_eq!(lines(r), vec![b"a".to_vec(), b"bb".to_vec(), vec![], b"ccc".to_vec()]);
+        let r = LineReader::new(io::Cursor::new(b"a\n".to_vec())).unwrap();
+        assert_eq!(lines(r), vec![b"a".to_vec()]);
+        assert!(lines(LineReader::new(io::empty()).unwrap()).is_empty());
+        let r = LineReader::new(io::Cursor::new(b"x".to_vec())).unwrap();
+        assert_eq!(lines(r), vec![b"x".to_vec()]);
+    }
+
+    #[test]
+    fn gzip_single_and_multi_member() {
+        let mut data = gz(b"one\ntwo\n");
+        data.extend(gz(b"three\n"));
+        let r = LineReader::new(io::Cursor::new(data)).unwrap();
+        assert!(r.is_gzip());
+        assert_eq!(lines(r), vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        // Corrupt gzip is an error, not a hang.
+        let mut bad = gz(b"one\ntwo\n");
+        let n = bad.len();
+        bad[n / 2] ^= 0xff;
+        bad.truncate(n - 4);
+        let mut r = LineReader::new(io::Cursor::new(bad)).unwrap();
+        let mut err = false;
+        for _ in 0..10 {
+            match r.next_line() {
+                Err(_) => {
+                    err = true;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+        assert!(err);
+    }
+
+    #[test]
+    fn overlong_lines_are_cut_and_binary_passes() {
+        let mut data = vec![b'x'; 10_000];
+        data.push(b'\n');
+        data.extend_from_slice(b"\x00\xff\xfe\n");
+        data.extend(std::iter::repeat_n(b'y', 5000));
+        let r = LineReader::with_max_line(io::Cursor::new(data), 100).unwrap();
+        let v = lines(r);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0], vec![b'x'; 100]);
+        assert_eq!(v[1], b"\x00\xff\xfe");
+        assert_eq!(v[2], vec![b'y'; 100]);
+    }
+
+    #[test]
+    fn lines_across_buffer_refills() {
+        // Many lines of varied length spanning several buffer fills.
+        let mut data = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..100_000u32 {
+            let l = format!("line {i} {}", "z".repeat((i % 97) as usize));
+            data.extend_from_slice(l.as_bytes());
+            data.push(b'\n');
+            want.push(l.into_bytes());
+        }
+        let r = LineReader::new(io::Cursor::new(data)).unwrap();
+        assert_eq!(lines(r), want);
+    }
+
+    #[test]
+    fn files_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mail.log.2.gz");
+        std::fs::write(&p, gz(b"hello\n")).unwrap();
+        let r = LineReader::open(&Input::from_arg(&p)).unwrap();
+        assert_eq!(lines(r), vec![b"hello".to_vec()]);
+        assert!(LineReader::open(&Input::File(dir.path().join("missing"))).is_err());
+        assert!(LineReader::open(&Input::File(dir.path().to_path_buf())).is_err());
+        assert_eq!(Input::from_arg(Path::new("-")), Input::Stdin);
+        assert_eq!(Input::Stdin.to_string(), "standard input");
+    }
+}
