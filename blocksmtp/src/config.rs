@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{ArgAction, ArgMatches, Command, parser::ValueSource};
-use toml_edit::{ImDocument, Item, Value};
+use toml_edit::{Document, Item, Value};
 
 /// Where the config is read from when `--config` is not given (if it exists).
 pub const DEFAULT_CONFIG: &str = "/etc/blocksmtp/blocksmtp.toml";
@@ -23,7 +23,7 @@ const NOT_IN_FILE: &[&str] = &["config", "help"];
 /// definition and `matches` what the command line gave it.
 pub fn overlay(run_cmd: &Command, matches: &ArgMatches, path: &Path) -> anyhow::Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-    let doc = ImDocument::parse(text.clone()).map_err(|e| {
+    let doc = Document::parse(text.clone()).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(&text, s.start));
         anyhow!("{}:{line}: {}", path.display(), e.message())
     })?;

@@ -22,8 +22,33 @@ pub struct ActiveBan {
     pub manual: bool,
 }
 
+/// Lets the daemon reach an enforcer's own extras (the dataplane's counters).
+pub trait AsAny {
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// The concrete enforcer behind a trait object, if it is a `T`.
+pub fn downcast_ref<T: 'static>(e: &dyn Enforcer) -> Option<&T> {
+    AsAny::as_any(e).downcast_ref()
+}
+
+/// The concrete enforcer behind a trait object, if it is a `T`.
+pub fn downcast_mut<T: 'static>(e: &mut dyn Enforcer) -> Option<&mut T> {
+    AsAny::as_any_mut(e).downcast_mut()
+}
+
 /// What every enforcer offers the daemon.
-pub trait Enforcer: Send {
+pub trait Enforcer: Send + AsAny {
     /// `xdp`, `iptables` or `dry-run`.
     fn name(&self) -> &'static str;
 

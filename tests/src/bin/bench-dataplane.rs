@@ -35,7 +35,7 @@ fn baseline(pkt: &[u8], repeat: u32) -> anyhow::Result<(f64, f64)> {
     prog.load()?;
     let mut other = pkt.to_vec();
     other[29] = 67; // 192.0.2.67: a miss
-    let mut run = |p: &[u8]| -> anyhow::Result<f64> {
+    let run = |p: &[u8]| -> anyhow::Result<f64> {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let r = prog.test_run(TestRunOptions { data_in: Some(p), repeat, ..Default::default() })?;

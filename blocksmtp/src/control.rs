@@ -1,0 +1,190 @@
+//! The control socket: `blocksmtp status | list | ban | unban` talk to the running
+//! daemon over a root-only Unix socket, one JSON request and one JSON reply per line.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default path of the control socket.
+pub const DEFAULT_SOCKET: &str = "/run/blocksmtp/control.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    List,
+    /// `source`: an address or IPv6 prefix; `secs`: none = the daemon's --ban-time.
+    Ban { source: String, secs: Option<u64> },
+    Unban { source: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(data: impl Serialize) -> Self {
+        Self { ok: true, error: None, data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null) }
+    }
+
+    pub fn err(msg: impl std::fmt::Display) -> Self {
+        Self { ok: false, error: Some(msg.to_string()), data: serde_json::Value::Null }
+    }
+}
+
+/// `blocksmtp status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub mode: String,
+    pub uptime_secs: u64,
+    /// (interface, attachment) for the xdp mode.
+    pub interfaces: Vec<(String, String)>,
+    pub sources: Vec<SourceStatus>,
+    pub lines: u64,
+    pub skipped: u64,
+    pub guesses: u64,
+    pub active_bans: usize,
+    pub bans_total: u64,
+    pub unbans_total: u64,
+    pub reaped_total: u64,
+    /// Packet counters of the dataplane, by verdict (xdp mode).
+    #[serde(default)]
+    pub packets: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    /// Byte offset in the current file, where it applies.
+    pub position: Option<u64>,
+    pub lines: u64,
+    pub open: bool,
+}
+
+/// One row of `blocksmtp list`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BanRow {
+    pub source: String,
+    pub reason: String,
+    pub guesses: u32,
+    pub expires_in_secs: u64,
+    pub dropped: Option<u64>,
+    pub manual: bool,
+}
+
+/// Send one request to the daemon and wait for its reply.
+pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+    let mut s = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            anyhow::anyhow!("no blocksmtp daemon is listening on {} (is `blocksmtp run` running?)", socket.display())
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied on {}: the control socket is root-only", socket.display())
+        }
+        _ => anyhow::Error::new(e).context(format!("connecting to {}", socket.display())),
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).context("sending the request")?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).context("reading the reply")?;
+    if reply.is_empty() {
+        bail!("the daemon closed the connection without a reply (not root?)");
+    }
+    serde_json::from_str(&reply).with_context(|| format!("malformed reply {reply:?}"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run a client command; prints the result. Exit code 0 on success, 1 when the daemon
+/// refused, 2 when it could not be reached.
+pub fn client_main(args: &ClientArgs, req: Request) -> std::process::ExitCode {
+    let resp = match request(&args.control_socket, &req) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("blocksmtp: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp).unwrap_or_default());
+    } else if let Some(e) = &resp.error {
+        eprintln!("blocksmtp: {e}");
+    } else {
+        print_human(&req, &resp.data);
+    }
+    if resp.ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) }
+}
+
+fn print_human(req: &Request, data: &serde_json::Value) {
+    match req {
+        Request::Status => match serde_json::from_value::<Status>(data.clone()) {
+            Ok(s) => {
+                println!("blocksmtp {} (pid {}), up {}", s.version, s.pid, crate::duration::format_duration(Duration::from_secs(s.uptime_secs)));
+                println!("mode: {}", s.mode);
+                for (i, a) in &s.interfaces {
+                    println!("  {i}: {a}");
+                }
+                println!("sources:");
+                for src in &s.sources {
+                    let pos = src.position.map(|p| format!(" at byte {p}")).unwrap_or_default();
+                    println!("  {}{pos}, {} lines{}", src.name, src.lines, if src.open { "" } else { " (waiting for it)" });
+                }
+                println!("lines: {} read, {} skipped; guesses: {}", s.lines, s.skipped, s.guesses);
+                println!("bans: {} active, {} set, {} lifted; stuck sessions reaped: {}", s.active_bans, s.bans_total, s.unbans_total, s.reaped_total);
+                if !s.packets.is_empty() {
+                    let line: Vec<String> = s.packets.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+                    println!("packets: {}", if line.is_empty() { "none yet".to_string() } else { line.join(" ") });
+                }
+            }
+            Err(_) => println!("{data}"),
+        },
+        Request::List => match serde_json::from_value::<Vec<BanRow>>(data.clone()) {
+            Ok(rows) if rows.is_empty() => println!("no active bans"),
+            Ok(rows) => {
+                println!("{:<28} {:>7} {:>10} {:>9}  REASON", "SOURCE", "GUESSES", "EXPIRES IN", "DROPPED");
+                for r in rows {
+                    let dropped = r.dropped.map_or("-".to_string(), |d| d.to_string());
+                    let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
+                    println!(
+                        "{:<28} {:>7} {:>10} {:>9}  {}",
+                        r.source,
+                        r.guesses,
+                        crate::duration::format_duration(Duration::from_secs(r.expires_in_secs)),
+                        dropped,
+                        reason
+                    );
+                }
+            }
+            Err(_) => println!("{data}"),
+        },
+        Request::Ban { .. } | Request::Unban { .. } => {
+            if let Some(msg) = data.as_str() {
+                println!("{msg}");
+            } else {
+                println!("{data}");
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Prometheus metrics (`--metrics-listen 127.0.0.1:9325`): counters the daemon bumps
+//! as it works, served as text on `GET /metrics`.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::policy::DetectorStats;
+
+/// Upper bounds (seconds) of the detection-to-ban latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    active: AtomicU64,
+    bans: Mutex<BTreeMap<String, u64>>,
+    unbans: Mutex<BTreeMap<String, u64>>,
+    ban_failures: AtomicU64,
+    reaped: AtomicU64,
+    lines: Mutex<BTreeMap<String, (u64, u64)>>,
+    packets: Mutex<Vec<(&'static str, u64)>>,
+    detector: Mutex<Option<DetectorStats>>,
+    latency: Mutex<Histogram>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    pub fn line(&self, source: &str, skipped: bool) {
+        let mut l = self.lines.lock().expect("metrics lock");
+        let e = match l.get_mut(source) {
+            Some(e) => e,
+            None => l.entry(source.to_string()).or_default(),
+        };
+        e.0 += 1;
+        if skipped {
+            e.1 += 1;
+        }
+    }
+
+    /// A ban was set; `reason`: the MTA whose log proved it, or "manual".
+    pub fn banned(&self, reason: &str, detection_to_ban: Duration) {
+        *self.bans.lock().expect("metrics lock").entry(reason.to_string()).or_default() += 1;
+        if reason != "manual" {
+            let s = detection_to_ban.as_secs_f64();
+            let mut h = self.latency.lock().expect("metrics lock");
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                if s <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += s;
+        }
+    }
+
+    pub fn unbanned(&self, reason: &str) {
+        *self.unbans.lock().expect("metrics lock").entry(reason.to_string()).or_default() += 1;
+    }
+
+    pub fn ban_failed(&self) {
+        self.ban_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn reaped(&self) {
+        self.reaped.fetch_add(1, Relaxed);
+    }
+
+    pub fn set_active(&self, n: u64) {
+        self.active.store(n, Relaxed);
+    }
+
+    pub fn set_packets(&self, p: Vec<(&'static str, u64)>) {
+        *self.packets.lock().expect("metrics lock") = p;
+    }
+
+    pub fn set_detector(&self, s: DetectorStats) {
+        *self.detector.lock().expect("metrics lock") = Some(s);
+    }
+
+    pub fn bans_total(&self) -> u64 {
+        self.bans.lock().expect("metrics lock").values().sum()
+    }
+
+    pub fn unbans_total(&self) -> u64 {
+        self.unbans.lock().expect("metrics lock").values().sum()
+    }
+
+    pub fn reaped_total(&self) -> u64 {
+        self.reaped.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(&mut o, "blocksmtp_bans_active", "gauge", "Bans in force.");
+        let _ = writeln!(o, "blocksmtp_bans_active {}", self.active.load(Relaxed));
+        head(&mut o, "blocksmtp_bans_total", "counter", "Bans set, by reason (the MTA whose log proved the harvest, or manual).");
+        for (k, v) in self.bans.lock().expect("metrics lock").iter() {
+            let _ = writeln!(o, "blocksmtp_bans_total{{reason=\"{}\"}} {v}", esc(k));
+        }
+        head(&mut o, "blocksmtp_unbans_total", "counter", "Bans lifted, by reason (expired, manual).");
+        for (k, v) in self.unbans.lock().expect("metrics lock").iter() {
+            let _ = writeln!(o, "blocksmtp_unbans_total{{reason=\"{}\"}} {v}", esc(k));
+        }
+        head(&mut o, "blocksmtp_ban_failures_total", "counter", "Bans the enforcer refused (e.g. a full map).");
+        let _ = writeln!(o, "blocksmtp_ban_failures_total {}", self.ban_failures.load(Relaxed));
+        head(&mut o, "blocksmtp_packets_total", "counter", "Packets seen by the XDP/TC program, by verdict (summed over CPUs).");
+        for (k, v) in self.packets.lock().expect("metrics lock").iter() {
+            let _ = writeln!(o, "blocksmtp_packets_total{{verdict=\"{k}\"}} {v}");
+        }
+        head(&mut o, "blocksmtp_lines_total", "counter", "Log lines read, by source.");
+        let lines = self.lines.lock().expect("metrics lock");
+        for (k, (n, _)) in lines.iter() {
+            let _ = writeln!(o, "blocksmtp_lines_total{{source=\"{}\"}} {n}", esc(k));
+        }
+        head(&mut o, "blocksmtp_lines_skipped_total", "counter", "Log lines of no known shape, by source.");
+        for (k, (_, s)) in lines.iter() {
+            let _ = writeln!(o, "blocksmtp_lines_skipped_total{{source=\"{}\"}} {s}", esc(k));
+        }
+        drop(lines);
+        if let Some(d) = *self.detector.lock().expect("metrics lock") {
+            head(&mut o, "blocksmtp_guess_lines_total", "counter", "Lines that are evidence of guessing, by kind.");
+            for (kind, n) in [
+                ("unknown_recipient", d.lines.unknown_recipient),
+                ("probe", d.lines.probe),
+                ("flood", d.lines.flood),
+                ("probe_attack", d.lines.probe_attack),
+                ("unattributable", d.lines.unattributable),
+            ] {
+                let _ = writeln!(o, "blocksmtp_guess_lines_total{{kind=\"{kind}\"}} {n}");
+            }
+            head(&mut o, "blocksmtp_guesses_whitelisted_total", "counter", "Guesses ignored because the client is whitelisted.");
+            let _ = writeln!(o, "blocksmtp_guesses_whitelisted_total {}", d.lines.whitelisted);
+        }
+        head(&mut o, "blocksmtp_detection_to_ban_seconds", "histogram", "From reading the line that proves a harvest to the ban in force.");
+        let h = self.latency.lock().expect("metrics lock");
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(o, "blocksmtp_detection_to_ban_seconds_bucket{{le=\"{b}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(o, "blocksmtp_detection_to_ban_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(o, "blocksmtp_detection_to_ban_seconds_sum {}", h.sum);
+        let _ = writeln!(o, "blocksmtp_detection_to_ban_seconds_count {}", h.count);
+        drop(h);
+        head(&mut o, "blocksmtp_reaper_kills_total", "counter", "Stuck sendmail sessions signalled by the reaper.");
+        let _ = writeln!(o, "blocksmtp_reaper_kills_total {}", self.reaped.load(Relaxed));
+        o
+    }
+}
+
+/// Label values come from file names and MTA names; keep the exposition valid.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Serve `GET /metrics` on `addr` until the task is aborted.
+pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            let m = m.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                // Read the request head (bounded in size and time).
+                let head = tokio::time::timeout(Duration::from_secs(5), async {
+                    while n < buf.len() {
+                        match s.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                if head.is_err() {
+                    return;
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
+                    ("200 OK", m.render())
+                } else {
+                    ("404 Not Found", "not found: try /metrics\n".to_string())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    }))
+}
