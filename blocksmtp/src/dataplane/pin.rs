@@ -47,9 +47,13 @@ impl PinDir {
         self.maps().join(name)
     }
 
-    /// Create the directories; the root must be on a bpffs.
+    /// Create the directories; the root must be on a bpffs. Hosts without systemd
+    /// often have none at /sys/fs/bpf: it is mounted there when missing.
     pub fn create(&self) -> anyhow::Result<()> {
         let parent = self.root.parent().unwrap_or(Path::new("/"));
+        if parent == Path::new("/sys/fs/bpf") && !is_bpffs(parent)? {
+            mount_bpffs(parent)?;
+        }
         if !is_bpffs(parent)? && !is_bpffs(&self.root).unwrap_or(false) {
             bail!(
                 "{} is not on a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`, \
@@ -82,6 +86,17 @@ impl PinDir {
         let _ = std::fs::remove_dir(&self.root);
         Ok(())
     }
+}
+
+fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
+    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    let fstype = c"bpf";
+    let r = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("mounting a BPF filesystem at {}", at.display()));
+    }
+    log::info!("mounted a BPF filesystem at {}", at.display());
+    Ok(())
 }
 
 pub fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
