@@ -63,8 +63,10 @@ fn iptables_mode_chain_jump_and_rules() {
     assert!(iptables_s(&topo, "ip6tables").contains("-A SPAM_UNAME_GUESSERS -s 2001:db8::/64"));
 
     // Expiry removes the rules.
-    d.wait_for(Duration::from_secs(5), |_| !iptables_s(&topo, "iptables").contains("-s 192.0.2.66"))
-        .expect("the expired ban's rule is swept");
+    d.wait_for(Duration::from_secs(5), |_| {
+        !iptables_s(&topo, "iptables").contains("-s 192.0.2.66") && !iptables_s(&topo, "ip6tables").contains("-s 2001:db8::")
+    })
+    .expect("the expired bans' rules are swept");
     assert!(d.list().unwrap().is_empty());
     assert!(topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap());
 

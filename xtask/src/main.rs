@@ -83,7 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test { args } => {
             setup::setup(true)?;
             let mut t = cargo();
-            t.args(["test", "--workspace"]).args(&args);
+            t.args(["test", "--workspace", "--no-fail-fast"]).args(&args);
             cmd(&mut t)
         }
         Task::Bench { quick } => {
