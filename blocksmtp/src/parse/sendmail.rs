@@ -16,7 +16,9 @@
 //! EXPN, lost input) take it from the start with a strict host-name check
 //! ([`relay_at_start`]). A "User unknown" line never yields an address: its recipient
 //! is the attacker's text.
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::{self, FinderRev};
 
 use super::{
     Event, GuessKind,
@@ -31,6 +33,9 @@ const ATTACK: &[u8] = b": possible SMTP attack: command=";
 const LOST_INPUT: &[u8] = b"lost input channel from ";
 const DID_NOT_ISSUE: &[u8] = b" did not issue MAIL/EXPN/VRFY/ETRN during connection to ";
 const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
+
+static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
+static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
 
 /// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
 /// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
@@ -70,7 +75,7 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     }
     // "R: possible SMTP attack: command=EXPN, count=6" (all sendmail's text after R)
     if last.is_ascii_digit()
-        && let Some(pos) = memmem::rfind(body, ATTACK)
+        && let Some(pos) = FIND_ATTACK.rfind(body)
     {
         let tail = &body[pos + ATTACK.len()..];
         let kind = if tail.starts_with(b"VRFY, count=") {
@@ -91,7 +96,7 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
             // The relay is the last field of the from= line.
             // The relay is the last field of the from= line: whatever the sender
             // holds comes before the last ", relay=".
-            if let Some(pos) = memmem::rfind(body, b", relay=")
+            if let Some(pos) = FIND_RELAY.rfind(body)
                 && let Some(client) = relay_at_end(&body[pos + 8..])
             {
                 return Event::Session { session: qid, client, ends: true };
