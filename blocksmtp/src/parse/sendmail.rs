@@ -140,20 +140,23 @@ fn unknown_user<'a>(qid: Option<&'a [u8]>, target: &'a [u8]) -> Event<'a> {
         };
     };
     // ruleset=check_rcpt, arg1=<ARG>, relay=R, reject=550 5.1.1 <ARG>... User unknown
-    let relays: Vec<usize> = memmem::find_iter(args, b", relay=").take(2).collect();
-    let rejects: Vec<usize> = memmem::find_iter(args, b", reject=").take(2).collect();
-    let arg_end = relays.first().copied().unwrap_or(args.len());
-    let rcpt = &args[..arg_end];
+    let mut relays = memmem::find_iter(args, b", relay=");
+    let mut rejects = memmem::find_iter(args, b", reject=");
+    let (relay, more_relays) = (relays.next(), relays.next().is_some());
+    let (reject, more_rejects) = (rejects.next(), rejects.next().is_some());
+    let rcpt = &args[..relay.unwrap_or(args.len())];
     // Only permanent rejects are guesses; 4xx is a temporary lookup failure.
     // (An injected ", reject=5" can only make the client's own line count.)
-    let permanent = rejects.first().is_some_and(|&r| args.get(r + 9) == Some(&b'5'));
-    if !permanent {
+    let Some(reject) = reject.filter(|&r| args.get(r + 9) == Some(&b'5')) else {
         return Event::Other;
-    }
-    if relays.len() == 1 && rejects.len() == 1 && relays[0] < rejects[0] {
-        if let Some(client) = relay_at_end(&args[relays[0] + 8..rejects[0]]) {
-            return Event::Guess { client, kind: GuessKind::UnknownRecipient, target: rcpt, session: qid };
-        }
+    };
+    if let Some(relay) = relay
+        && !more_relays
+        && !more_rejects
+        && relay < reject
+        && let Some(client) = relay_at_end(&args[relay + 8..reject])
+    {
+        return Event::Guess { client, kind: GuessKind::UnknownRecipient, target: rcpt, session: qid };
     }
     match qid {
         Some(session) => Event::PendingGuess { session, kind: GuessKind::UnknownRecipient, target: rcpt },
