@@ -22,6 +22,7 @@
 //! counted twice.
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -101,11 +102,36 @@ pub struct CorrelatorStats {
     pub implied: u64,
 }
 
+/// A fast hash for session keys (host, pid and queue id are written by syslog and
+/// the MTA, not chosen by clients, so hash flooding is not a concern).
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyMap<V> = HashMap<Box<[u8]>, V, BuildHasherDefault<KeyHasher>>;
+
 /// Holds per-session state and turns [`Event`]s into [`Attributed`] guesses.
 #[derive(Debug)]
 pub struct Correlator {
     limits: CorrelatorLimits,
-    sessions: HashMap<Box<[u8]>, Session>,
+    sessions: KeyMap<Session>,
     key: Vec<u8>,
     stats: CorrelatorStats,
     last_sweep: Option<SystemTime>,
@@ -119,7 +145,7 @@ impl Default for Correlator {
 
 impl Correlator {
     pub fn new(limits: CorrelatorLimits) -> Self {
-        Self { limits, sessions: HashMap::new(), key: Vec::with_capacity(96), stats: Default::default(), last_sweep: None }
+        Self { limits, sessions: KeyMap::default(), key: Vec::with_capacity(96), stats: Default::default(), last_sweep: None }
     }
 
     pub fn stats(&self) -> CorrelatorStats {
@@ -129,6 +155,23 @@ impl Correlator {
     /// Sessions currently held.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether `event` can change anything. A sendmail line naming the client of a
+    /// finished transaction matters only when that session holds guesses; the common
+    /// `from=` line of ordinary mail is then skipped before its time is even read.
+    pub fn wants(&mut self, host: &[u8], pid: Option<u32>, event: &Event<'_>) -> bool {
+        match *event {
+            Event::Session { session, ends: true, .. } => {
+                if self.sessions.is_empty() {
+                    return false;
+                }
+                self.make_key(host, pid, session);
+                self.sessions.contains_key(self.key.as_slice())
+            }
+            Event::Unattributable { .. } | Event::Other => false,
+            _ => true,
+        }
     }
 
     fn make_key(&mut self, host: &[u8], pid: Option<u32>, session: Option<&[u8]>) {

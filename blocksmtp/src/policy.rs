@@ -638,6 +638,9 @@ impl Detector {
                     Event::Unattributable { .. } => &mut self.stats.unattributable,
                 };
                 *counter += 1;
+                if !self.correlator.wants(frame.host, frame.pid, &event) {
+                    return;
+                }
                 let at = match self.clock {
                     Clock::Wall => now,
                     Clock::Log => {

@@ -437,8 +437,9 @@ impl LogGen {
         self.raw(&long);
     }
 
-    /// The benchmark mix: ordinary sendmail traffic with `harvesters` check_rcpt
-    /// harvests spread through it, until `lines` lines are written.
+    /// The benchmark mix: ordinary sendmail traffic (deliveries, a few mistyped
+    /// recipients, other programs' lines) with `harvesters` check_rcpt harvests of 20
+    /// guesses each spread through it, until `lines` lines are written.
     pub fn bench_mix(&mut self, lines: u64, harvesters: u32) {
         let every = (lines / u64::from(harvesters.max(1))).max(1);
         let mut next_harvest = every / 2;
@@ -451,10 +452,13 @@ impl LogGen {
                 next_harvest += every;
                 continue;
             }
-            let ip = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10 + self.rng.below(200) as u8));
-            match self.rng.below(10) {
-                0 => self.noise(1),
-                1 => self.sendmail_legit(ip, 1, 1),
+            // Ordinary senders: 65,536 addresses of 198.18.0.0/16 (benchmarking range),
+            // 2% of sessions with one mistyped recipient.
+            let n = self.rng.below(65_536) as u32;
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 18 + (n >> 16) as u8, (n >> 8) as u8, n as u8));
+            match self.rng.below(50) {
+                0..=4 => self.noise(1),
+                5 => self.sendmail_legit(ip, 1, 1),
                 _ => {
                     let ok = 1 + self.rng.below(3) as u32;
                     self.sendmail_legit(ip, ok, 0);

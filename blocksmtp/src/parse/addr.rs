@@ -10,7 +10,32 @@
 //! * [`relay_at_start`]: the text *starts* with the relay string and the name part is
 //!   restricted to host-name characters, so it can contain neither a blank nor a
 //!   bracket and cannot smuggle in a second address.
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Dotted-quad IPv4 without leading zeros (what every MTA writes); `None` otherwise.
+fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v: u32 = 0;
+        while i < b.len() && b[i].is_ascii_digit() && i - start < 3 {
+            v = v * 10 + u32::from(b[i] - b'0');
+            i += 1;
+        }
+        if i == start || v > 255 || (b[start] == b'0' && i - start > 1) {
+            return None;
+        }
+        *octet = v as u8;
+    }
+    (i == b.len()).then_some(Ipv4Addr::from(octets))
+}
 
 /// Parse the inside of an address bracket: `192.0.2.66`, `2001:db8::66`, or sendmail's
 /// `IPv6:2001:db8:0:0:0:0:0:66` (any case of the `IPv6:` tag). Zone ids, blanks and
@@ -26,10 +51,13 @@ pub fn parse_ip(inner: &[u8]) -> Option<IpAddr> {
     if inner.is_empty() || inner.len() > 45 {
         return None;
     }
+    if !inner.contains(&b':') {
+        return parse_ipv4(inner).map(IpAddr::V4);
+    }
     if !inner.iter().all(|b| b.is_ascii_hexdigit() || *b == b'.' || *b == b':') {
         return None;
     }
-    std::str::from_utf8(inner).ok()?.parse::<IpAddr>().ok()
+    std::str::from_utf8(inner).ok()?.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 const MAY_BE_FORGED: &[u8] = b" (may be forged)";
@@ -111,6 +139,12 @@ mod tests {
         assert_eq!(parse_ip(b" 192.0.2.66"), None);
         assert_eq!(parse_ip(b"192.0.2.666"), None);
         assert_eq!(parse_ip(b""), None);
+        assert_eq!(parse_ip(b"0.0.0.0"), Some(ip("0.0.0.0")));
+        assert_eq!(parse_ip(b"255.255.255.255"), Some(ip("255.255.255.255")));
+        for bad in [&b"192.0.2"[..], b"192.0.2.1.", b"192.0.2.01", b"192.0.2.256", b"1922.0.2.1", b"192..2.1", b".1.2.3", b"1.2.3.4x"] {
+            assert_eq!(parse_ip(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_ip(b"::ffff:192.0.2.66"), Some(ip("::ffff:192.0.2.66")));
     }
 
     #[test]

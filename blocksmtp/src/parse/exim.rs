@@ -52,11 +52,12 @@ pub fn frame(line: &[u8]) -> Option<Frame<'_>> {
 
 fn is_message_id(tok: &[u8]) -> bool {
     // 4.97+: 6-11-4 characters; before: 6-6-2.
-    let parts: Vec<&[u8]> = tok.split(|&b| b == b'-').collect();
-    parts.len() == 3
-        && parts[0].len() == 6
-        && matches!((parts[1].len(), parts[2].len()), (6, 2) | (11, 4))
-        && parts.iter().all(|p| p.iter().all(u8::is_ascii_alphanumeric))
+    let (a, b) = match tok.len() {
+        16 => (6, 13),
+        23 => (6, 18),
+        _ => return false,
+    };
+    tok.iter().enumerate().all(|(i, &c)| if i == a || i == b { c == b'-' } else { c.is_ascii_alphanumeric() })
 }
 
 const REJECTED_RCPT: &[u8] = b" rejected RCPT ";
@@ -142,6 +143,15 @@ mod tests {
             Event::Unattributable { .. } => None,
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn message_ids() {
+        assert!(is_message_id(b"1tXyzA-000Abc-1F"));
+        assert!(is_message_id(b"1tXyzA-000Abc12345-1F2b"));
+        assert!(!is_message_id(b"1tXyzA-000Abc-1"));
+        assert!(!is_message_id(b"1tXyzA_000Abc-1F"));
+        assert!(!is_message_id(b"H=[192.0.2.66]12"));
     }
 
     #[test]

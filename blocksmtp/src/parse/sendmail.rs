@@ -16,7 +16,9 @@
 //! EXPN, lost input) take it from the start with a strict host-name check
 //! ([`relay_at_start`]). A "User unknown" line never yields an address: its recipient
 //! is the attacker's text.
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::{self, FinderRev};
 
 use super::{
     Event, GuessKind,
@@ -31,6 +33,9 @@ const ATTACK: &[u8] = b": possible SMTP attack: command=";
 const LOST_INPUT: &[u8] = b"lost input channel from ";
 const DID_NOT_ISSUE: &[u8] = b" did not issue MAIL/EXPN/VRFY/ETRN during connection to ";
 const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
+
+static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
+static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
 
 /// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
 /// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
@@ -70,7 +75,7 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     }
     // "R: possible SMTP attack: command=EXPN, count=6" (all sendmail's text after R)
     if last.is_ascii_digit()
-        && let Some(pos) = memmem::rfind(body, ATTACK)
+        && let Some(pos) = FIND_ATTACK.rfind(body)
     {
         let tail = &body[pos + ATTACK.len()..];
         let kind = if tail.starts_with(b"VRFY, count=") {
@@ -91,7 +96,7 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
             // The relay is the last field of the from= line.
             // The relay is the last field of the from= line: whatever the sender
             // holds comes before the last ", relay=".
-            if let Some(pos) = memmem::rfind(body, b", relay=")
+            if let Some(pos) = FIND_RELAY.rfind(body)
                 && let Some(client) = relay_at_end(&body[pos + 8..])
             {
                 return Event::Session { session: qid, client, ends: true };
@@ -135,20 +140,23 @@ fn unknown_user<'a>(qid: Option<&'a [u8]>, target: &'a [u8]) -> Event<'a> {
         };
     };
     // ruleset=check_rcpt, arg1=<ARG>, relay=R, reject=550 5.1.1 <ARG>... User unknown
-    let relays: Vec<usize> = memmem::find_iter(args, b", relay=").take(2).collect();
-    let rejects: Vec<usize> = memmem::find_iter(args, b", reject=").take(2).collect();
-    let arg_end = relays.first().copied().unwrap_or(args.len());
-    let rcpt = &args[..arg_end];
+    let mut relays = memmem::find_iter(args, b", relay=");
+    let mut rejects = memmem::find_iter(args, b", reject=");
+    let (relay, more_relays) = (relays.next(), relays.next().is_some());
+    let (reject, more_rejects) = (rejects.next(), rejects.next().is_some());
+    let rcpt = &args[..relay.unwrap_or(args.len())];
     // Only permanent rejects are guesses; 4xx is a temporary lookup failure.
     // (An injected ", reject=5" can only make the client's own line count.)
-    let permanent = rejects.first().is_some_and(|&r| args.get(r + 9) == Some(&b'5'));
-    if !permanent {
+    let Some(reject) = reject.filter(|&r| args.get(r + 9) == Some(&b'5')) else {
         return Event::Other;
-    }
-    if relays.len() == 1 && rejects.len() == 1 && relays[0] < rejects[0] {
-        if let Some(client) = relay_at_end(&args[relays[0] + 8..rejects[0]]) {
-            return Event::Guess { client, kind: GuessKind::UnknownRecipient, target: rcpt, session: qid };
-        }
+    };
+    if let Some(relay) = relay
+        && !more_relays
+        && !more_rejects
+        && relay < reject
+        && let Some(client) = relay_at_end(&args[relay + 8..reject])
+    {
+        return Event::Guess { client, kind: GuessKind::UnknownRecipient, target: rcpt, session: qid };
     }
     match qid {
         Some(session) => Event::PendingGuess { session, kind: GuessKind::UnknownRecipient, target: rcpt },

@@ -59,10 +59,17 @@ pub(crate) fn tag_pid_msg(s: &[u8]) -> Option<(&[u8], Option<u32>, &[u8])> {
 }
 
 pub(crate) fn parse_pid(b: &[u8]) -> Option<u32> {
-    if b.is_empty() || b.len() > 10 || !b.iter().all(u8::is_ascii_digit) {
+    if b.is_empty() || b.len() > 10 {
         return None;
     }
-    std::str::from_utf8(b).ok()?.parse().ok()
+    let mut v: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(c - b'0');
+    }
+    u32::try_from(v).ok()
 }
 
 #[cfg(test)]
