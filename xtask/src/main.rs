@@ -90,12 +90,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ensure_setup()?;
             let mut changed = Vec::new();
             setup::debian_packages(&["iproute2", "iptables", "ipset", "fail2ban", "time", "hyperfine"], &mut changed)?;
-            let mut b = cargo();
-            b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", "bench-dataplane", "--"]);
-            if quick {
-                b.arg("--quick");
+            for bench in ["bench-dataplane", "bench-replay"] {
+                let mut b = cargo();
+                b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", bench, "--"]);
+                if quick {
+                    b.arg("--quick");
+                }
+                cmd(&mut b)?;
             }
-            cmd(&mut b)
+            Ok(())
         }
     }
 }

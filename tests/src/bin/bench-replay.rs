@@ -1,4 +1,4 @@
-//! `cargo xtask bench-replay [--quick]`: throughput of `blocksmtp replay` against
+//! `cargo xtask bench` (replay part; `--quick` for a smaller log): throughput of `blocksmtp replay` against
 //! `fail2ban-regex` with fail2ban's `sendmail-reject` filter on the same log.
 //!
 //! Generates a mixed sendmail log (BSD timestamps; mostly ordinary deliveries, some
@@ -76,7 +76,8 @@ fn rss(kb: Option<u64>) -> String {
     kb.map_or_else(|| "n/a (no /usr/bin/time)".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
     let root = workspace_root();
     let (lines, harvesters) = if quick { (100_000u64, 10u32) } else { (1_000_000, 50) };
 
