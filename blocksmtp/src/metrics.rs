@@ -147,6 +147,10 @@ impl Metrics {
             ] {
                 let _ = writeln!(o, "blocksmtp_guess_lines_total{{kind=\"{kind}\"}} {n}");
             }
+            head(&mut o, "blocksmtp_guesses_total", "counter", "Guess lines (unknown recipients, VRFY/EXPN probes), by MTA.");
+            for (mta, n) in d.lines.guesses_per_mta() {
+                let _ = writeln!(o, "blocksmtp_guesses_total{{mta=\"{mta}\"}} {n}");
+            }
             head(&mut o, "blocksmtp_guesses_whitelisted_total", "counter", "Guesses ignored because the client is whitelisted.");
             let _ = writeln!(o, "blocksmtp_guesses_whitelisted_total {}", d.lines.whitelisted);
         }

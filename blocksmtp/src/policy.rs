@@ -530,6 +530,23 @@ pub struct LineStats {
     pub other: u64,
     /// Guesses ignored because the client is whitelisted.
     pub whitelisted: u64,
+    /// Guess lines (unknown recipients and probes) by MTA: sendmail, Postfix, Exim.
+    pub guesses_by_mta: [u64; 3],
+}
+
+impl LineStats {
+    /// `(mta, guess lines)` for each MTA.
+    pub fn guesses_per_mta(&self) -> [(Mta, u64); 3] {
+        [Mta::Sendmail, Mta::Postfix, Mta::Exim].map(|m| (m, self.guesses_by_mta[mta_index(m)]))
+    }
+}
+
+const fn mta_index(m: Mta) -> usize {
+    match m {
+        Mta::Sendmail => 0,
+        Mta::Postfix => 1,
+        Mta::Exim => 2,
+    }
 }
 
 /// Everything [`Detector::stats`] reports.
@@ -624,6 +641,9 @@ impl Detector {
             Parsed::Foreign => self.stats.foreign += 1,
             Parsed::Mail { frame, mta, event } => {
                 self.stats.mail += 1;
+                if matches!(event, Event::Guess { .. } | Event::PendingGuess { .. }) {
+                    self.stats.guesses_by_mta[mta_index(mta)] += 1;
+                }
                 let counter = match &event {
                     Event::Other => {
                         self.stats.other += 1;

@@ -202,6 +202,8 @@ fn metrics_endpoint() {
         "blocksmtp_bans_active 1",
         "blocksmtp_bans_total{reason=\"sendmail\"} 1",
         "blocksmtp_guess_lines_total{kind=\"unknown_recipient\"} 3",
+        "blocksmtp_guesses_total{mta=\"sendmail\"} 3",
+        "blocksmtp_guesses_total{mta=\"postfix\"} 0",
         "blocksmtp_detection_to_ban_seconds_count 1",
         "blocksmtp_reaper_kills_total 0",
     ] {

@@ -36,8 +36,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test (unit, fixtures, end to end as root), installing what they need.
+    /// Run every test (unit, fixtures, end to end as root), installing what they need,
+    /// then fuzz the log-line parser for a bounded time.
     Test {
+        /// Seconds of fuzzing after the tests (0 skips it; at most 60 in CI).
+        #[arg(long, default_value_t = 45)]
+        fuzz_seconds: u32,
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -80,11 +84,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::Test { args } => {
+        Task::Test { fuzz_seconds, args } => {
             setup::setup(true)?;
             let mut t = cargo();
             t.args(["test", "--workspace", "--no-fail-fast"]).args(&args);
-            cmd(&mut t)
+            cmd(&mut t)?;
+            if fuzz_seconds > 0 {
+                fuzz(fuzz_seconds)?;
+            }
+            Ok(())
         }
         Task::Bench { quick } => {
             ensure_setup()?;
@@ -101,6 +109,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// cargo-fuzz on the line parser (fuzz/run.sh), bounded in time.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        println!("test: installing cargo-fuzz");
+        cmd(Command::new("cargo").args(["install", "--locked", "cargo-fuzz", "--version", "^0.13"]))?;
+    }
+    println!("test: fuzzing the log-line parser for {seconds} s");
+    cmd(Command::new("sh").arg(workspace_root().join("fuzz/run.sh")).arg(seconds.to_string()))
+        .context("the fuzzer found a crash (see fuzz/artifacts/parse_line/)")
 }
 
 fn ensure_setup() -> anyhow::Result<()> {
