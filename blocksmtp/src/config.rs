@@ -131,7 +131,10 @@ pub fn template(run_cmd: &Command) -> String {
         let value = match (arg.get_action(), defaults.as_slice()) {
             (ArgAction::SetTrue, _) => "false".to_string(),
             (_, []) if multi => "[]".to_string(),
-            (_, []) => "\"\"".to_string(),
+            (_, []) => {
+                let example = arg.get_value_names().and_then(|v| v.first()).map_or("…".to_string(), |v| v.to_string());
+                format!("\"{example}\"   (not set)")
+            }
             (_, d) if multi => format!("[{}]", d.join(", ")),
             (_, d) => d.join(", "),
         };
