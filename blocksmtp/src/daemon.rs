@@ -496,9 +496,9 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
 
 impl Daemon {
     fn on_line(&mut self, line: &LogLine, seen: Instant) {
-        let before = self.detector.stats().lines.skipped;
+        let before = self.detector.line_stats().skipped;
         let decisions = self.detector.feed(&line.line, SystemTime::now());
-        let skipped = self.detector.stats().lines.skipped > before;
+        let skipped = self.detector.line_stats().skipped > before;
         self.metrics.line(&line.source.to_string_lossy(), skipped);
         for d in decisions {
             self.apply(d, seen);
@@ -653,7 +653,7 @@ impl Daemon {
             lines: stats.lines.lines,
             skipped: stats.lines.skipped,
             guesses: stats.lines.unknown_recipient + stats.lines.probe,
-            active_bans: self.enforcer.list().map(|l| l.len()).unwrap_or(0),
+            active_bans: self.enforcer.active_count().unwrap_or(0),
             bans_total: self.metrics.bans_total(),
             unbans_total: self.metrics.unbans_total(),
             reaped_total: self.metrics.reaped_total(),
@@ -691,7 +691,7 @@ impl Daemon {
 
     fn refresh_gauges(&self) {
         self.metrics.set_detector(self.detector.stats());
-        let active = self.enforcer.list().map(|l| l.len()).unwrap_or(0);
+        let active = self.enforcer.active_count().unwrap_or(0);
         self.metrics.set_active(active as u64);
         if self.xdp
             && let Some(x) = crate::enforce::downcast_ref::<XdpEnforcer>(&*self.enforcer)

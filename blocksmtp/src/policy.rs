@@ -683,6 +683,11 @@ impl Detector {
         bans
     }
 
+    /// The per-line counters alone (cheap: no copy).
+    pub fn line_stats(&self) -> &LineStats {
+        &self.stats
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> DetectorStats {
         DetectorStats { lines: self.stats, correlator: self.correlator.stats(), policy: self.policy.stats() }

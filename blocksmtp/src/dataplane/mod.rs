@@ -125,6 +125,15 @@ enum BanKey {
     V6([u8; 16]),
 }
 
+impl BanKey {
+    const fn family(&self) -> usize {
+        match self {
+            BanKey::V4(_) => 0,
+            BanKey::V6(_) => 1,
+        }
+    }
+}
+
 /// BanKeyV4 with an order, for the expiry heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct BanKeyV4Ord([u8; 4]);
@@ -143,6 +152,9 @@ pub struct Dataplane {
     expiry: BinaryHeap<Reverse<(u64, BanKey)>>,
     pins: Option<PinDir>,
     links: Vec<(String, Attached, FdLink)>,
+    /// Entries in BANS_V4 / BANS_V6 (expired ones until swept), kept as they change so
+    /// counting costs nothing at a million bans.
+    entries: [usize; 2],
     /// Pinned maps were found and reused at load.
     pub restored: bool,
 }
@@ -191,6 +203,7 @@ impl Dataplane {
             expiry: BinaryHeap::new(),
             pins,
             links: Vec::new(),
+            entries: [0, 0],
             restored,
         };
         attach::load(&mut dp.ebpf)?;
@@ -312,7 +325,10 @@ impl Dataplane {
             BanKey::V6(p) => self.bans_v6.remove(&BanKeyV6 { prefix: *p }),
         };
         match r {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.entries[key.family()] = self.entries[key.family()].saturating_sub(1);
+                Ok(true)
+            }
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e.into()),
@@ -325,7 +341,8 @@ impl Dataplane {
         let key = self.key_of(source)?;
         let until = clock::boottime_ns().saturating_add(duration.as_nanos().min(u64::MAX as u128) as u64);
         let mut value = BanValue::new(until, if manual { BAN_FLAG_MANUAL } else { 0 });
-        if let Some(old) = self.get(&key)? {
+        let old = self.get(&key)?;
+        if let Some(old) = old {
             value.expires_ns = value.expires_ns.max(old.expires_ns);
             value.dropped = old.dropped;
             value.flags |= old.flags;
@@ -343,6 +360,9 @@ impl Dataplane {
                 })?;
             }
             Err(e) => return Err(e).with_context(|| format!("banning {source}")),
+        }
+        if old.is_none() {
+            self.entries[key.family()] += 1;
         }
         self.expiry.push(Reverse((value.expires_ns, key)));
         Ok(value.expires_ns)
@@ -416,20 +436,24 @@ impl Dataplane {
 
     /// Number of entries in each ban map (expired ones included until swept).
     pub fn counts(&self) -> (usize, usize) {
-        (self.bans_v4.keys().count(), self.bans_v6.keys().count())
+        (self.entries[0], self.entries[1])
     }
 
     fn rebuild_expiry_index(&mut self) -> anyhow::Result<()> {
         let mut heap = Vec::new();
+        let mut entries = [0, 0];
         for r in self.bans_v4.iter() {
             let (k, v) = r?;
             heap.push(Reverse((v.expires_ns, BanKey::V4(BanKeyV4Ord(k.addr)))));
+            entries[0] += 1;
         }
         for r in self.bans_v6.iter() {
             let (k, v) = r?;
             heap.push(Reverse((v.expires_ns, BanKey::V6(k.prefix))));
+            entries[1] += 1;
         }
         self.expiry = BinaryHeap::from(heap);
+        self.entries = entries;
         Ok(())
     }
 

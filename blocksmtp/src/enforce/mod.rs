@@ -70,6 +70,11 @@ pub trait Enforcer: Send + AsAny {
     /// Unexpired bans.
     fn list(&self) -> anyhow::Result<Vec<ActiveBan>>;
 
+    /// How many bans are in force (expired ones may count until the next sweep).
+    fn active_count(&self) -> anyhow::Result<usize> {
+        Ok(self.list()?.len())
+    }
+
     /// Remove expired bans; returns the sources removed.
     fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>>;
 

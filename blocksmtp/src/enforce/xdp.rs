@@ -68,6 +68,12 @@ impl Enforcer for XdpEnforcer {
             .collect())
     }
 
+    /// O(1): the dataplane counts its entries (the sweep runs twice a second).
+    fn active_count(&self) -> anyhow::Result<usize> {
+        let (v4, v6) = self.dp().counts();
+        Ok(v4 + v6)
+    }
+
     fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>> {
         self.dp_mut().sweep_expired()
     }
