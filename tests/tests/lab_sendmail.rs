@@ -152,7 +152,8 @@ fn legitimate_delivery_is_accepted_logged_and_delivered() {
         "log:\n{}",
         dump(&lab, mark)
     );
-    let sent = lab.sendmail.wait_log(mark, "to=<alice@example.com>", 1, Duration::from_secs(5));
+    // Aliases deliver to a mailbox file: "to=/var/mail/alice, ctladdr=<alice@example.com> …".
+    let sent = lab.sendmail.wait_log(mark, "ctladdr=<alice@example.com>", 1, Duration::from_secs(5));
     assert!(sent.first().is_some_and(|l| l.line.contains("stat=Sent")), "log:\n{}", dump(&lab, mark));
     let mbox = std::fs::read_to_string(lab.sendmail.mailbox("alice")).expect("alice's mailbox");
     assert!(mbox.contains(&d.message_id) && mbox.contains("\n.leading dot\n"), "{mbox}");

@@ -162,6 +162,12 @@ pub(crate) fn reap(pid: i32) {
     }
 }
 
+/// Whether `pid` is a zombie (dead, not yet reaped).
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, t)| t.trim_start().starts_with('Z')))
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A private directory (mode 0755: sendmail's mailers run as other users), removed

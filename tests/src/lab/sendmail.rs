@@ -187,7 +187,8 @@ pub fn access_file(base: &str, c: &SendmailConfig) -> String {
     if let Some(p) = c.greet_pause {
         writeln!(out, "GreetPause:\t\t\t\t{}", p.as_millis()).unwrap();
     }
-    out.push_str("GreetPause:192.0.2.25\t\t0\nGreetPause:IPv6:2001:db8::25\t0\n");
+    // Sendmail writes IPv6 client addresses fully expanded.
+    out.push_str("GreetPause:192.0.2.25\t\t0\nGreetPause:IPv6:2001:db8:0:0:0:0:0:25\t0\n");
     for l in &c.access {
         writeln!(out, "{l}").unwrap();
     }
@@ -504,15 +505,19 @@ impl Sendmail {
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let mut left = Vec::new();
         if self.pid > 0 {
+            // Every pid seen, so that those that were orphaned to us (we are the
+            // subreaper) get reaped once dead: a zombie has no /proc/PID/ns to match.
+            let mut seen: Vec<i32> = vec![self.pid];
             unsafe { libc::kill(-self.pid, libc::SIGTERM) };
             for p in self.processes() {
+                seen.push(p.pid);
                 unsafe { libc::kill(p.pid, libc::SIGTERM) };
             }
-            if !self.wait_gone(Duration::from_secs(5)) {
+            if !self.wait_gone(Duration::from_secs(5), &mut seen) {
                 for p in self.processes() {
                     unsafe { libc::kill(p.pid, libc::SIGKILL) };
                 }
-                self.wait_gone(Duration::from_secs(5));
+                self.wait_gone(Duration::from_secs(5), &mut seen);
             }
             left = self.processes();
             self.pid = 0;
@@ -530,16 +535,26 @@ impl Sendmail {
         Ok(())
     }
 
-    fn wait_gone(&self, timeout: Duration) -> bool {
+    fn wait_gone(&self, timeout: Duration, seen: &mut Vec<i32>) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            super::reap(self.pid);
-            let procs = self.processes();
-            for p in &procs {
-                super::reap(p.pid);
+            for p in self.processes() {
+                if !seen.contains(&p.pid) {
+                    seen.push(p.pid);
+                }
+            }
+            for &pid in seen.iter() {
+                super::reap(pid);
             }
             if self.processes().is_empty() {
-                super::reap(self.pid);
+                // Reap what died since (children orphaned by the daemon's exit).
+                let settle = Instant::now() + Duration::from_millis(500);
+                while seen.iter().any(|&p| super::is_zombie(p)) && Instant::now() < settle {
+                    for &pid in seen.iter() {
+                        super::reap(pid);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return true;
             }
             if Instant::now() >= deadline {

@@ -366,14 +366,11 @@ fn harvest_session(s: &mut Session, o: &HarvestOptions, report: &mut HarvestRepo
         }
         match s.read_reply() {
             Ok(r) => {
-                let closing = r.code == 421;
+                let closing = (r.code == 421).then(|| r.clone());
                 report.guesses.push(Guess { address, sent_at, reply: Some(r), replied_at: Some(Instant::now()) });
-                if closing {
-                    // 421: the server is shutting the session down (BadRcptShutdown).
-                    return match s.read_reply() {
-                        Ok(r) => SessionEnd::Refused(r),
-                        Err(e) => describe(&e, "RCPT"),
-                    };
+                if let Some(r) = closing {
+                    // 421: the server is closing the session (BadRcptShutdown).
+                    return SessionEnd::Refused(r);
                 }
             }
             Err(e) => {
