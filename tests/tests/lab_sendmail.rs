@@ -14,8 +14,9 @@ use std::{
 use blocksmtp_tests::{
     is_root,
     lab::{
-        HARVESTER_V4, HARVESTER_V6, LEGIT_V4, LogFormat, MailLab, Sendmail, SendmailConfig, SessionEnd,
-        smtp::HarvestReport,
+        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFormat, MailLab, Sendmail, SendmailConfig,
+        SessionEnd,
+        smtp::{HarvestReport, Timeouts},
     },
 };
 
@@ -230,6 +231,40 @@ fn options_shutdown_command_timeout_and_rfc3339_log() {
     let l = &lines[0].line;
     assert!(l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T' && &l[32..43] == " mx sm-mta[", "{l}");
     eprintln!("log:\n{}", dump(&lab, mark));
+}
+
+/// What the daemon's ban does to a harvester, played by taking the server's link down
+/// once the log shows three unknown users: the harvester reports how many guesses got
+/// a reply before the cut and returns after its read timeout instead of hanging.
+#[test]
+fn harvest_cut_off_mid_way_reports_the_replies_it_got() {
+    if !ready() {
+        return;
+    }
+    let lab = lab();
+    assert!(lab.can_connect(ip(HARVESTER_V4), Duration::from_secs(1)).unwrap());
+    let mark = lab.sendmail.syslog().mark();
+    let read = Duration::from_secs(2);
+    let options = HarvestOptions {
+        guesses: 8,
+        delay: Duration::from_millis(300),
+        timeouts: Timeouts { read, ..Default::default() },
+        ..Default::default()
+    };
+    let harvest = lab.spawn_harvest(ip(HARVESTER_V4), options);
+    let seen = lab.sendmail.wait_log(mark, "... User unknown", 3, Duration::from_secs(10));
+    assert_eq!(seen.len(), 3, "log:\n{}", dump(&lab, mark));
+    let cut = Instant::now();
+    lab.topo.server.ip(&["link", "set", "vs0", "down"]).unwrap();
+    let report = harvest.join().unwrap().unwrap();
+    let after_cut = cut.elapsed();
+    eprintln!("{}", report.transcript);
+    eprintln!("cut: {:?}, {} replies, returned {after_cut:?} after the cut", report.end, report.replied());
+    assert_eq!(report.end, SessionEnd::TimedOut { during: "RCPT".into() });
+    assert!((3..8).contains(&report.replied()), "{} replies", report.replied());
+    assert!(report.guesses.last().unwrap().reply.is_none(), "the last guess is the unanswered one");
+    assert!(after_cut < read + Duration::from_secs(2), "{after_cut:?}");
+    assert!(!lab.can_connect(ip(HARVESTER_V4), Duration::from_millis(500)).unwrap());
 }
 
 fn mounts_mentioning(p: &Path) -> Vec<String> {

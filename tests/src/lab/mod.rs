@@ -77,6 +77,17 @@ impl MailLab {
         self.topo.client.run_in(move || smtp::harvest_with(src, server, &options))
     }
 
+    /// `smtp::harvest_with` on a thread in the client namespace, for tests that act
+    /// (ban, cut the link) while the harvest runs.
+    pub fn spawn_harvest(
+        &self,
+        src: IpAddr,
+        options: HarvestOptions,
+    ) -> std::thread::JoinHandle<anyhow::Result<HarvestReport>> {
+        let server = server_for(src);
+        self.topo.client.spawn_in(move || smtp::harvest_with(src, server, &options))
+    }
+
     /// `smtp::deliver`.
     pub fn deliver(&self, src: IpAddr, from: &str, to: &str, body: &str) -> anyhow::Result<Delivered> {
         let server = server_for(src);
