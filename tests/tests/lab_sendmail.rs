@@ -14,8 +14,7 @@ use std::{
 use blocksmtp_tests::{
     is_root,
     lab::{
-        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFormat, MailLab, Sendmail, SendmailConfig,
-        SessionEnd,
+        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFormat, MailLab, Sendmail, SendmailConfig, SessionEnd,
         smtp::{HarvestReport, Timeouts},
     },
 };
@@ -42,7 +41,12 @@ fn ip(s: &str) -> IpAddr {
 fn lab() -> MailLab {
     let t = Instant::now();
     let lab = MailLab::start(SendmailConfig::default()).expect("starting the mail lab");
-    eprintln!("lab up in {:?}: sendmail pid {}, log {}", t.elapsed(), lab.sendmail.pid(), lab.sendmail.log_path().display());
+    eprintln!(
+        "lab up in {:?}: sendmail pid {}, log {}",
+        t.elapsed(),
+        lab.sendmail.pid(),
+        lab.sendmail.log_path().display()
+    );
     lab
 }
 
@@ -84,7 +88,8 @@ fn ipv4_harvest_logs_each_unknown_user_and_the_flood() {
 
     let unknown = lab.sendmail.wait_log(mark, "... User unknown", 8, Duration::from_secs(1));
     assert_eq!(unknown.len(), 8, "log:\n{}", dump(&lab, mark));
-    let flood = lab.sendmail.wait_log(mark, "[192.0.2.66]: Possible SMTP RCPT flood, throttling.", 1, Duration::from_secs(1));
+    let flood =
+        lab.sendmail.wait_log(mark, "[192.0.2.66]: Possible SMTP RCPT flood, throttling.", 1, Duration::from_secs(1));
     assert_eq!(flood.len(), 1, "log:\n{}", dump(&lab, mark));
     // The flood line follows the third (BadRcptThrottle) unknown user, and comes from
     // the same sendmail process.
@@ -146,7 +151,8 @@ fn legitimate_delivery_is_accepted_logged_and_delivered() {
     eprintln!("{}", d.transcript);
     assert_eq!(d.reply.code, 250);
     assert!(!d.queue_id.is_empty() && d.reply.text().contains(&d.queue_id));
-    let from = lab.sendmail.wait_log(mark, &format!("{}: from=<carol@example.net>", d.queue_id), 1, Duration::from_secs(2));
+    let from =
+        lab.sendmail.wait_log(mark, &format!("{}: from=<carol@example.net>", d.queue_id), 1, Duration::from_secs(2));
     // 192.0.2.67 has a forward-confirmed reverse name in the lab's DNS.
     assert!(
         from.first().is_some_and(|l| l.line.contains("relay=legit.example.net [192.0.2.67]")),
@@ -181,7 +187,12 @@ fn idle_client_and_vrfy_prober() {
     eprintln!("idle child: {child:?}");
     assert_eq!(child.title, "sendmail: MTA: server [192.0.2.66] cmd read");
     drop(idle);
-    let gone = lab.sendmail.wait_log(mark, "[192.0.2.66] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA-v4", 1, Duration::from_secs(3));
+    let gone = lab.sendmail.wait_log(
+        mark,
+        "[192.0.2.66] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA-v4",
+        1,
+        Duration::from_secs(3),
+    );
     assert_eq!(gone.len(), 1, "log:\n{}", dump(&lab, mark));
 
     let v = lab.vrfy_probe(ip(HARVESTER_V4), &["alice", "nosuchuser"]).unwrap();
@@ -190,7 +201,12 @@ fn idle_client_and_vrfy_prober() {
     let codes: Vec<u16> = v.replies.iter().map(|(_, r)| r.as_ref().unwrap().code).collect();
     assert_eq!(codes[0], 250, "{codes:?}");
     assert_eq!(codes[1], 550, "{codes:?}");
-    assert_eq!(lab.sendmail.wait_log(mark, "[192.0.2.66]: VRFY ", 2, Duration::from_secs(1)).len(), 2, "log:\n{}", dump(&lab, mark));
+    assert_eq!(
+        lab.sendmail.wait_log(mark, "[192.0.2.66]: VRFY ", 2, Duration::from_secs(1)).len(),
+        2,
+        "log:\n{}",
+        dump(&lab, mark)
+    );
 }
 
 #[test]
@@ -218,7 +234,19 @@ fn options_shutdown_command_timeout_and_rfc3339_log() {
     eprintln!("{}", report.transcript);
     assert!(!report.completed());
     assert!(report.replied() <= 5, "{} replies", report.replied());
-    assert_eq!(lab.sendmail.wait_log(mark, "[192.0.2.66]: Possible SMTP RCPT flood, shutting down connection.", 1, Duration::from_secs(2)).len(), 1, "log:\n{}", dump(&lab, mark));
+    assert_eq!(
+        lab.sendmail
+            .wait_log(
+                mark,
+                "[192.0.2.66]: Possible SMTP RCPT flood, shutting down connection.",
+                1,
+                Duration::from_secs(2)
+            )
+            .len(),
+        1,
+        "log:\n{}",
+        dump(&lab, mark)
+    );
 
     // Timeout.command=2s: sendmail drops the idle client.
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -269,7 +297,12 @@ fn harvest_cut_off_mid_way_reports_the_replies_it_got() {
 
 fn mounts_mentioning(p: &Path) -> Vec<String> {
     let p = p.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&p)).map(String::from).collect()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&p))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -296,7 +329,8 @@ fn stop_leaves_no_process_namespace_mount_or_directory() {
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(mounts_mentioning(&dir).is_empty(), "{:?}", mounts_mentioning(&dir));
-    let list = String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    let list =
+        String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     for ns in namespaces {
         assert!(!list.contains(&ns), "{ns} left behind");
     }

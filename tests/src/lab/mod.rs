@@ -189,7 +189,8 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let path =
+            std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&path); // a leftover of a crashed run with our pid
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt as _;

@@ -260,7 +260,9 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 impl Sendmail {
     /// Whether the sendmail package is installed (the lab needs it, m4 and makemap).
     pub fn available() -> Result<(), String> {
-        for p in ["/usr/sbin/sendmail-mta", "/usr/sbin/makemap", "/usr/bin/m4", "/usr/bin/unshare", "/etc/mail/sendmail.mc"] {
+        for p in
+            ["/usr/sbin/sendmail-mta", "/usr/sbin/makemap", "/usr/bin/m4", "/usr/bin/unshare", "/etc/mail/sendmail.mc"]
+        {
             if !Path::new(p).exists() {
                 return Err(format!("{p} is missing (apt-get install sendmail m4 util-linux)"));
             }
@@ -330,7 +332,15 @@ impl Sendmail {
             .stderr(log)
             .spawn()
             .context("spawning ip netns exec … unshare … sh start.sh")?;
-        let mut me = Self { dir: Some(dir), pid: 0, mnt_ns: String::new(), syslog: Some(syslog), dns: Some(dns), config, started_mark: 0 };
+        let mut me = Self {
+            dir: Some(dir),
+            pid: 0,
+            mnt_ns: String::new(),
+            syslog: Some(syslog),
+            dns: Some(dns),
+            config,
+            started_mark: 0,
+        };
         let deadline = Instant::now() + me.config.start_timeout;
         let status = loop {
             if let Some(st) = child.try_wait()? {
@@ -374,7 +384,10 @@ impl Sendmail {
                 .with_context(|| format!("sendmail not answering on {dst}"))?;
         }
         let sl = me.syslog();
-        if sl.wait_for(0, 1, deadline.saturating_duration_since(Instant::now()), |l| l.contains("starting daemon (")).is_empty() {
+        if sl
+            .wait_for(0, 1, deadline.saturating_duration_since(Instant::now()), |l| l.contains("starting daemon ("))
+            .is_empty()
+        {
             bail!("sendmail's 'starting daemon' line never reached the syslog receiver");
         }
         // The probes' session-end lines, so tests start from a quiet log.
@@ -384,10 +397,7 @@ impl Sendmail {
     }
 
     fn start_log(&self) -> String {
-        self.dir
-            .as_ref()
-            .and_then(|d| fs::read_to_string(d.path().join("start.log")).ok())
-            .unwrap_or_default()
+        self.dir.as_ref().and_then(|d| fs::read_to_string(d.path().join("start.log")).ok()).unwrap_or_default()
     }
 
     fn check_cf(&self) -> anyhow::Result<()> {
@@ -524,10 +534,10 @@ impl Sendmail {
         }
         self.dns.take();
         self.syslog.take();
-        if let Some(d) = self.dir.take() {
-            if std::env::var_os("BLOCKSMTP_LAB_KEEP").is_some() {
-                eprintln!("mail lab: keeping {}", d.keep().display());
-            }
+        if let Some(d) = self.dir.take()
+            && std::env::var_os("BLOCKSMTP_LAB_KEEP").is_some()
+        {
+            eprintln!("mail lab: keeping {}", d.keep().display());
         }
         if !left.is_empty() {
             bail!("sendmail processes survived SIGKILL: {left:?}");

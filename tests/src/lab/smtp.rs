@@ -132,7 +132,9 @@ fn describe(e: &std::io::Error, during: &str) -> SessionEnd {
     use std::io::ErrorKind::*;
     match e.kind() {
         WouldBlock | TimedOut => SessionEnd::TimedOut { during: during.into() },
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => SessionEnd::Closed { during: during.into() },
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
+            SessionEnd::Closed { during: during.into() }
+        }
         _ => SessionEnd::Error { during: during.into(), error: e.to_string() },
     }
 }
@@ -346,7 +348,13 @@ fn harvest_session(s: &mut Session, o: &HarvestOptions, report: &mut HarvestRepo
     }
     for (cmd, what) in [
         (format!("HELO {}", o.helo), "HELO"),
-        (format!("MAIL FROM:<{}>", o.mail_from.clone().unwrap_or_else(|| format!("{}@example.net", random_local_part()))), "MAIL"),
+        (
+            format!(
+                "MAIL FROM:<{}>",
+                o.mail_from.clone().unwrap_or_else(|| format!("{}@example.net", random_local_part()))
+            ),
+            "MAIL",
+        ),
     ] {
         match s.command(&cmd) {
             Ok(r) if r.code == 250 => {}
@@ -398,12 +406,14 @@ pub struct Delivered {
 /// A full transaction (EHLO, MAIL, RCPT, DATA, QUIT); `Ok` when DATA got 250.
 /// `body` is the message body; From/To/Subject/Message-ID headers are added.
 pub fn deliver(src: IpAddr, server: SocketAddr, from: &str, to: &str, body: &str) -> anyhow::Result<Delivered> {
-    let mut s = Session::open(src, server, Timeouts::default()).map_err(|e| anyhow!("connecting {src} -> {server}: {e}"))?;
+    let mut s =
+        Session::open(src, server, Timeouts::default()).map_err(|e| anyhow!("connecting {src} -> {server}: {e}"))?;
     let r = deliver_session(&mut s, from, to, body);
     s.close();
     match r {
         Ok((reply, message_id)) => {
-            let queue_id = reply.lines.first().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_string();
+            let queue_id =
+                reply.lines.first().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_string();
             Ok(Delivered { queue_id, message_id, reply, transcript: s.transcript })
         }
         Err(e) => bail!("delivery {src} -> {server} failed: {e}\n{}", s.transcript),
@@ -418,7 +428,8 @@ fn deliver_session(s: &mut Session, from: &str, to: &str, body: &str) -> anyhow:
     expect(s.command(&format!("RCPT TO:<{to}>"))?, 250)?;
     expect(s.command("DATA")?, 354)?;
     let message_id = format!("<lab-{}@example.net>", random_local_part());
-    let mut msg = format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: blocksmtp lab delivery\r\nMessage-ID: {message_id}\r\n\r\n");
+    let mut msg =
+        format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: blocksmtp lab delivery\r\nMessage-ID: {message_id}\r\n\r\n");
     for line in body.lines() {
         if line.starts_with('.') {
             msg.push('.');
@@ -473,7 +484,8 @@ impl Drop for IdleClient {
 
 /// Connect, read the banner, send nothing.
 pub fn idle(src: IpAddr, server: SocketAddr) -> anyhow::Result<IdleClient> {
-    let mut session = Session::open(src, server, Timeouts::default()).map_err(|e| anyhow!("connecting {src} -> {server}: {e}"))?;
+    let mut session =
+        Session::open(src, server, Timeouts::default()).map_err(|e| anyhow!("connecting {src} -> {server}: {e}"))?;
     let banner = session.read_reply().map_err(|e| anyhow!("banner from {server}: {e}"))?;
     if banner.code != 220 {
         bail!("{server} refused {src}: {banner}");

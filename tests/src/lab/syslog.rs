@@ -225,7 +225,8 @@ mod tests {
 
     #[test]
     fn datagram_header_is_parsed() {
-        let (pri, rest) = parse_datagram(b"<22>Nov  7 12:35:47 sm-mta[18868]: 6ARCZkEp018868: <x@example.com>... User unknown");
+        let (pri, rest) =
+            parse_datagram(b"<22>Nov  7 12:35:47 sm-mta[18868]: 6ARCZkEp018868: <x@example.com>... User unknown");
         assert_eq!(pri, 22);
         assert_eq!(rest, "sm-mta[18868]: 6ARCZkEp018868: <x@example.com>... User unknown");
         let (pri, rest) = parse_datagram(b"no header");
