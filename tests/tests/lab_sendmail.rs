@@ -324,14 +324,46 @@ fn stop_leaves_no_process_namespace_mount_or_directory() {
 
     for p in &procs {
         assert!(blocksmtp_tests::lab::proc_info(p.pid).is_none(), "{p:?} survived");
-        let zombie = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).is_ok_and(|s| s.contains(") Z "));
-        assert!(!zombie, "{p:?} left a zombie");
+        assert!(!blocksmtp_tests::lab::is_zombie(p.pid), "{p:?} left a zombie");
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(mounts_mentioning(&dir).is_empty(), "{:?}", mounts_mentioning(&dir));
     let list =
         String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     for ns in namespaces {
+        assert!(!list.contains(&ns), "{ns} left behind");
+    }
+}
+
+/// A test that panics with the lab running still leaves nothing behind (the guards'
+/// Drop runs while unwinding).
+#[test]
+fn a_panicking_test_still_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = std::thread::spawn(move || {
+        let lab = lab();
+        let idle = lab.idle(ip(HARVESTER_V4)).unwrap();
+        lab.sendmail.wait_for_child(Duration::from_secs(2), |t| t.contains("cmd read")).expect("a serving child");
+        let names = [lab.topo.server.name.clone(), lab.topo.client.name.clone()];
+        tx.send((lab.sendmail.dir().to_path_buf(), names, lab.sendmail.processes())).unwrap();
+        let _keep = (lab, idle);
+        panic!("deliberate panic with the mail lab running (expected by this test)");
+    })
+    .join();
+    assert!(r.is_err());
+    let (dir, names, procs) = rx.recv().unwrap();
+    assert!(procs.len() >= 2);
+    for p in &procs {
+        assert!(blocksmtp_tests::lab::proc_info(p.pid).is_none(), "{p:?} survived");
+        assert!(!blocksmtp_tests::lab::is_zombie(p.pid), "{p:?} left a zombie");
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let list =
+        String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    for ns in names {
         assert!(!list.contains(&ns), "{ns} left behind");
     }
 }

@@ -165,11 +165,17 @@ pub(crate) fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
-/// Reap `pid` if it is our (adopted) child and has exited.
-pub(crate) fn reap(pid: i32) {
-    if pid > 0 {
-        let mut st = 0;
-        unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+/// Reap `pid` if it is our (adopted) child and has exited. True when it is done with:
+/// reaped now, or not our child and no longer in /proc (reaped by its own parent).
+pub(crate) fn reap(pid: i32) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    let mut st = 0;
+    match unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } {
+        r if r == pid => true,
+        0 => false,
+        _ => !Path::new(&format!("/proc/{pid}")).exists(),
     }
 }
 

@@ -554,15 +554,17 @@ impl Sendmail {
                 }
             }
             for &pid in seen.iter() {
-                super::reap(pid);
+                let _ = super::reap(pid);
             }
             if self.processes().is_empty() {
-                // Reap what died since (children orphaned by the daemon's exit).
-                let settle = Instant::now() + Duration::from_millis(500);
-                while seen.iter().any(|&p| super::is_zombie(p)) && Instant::now() < settle {
-                    for &pid in seen.iter() {
-                        super::reap(pid);
-                    }
+                // A process that is exiting has already left its namespaces but may not
+                // be a zombie yet, and a child of an exiting daemon is reparented to us
+                // only once the daemon is gone: wait until each pid seen is reaped or
+                // gone from /proc.
+                let settle = Instant::now() + Duration::from_secs(3);
+                let mut pending: Vec<i32> = seen.clone();
+                while !pending.is_empty() && Instant::now() < settle {
+                    pending.retain(|&pid| !super::reap(pid));
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 return true;
