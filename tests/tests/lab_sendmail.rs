@@ -14,7 +14,8 @@ use std::{
 use blocksmtp_tests::{
     is_root,
     lab::{
-        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFormat, MailLab, Sendmail, SendmailConfig, SessionEnd,
+        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFollower, LogFormat, LogLine, MailLab, Sendmail,
+        SendmailConfig, SessionEnd,
         smtp::{HarvestReport, Timeouts},
     },
 };
@@ -55,9 +56,8 @@ fn dump(lab: &MailLab, mark: usize) -> String {
 }
 
 /// For each answered guess, the time from reading its reply to its "User unknown"
-/// line being written to the log file (negative: the line was there first).
-fn latencies(lab: &MailLab, mark: usize, report: &HarvestReport) -> Vec<f64> {
-    let lines = lab.sendmail.syslog().lines_since(mark);
+/// line in `lines` (negative: the line was there first).
+fn latencies(lines: &[LogLine], report: &HarvestReport) -> Vec<f64> {
     report
         .guesses
         .iter()
@@ -81,6 +81,7 @@ fn ipv4_harvest_logs_each_unknown_user_and_the_flood() {
     }
     let lab = lab();
     let mark = lab.sendmail.syslog().mark();
+    let follower = LogFollower::start(&lab.sendmail.log_path()).unwrap();
     let report = lab.harvest(ip(HARVESTER_V4), 8, Duration::ZERO).unwrap();
     eprintln!("{}", report.transcript);
     assert!(report.completed(), "harvest did not complete: {:?}", report.end);
@@ -104,16 +105,21 @@ fn ipv4_harvest_logs_each_unknown_user_and_the_flood() {
     let relay = lab.sendmail.wait_log(mark, "nrcpts=0", 1, Duration::from_secs(1));
     assert!(relay.first().is_some_and(|l| l.line.contains("relay=[192.0.2.66]")), "log:\n{}", dump(&lab, mark));
 
-    let mut lat = latencies(&lab, mark, &report);
-    assert_eq!(lat.len(), 8);
-    lat.sort_by(f64::total_cmp);
-    eprintln!(
-        "RCPT reply -> log line written (ms): min {:.3}, median {:.3}, max {:.3} (all: {lat:.3?})",
-        lat[0],
-        lat[lat.len() / 2],
-        lat[lat.len() - 1]
-    );
-    assert!(lat.iter().all(|ms| ms.abs() < 1000.0), "{lat:?}");
+    let stats = |what: &str, mut lat: Vec<f64>| {
+        assert_eq!(lat.len(), 8, "{what}: {lat:?}");
+        lat.sort_by(f64::total_cmp);
+        eprintln!(
+            "RCPT reply -> {what} (ms): min {:.3}, median {:.3}, max {:.3} (all: {lat:.3?})",
+            lat[0],
+            lat[lat.len() / 2],
+            lat[lat.len() - 1]
+        );
+        assert!(lat.iter().all(|ms| ms.abs() < 1000.0), "{what}: {lat:?}");
+    };
+    stats("line written by the receiver", latencies(&lab.sendmail.syslog().lines_since(mark), &report));
+    // An inotify follower of the file, like the daemon, sees the same lines.
+    let followed = follower.wait_for(8, Duration::from_secs(1), |l| l.contains("... User unknown"));
+    stats("line read by an inotify follower", latencies(&followed, &report));
     eprintln!("log:\n{}", dump(&lab, mark));
 }
 

@@ -31,7 +31,7 @@ pub use self::{
     dns::{DnsStub, DnsTable},
     sendmail::{Sendmail, SendmailConfig},
     smtp::{Delivered, HarvestOptions, HarvestReport, IdleClient, Reply, SessionEnd, VrfyReport},
-    syslog::{LogFormat, LogLine, SyslogReceiver},
+    syslog::{LogFollower, LogFormat, LogLine, SyslogReceiver},
 };
 use crate::netns::Topology;
 

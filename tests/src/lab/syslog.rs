@@ -219,6 +219,96 @@ fn timestamp(at: SystemTime, format: LogFormat) -> String {
     }
 }
 
+/// An independent reader of a log file, as a daemon following it would be: inotify
+/// (IN_MODIFY) on the file, each new complete line stamped with the instant it was read.
+/// Used to check that lines reach readers of the file as they are written.
+pub struct LogFollower {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogFollower {
+    /// Follow `path` from its current end.
+    pub fn start(path: &Path) -> anyhow::Result<Self> {
+        use std::{
+            io::{Read as _, Seek as _},
+            os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        };
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        file.seek(std::io::SeekFrom::End(0))?;
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            anyhow::bail!("inotify_init1: {}", std::io::Error::last_os_error());
+        }
+        let ino = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), cpath.as_ptr(), libc::IN_MODIFY) } < 0 {
+            anyhow::bail!("inotify_add_watch {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new().name("lab-follow".into()).spawn(move || {
+                let mut pending = Vec::new();
+                let mut ev = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd { fd: ino.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    if unsafe { libc::poll(&mut pfd, 1, 50) } != 1 {
+                        continue;
+                    }
+                    while unsafe { libc::read(ino.as_raw_fd(), ev.as_mut_ptr().cast(), ev.len()) } > 0 {}
+                    let mut chunk = Vec::new();
+                    if file.read_to_end(&mut chunk).is_err() {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let at = SystemTime::now();
+                    pending.extend_from_slice(&chunk);
+                    let mut lines = shared.lines.lock().unwrap();
+                    while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                        let raw: Vec<u8> = pending.drain(..=nl).collect();
+                        let line = String::from_utf8_lossy(&raw[..raw.len() - 1]).into_owned();
+                        lines.push(LogLine { written: now, at, facility: 0, severity: 0, line });
+                    }
+                    drop(lines);
+                    shared.cond.notify_all();
+                }
+            })?
+        };
+        Ok(Self { shared, stop, thread: Some(thread) })
+    }
+
+    /// Every line read so far; `written` is the instant the follower read it.
+    pub fn lines(&self) -> Vec<LogLine> {
+        self.shared.lines.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` lines satisfy `pred` (fewer on timeout).
+    pub fn wait_for(&self, n: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Vec<LogLine> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.shared.lines.lock().unwrap();
+        loop {
+            let found: Vec<LogLine> = lines.iter().filter(|l| pred(&l.line)).cloned().collect();
+            let now = Instant::now();
+            if found.len() >= n || now >= deadline {
+                return found;
+            }
+            lines = self.shared.cond.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
