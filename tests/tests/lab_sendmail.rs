@@ -184,7 +184,7 @@ fn idle_client_and_vrfy_prober() {
     assert_eq!(daemon.comm, "sendmail-mta");
 
     let mark = lab.sendmail.syslog().mark();
-    let idle = lab.idle(ip(HARVESTER_V4)).unwrap();
+    let idle = lab.idle(ip(HARVESTER_V4)).unwrap_or_else(|e| panic!("{e:#}\nlog:\n{}", dump(&lab, 0)));
     eprintln!("banner: {}", idle.banner);
     let child = lab
         .sendmail
@@ -330,7 +330,12 @@ fn stop_leaves_no_process_namespace_mount_or_directory() {
 
     for p in &procs {
         assert!(blocksmtp_tests::lab::proc_info(p.pid).is_none(), "{p:?} survived");
-        assert!(!blocksmtp_tests::lab::is_zombie(p.pid), "{p:?} left a zombie");
+        assert!(
+            !blocksmtp_tests::lab::is_zombie(p.pid),
+            "{p:?} left a zombie: {:?} (we are {})",
+            std::fs::read_to_string(format!("/proc/{}/stat", p.pid)),
+            std::process::id()
+        );
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(mounts_mentioning(&dir).is_empty(), "{:?}", mounts_mentioning(&dir));
@@ -364,7 +369,12 @@ fn a_panicking_test_still_cleans_up() {
     assert!(procs.len() >= 2);
     for p in &procs {
         assert!(blocksmtp_tests::lab::proc_info(p.pid).is_none(), "{p:?} survived");
-        assert!(!blocksmtp_tests::lab::is_zombie(p.pid), "{p:?} left a zombie");
+        assert!(
+            !blocksmtp_tests::lab::is_zombie(p.pid),
+            "{p:?} left a zombie: {:?} (we are {})",
+            std::fs::read_to_string(format!("/proc/{}/stat", p.pid)),
+            std::process::id()
+        );
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
     let list =

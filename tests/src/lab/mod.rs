@@ -179,6 +179,21 @@ pub(crate) fn reap(pid: i32) -> bool {
     }
 }
 
+/// Reap zombies that are our (adopted) children in process group `pgrp`.
+pub(crate) fn reap_adopted_zombies(pgrp: i32) {
+    let me = std::process::id().to_string();
+    let pg = pgrp.to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    for pid in rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, tail)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = tail.split_whitespace().take(3).collect();
+        if f.len() == 3 && f[0] == "Z" && f[1] == me && f[2] == pg {
+            let _ = reap(pid);
+        }
+    }
+}
+
 /// Whether `pid` is a zombie (dead, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

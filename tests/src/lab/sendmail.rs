@@ -517,11 +517,15 @@ impl Sendmail {
         if self.pid > 0 {
             // Every pid seen, so that those that were orphaned to us (we are the
             // subreaper) get reaped once dead: a zombie has no /proc/PID/ns to match.
-            let mut seen: Vec<i32> = vec![self.pid];
+            // Listed before any signal: a child killed by the first one is a zombie
+            // (invisible to the namespace scan) a moment later.
+            let mut seen: Vec<i32> = self.processes().iter().map(|p| p.pid).collect();
+            if !seen.contains(&self.pid) {
+                seen.push(self.pid);
+            }
             unsafe { libc::kill(-self.pid, libc::SIGTERM) };
-            for p in self.processes() {
-                seen.push(p.pid);
-                unsafe { libc::kill(p.pid, libc::SIGTERM) };
+            for &pid in &seen {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
             }
             if !self.wait_gone(Duration::from_secs(5), &mut seen) {
                 for p in self.processes() {
@@ -567,6 +571,9 @@ impl Sendmail {
                     pending.retain(|&pid| !super::reap(pid));
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                // A child forked after the first scan and killed at once was never seen:
+                // any zombie adopted by us in the daemon's process group is one of those.
+                super::reap_adopted_zombies(self.pid);
                 return true;
             }
             if Instant::now() >= deadline {
