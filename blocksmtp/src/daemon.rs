@@ -299,7 +299,9 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
-    let mut reap = tokio::time::interval(Duration::from_secs(5));
+    // Scan often enough that a session is ended within a fifth of the timeout of it.
+    let reap_every = (d.args.cmd_read_timeout.0 / 5).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut reap = tokio::time::interval(reap_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {

@@ -42,11 +42,22 @@ impl Daemon {
     /// Start `blocksmtp run` (in `ns` if given) following a fresh log file, with
     /// `args` added. Waits until the control socket answers.
     pub fn start(ns: Option<&Netns>, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_following(ns, None, args)
+    }
+
+    /// Like `start`, following `log` (e.g. a real sendmail's) instead of a fresh file.
+    pub fn start_following(ns: Option<&Netns>, log: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("blocksmtp-test-").tempdir()?;
         // World-traversable, so that only the socket's own mode keeps others out.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let log = dir.path().join("mail.log");
-        std::fs::write(&log, b"")?;
+        let log = match log {
+            Some(l) => l.to_path_buf(),
+            None => {
+                let l = dir.path().join("mail.log");
+                std::fs::write(&l, b"")?;
+                l
+            }
+        };
         let pins = PathBuf::from(format!(
             "/sys/fs/bpf/blocksmtp-test-d{}-{}",
             std::process::id(),
