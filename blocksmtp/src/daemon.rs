@@ -533,10 +533,8 @@ impl Daemon {
         );
         self.dirty = true;
         if !self.args.no_kill_sessions && self.args.mode != Mode::DryRun {
-            let pids = self.titles.kill_sessions(&d.source);
-            if !pids.is_empty() {
-                log::info!("ended {} open session(s) of {}: pids {:?}", pids.len(), d.source, pids);
-            }
+            // Each ended session is logged by kill_sessions (pid, client, state).
+            self.titles.kill_sessions(&d.source);
         }
         self.refresh_gauges();
     }

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::{Context as _, bail};
 
 use crate::netns::Netns;
@@ -16,8 +18,12 @@ use crate::netns::Netns;
 /// `cargo xtask test` build it).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/blocksmtp
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("blocksmtp");
+    // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>/blocksmtp
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
+    let bin = dir.join("blocksmtp");
     assert!(bin.exists(), "{} is missing: build it with `cargo build -p blocksmtp` (`cargo xtask test` does)", bin.display());
     bin
 }
@@ -103,6 +109,8 @@ impl Daemon {
             .arg(&self.pins)
             .args(&self.args)
             .env("RUST_LOG", "blocksmtp=debug")
+            // Its own process group: a terminal's Ctrl-C reaches the test, not the daemon.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?);

@@ -46,6 +46,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// See it work: a real sendmail in a namespace, a harvester cut off, a legitimate
+    /// sender served; everything removed afterwards (needs root).
+    Demo,
     /// Benchmarks: print figures and ratios against peers measured in the same run.
     Bench {
         /// Smaller sizes, for a quick look.
@@ -93,6 +96,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fuzz(fuzz_seconds)?;
             }
             Ok(())
+        }
+        Task::Demo => {
+            ensure_setup()?;
+            let mut changed = Vec::new();
+            setup::debian_packages(&["iproute2", "sendmail", "util-linux"], &mut changed)?;
+            cmd(cargo().args(["build", "--quiet", "-p", "blocksmtp", "-p", "blocksmtp-tests", "--bin", "blocksmtp", "--bin", "demo"]))?;
+            cmd(&mut Command::new(target_dir().join("debug").join("demo")))
         }
         Task::Bench { quick } => {
             ensure_setup()?;
