@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod deb;
 mod setup;
 
 #[derive(Parser)]
@@ -41,6 +42,12 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the Debian package (target/debian/blocksmtp_VERSION_ARCH.deb) from the release build.
+    Deb {
+        /// Package target/release/blocksmtp as it is, without running cargo build.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Benchmarks: print figures and ratios against peers measured in the same run.
     Bench {
@@ -86,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             t.args(["test", "--workspace", "--no-fail-fast"]).args(&args);
             cmd(&mut t)
         }
+        Task::Deb { no_build } => deb::run(no_build).map(|_| ()),
         Task::Bench { quick } => {
             ensure_setup()?;
             let mut changed = Vec::new();
