@@ -123,7 +123,9 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
         .replace("@ARCH@", &arch)
         .replace("@DEPENDS@", &depends)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
-    ensure!(!control.contains('@'), "packaging/control has a placeholder left: {control}");
+    if let Some(p) = placeholder(&control) {
+        bail!("packaging/control has an unknown placeholder {p}");
+    }
     write(&debian.join("control"), control.as_bytes(), 0o644)?;
 
     // Reproducible: every mtime is the changelog entry's date (dpkg-deb stores them).
@@ -199,7 +201,6 @@ fn shipped_config(template: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     for line in template.lines() {
         if line == WHITELIST_DEFAULT_LINE {
-            out.push_str("# Shipped with the package; loopback is always whitelisted as well.\n");
             out.push_str(WHITELIST_SHIPPED_LINE);
         } else {
             out.push_str(line);
@@ -207,6 +208,20 @@ fn shipped_config(template: &str) -> anyhow::Result<String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The first `@NAME@` (capitals and underscores) in `text`, if any.
+fn placeholder(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(i) = rest.find('@') {
+        let after = &rest[i + 1..];
+        let name_len = after.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with('@') {
+            return Some(&rest[i..i + name_len + 2]);
+        }
+        rest = after;
+    }
+    None
 }
 
 fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
@@ -326,6 +341,14 @@ mod tests {
         assert!(!c.contains(WHITELIST_DEFAULT_LINE), "{c}");
         assert!(c.contains("# max-unknown = 5\n"), "{c}");
         assert!(shipped_config("# max-unknown = 5\n").is_err(), "a template without the line is an error");
+    }
+
+    #[test]
+    fn placeholders_are_found_but_mail_addresses_are_not() {
+        assert_eq!(placeholder("Version: @VERSION@\n"), Some("@VERSION@"));
+        assert_eq!(placeholder("Maintainer: x <a@example.invalid>\nDepends: @DEPENDS@"), Some("@DEPENDS@"));
+        assert_eq!(placeholder("Maintainer: x <a@example.invalid>\n"), None);
+        assert_eq!(placeholder("a@@b"), None);
     }
 
     #[test]
