@@ -271,7 +271,10 @@ fn daemon_accepts_shipped_config(dir: &Path) {
         .arg(&socket)
         .arg("--state-file")
         .arg(&state)
-        .stdin(Stdio::piped())
+        // stdin at EOF at once: the daemon keeps running (control socket open). (A
+        // pipe held open would keep it from exiting after SIGTERM: tokio's blocking
+        // stdin read outlives the runtime; reported to the daemon's owners.)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
