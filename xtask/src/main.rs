@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod deb;
 mod setup;
 
 #[derive(Parser)]
@@ -49,6 +50,12 @@ enum Task {
     /// See it work: a real sendmail in a namespace, a harvester cut off, a legitimate
     /// sender served; everything removed afterwards (needs root).
     Demo,
+    /// Build the Debian package (target/debian/blocksmtp_VERSION_ARCH.deb) from the release build.
+    Deb {
+        /// Package target/release/blocksmtp as it is, without running cargo build.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Benchmarks: print figures and ratios against peers measured in the same run.
     Bench {
         /// Smaller sizes, for a quick look.
@@ -89,8 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { fuzz_seconds, args } => {
             setup::setup(true)?;
+            // The package test installs and purges this .deb (tests/tests/deb_package.rs).
+            let deb = deb::run(false)?;
             let mut t = cargo();
-            t.args(["test", "--workspace", "--no-fail-fast"]).args(&args);
+            t.args(["test", "--workspace", "--no-fail-fast"]).args(&args).env("BLOCKSMTP_DEB", &deb);
             cmd(&mut t)?;
             if fuzz_seconds > 0 {
                 fuzz(fuzz_seconds)?;
@@ -104,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmd(cargo().args(["build", "--quiet", "-p", "blocksmtp", "-p", "blocksmtp-tests", "--bin", "blocksmtp", "--bin", "demo"]))?;
             cmd(&mut Command::new(target_dir().join("debug").join("demo")))
         }
+        Task::Deb { no_build } => deb::run(no_build).map(|_| ()),
         Task::Bench { quick } => {
             ensure_setup()?;
             let mut changed = Vec::new();

@@ -18,7 +18,8 @@ use crate::{cmd, cmd_output};
 
 /// Debian packages the end-to-end tests and benchmarks drive.
 pub const TEST_PACKAGES: &[&str] = &[
-    "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "rsyslog", "procps", "kmod", "time",
+    "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "procps", "kmod", "time", "util-linux",
+    "dpkg-dev", "binutils", "systemd", "man-db",
 ];
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
