@@ -188,7 +188,10 @@ pub fn main(args: RunArgs, argv: Vec<OsString>) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, argv)) {
+    let result = rt.block_on(run(args, argv));
+    // A blocking read of standard input (--stdin) must not keep the process alive.
+    rt.shutdown_background();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
@@ -809,13 +812,19 @@ fn load_state(path: &Path) -> anyhow::Result<Option<SavedState>> {
     }
 }
 
-/// Write atomically: a crash mid-write leaves the previous state intact.
+/// Write atomically: a crash mid-write leaves the previous state intact. Root-only: it
+/// holds offenders' addresses and evidence.
 fn write_state(path: &Path, state: &SavedState) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec(state)?)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -267,6 +267,9 @@ const QID_TIME_SLACK: Duration = Duration::from_secs(2);
 pub struct ProcTitles {
     root: PathBuf,
     comms: Vec<String>,
+    /// Our network namespace: only sendmail processes in it are ours to attribute, end
+    /// or reap (a sendmail in another namespace is not behind the interfaces we guard).
+    netns: Option<PathBuf>,
 }
 
 impl Default for ProcTitles {
@@ -278,12 +281,12 @@ impl Default for ProcTitles {
 impl ProcTitles {
     /// Over `/proc`, matching comm `sendmail-mta` or `sendmail`.
     pub fn new() -> Self {
-        Self::with_root("/proc")
+        Self { netns: fs::read_link("/proc/self/ns/net").ok(), ..Self::with_root("/proc") }
     }
 
     /// Over another proc root (tests).
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), comms: vec!["sendmail-mta".into(), "sendmail".into()] }
+        Self { root: root.into(), comms: vec!["sendmail-mta".into(), "sendmail".into()], netns: None }
     }
 
     /// Replace the accepted process names (`comm`, at most 15 bytes).
@@ -313,6 +316,11 @@ impl ProcTitles {
         let proc = procfs::process::Process::new_with_root(dir.clone()).ok()?;
         let stat = proc.stat().ok()?;
         if !self.comms.contains(&stat.comm) {
+            return None;
+        }
+        if let Some(ours) = &self.netns
+            && fs::read_link(dir.join("ns/net")).ok().as_ref() != Some(ours)
+        {
             return None;
         }
         let raw = fs::read(dir.join("cmdline")).ok()?;

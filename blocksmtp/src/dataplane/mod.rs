@@ -171,13 +171,21 @@ impl Dataplane {
     pub fn load_pinned(cfg: &DataplaneConfig, pins: PinDir) -> anyhow::Result<Self> {
         pins.create()?;
         let restored = pin::validate_pinned(&pins)?;
-        let mut loader = EbpfLoader::new();
-        let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object with pinned maps")?;
-        Self::finish_load(ebpf, cfg, Some(pins), restored)
+        let load = || -> anyhow::Result<Self> {
+            let mut loader = EbpfLoader::new();
+            let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+            let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object with pinned maps")?;
+            Self::finish_load(ebpf, cfg, Some(pins.clone()), restored)
+        };
+        load().inspect_err(|_| {
+            // A first start that failed leaves nothing behind; earlier bans stay pinned.
+            if !restored {
+                let _ = pins.remove_all();
+            }
+        })
     }
 
     fn finish_load(mut ebpf: Ebpf, cfg: &DataplaneConfig, pins: Option<PinDir>, restored: bool) -> anyhow::Result<Self> {
