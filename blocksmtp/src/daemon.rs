@@ -7,7 +7,6 @@
 //! handles SIGTERM/SIGINT (clean stop) and SIGHUP (reload whitelist and config, reopen
 //! logs).
 use std::{
-    collections::BTreeMap,
     ffi::OsString,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -158,26 +157,6 @@ impl RunArgs {
     }
 }
 
-/// What the state file holds: the offence history (for escalation) and what is known
-/// about each active ban (the kernel map holds only expiries).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SavedState {
-    version: u32,
-    policy: PolicyState,
-    #[serde(default)]
-    bans: BTreeMap<String, BanMeta>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct BanMeta {
-    reason: String,
-    guesses: u32,
-    #[serde(default)]
-    evidence: Vec<String>,
-    #[serde(default)]
-    mta: String,
-}
-
 /// Entry point of `blocksmtp run`; `argv` is kept for SIGHUP's re-read of the config.
 pub fn main(args: RunArgs, argv: Vec<OsString>) -> std::process::ExitCode {
     crate::logging::init(args.debug.unwrap_or(0), args.debug_to_syslog);
@@ -212,7 +191,6 @@ struct Daemon {
     whitelist: Whitelist,
     enforcer: Box<dyn Enforcer>,
     xdp: bool,
-    meta: BTreeMap<SourceAddr, BanMeta>,
     metrics: Arc<Metrics>,
     titles: ProcTitles,
     reaper: Option<Reaper>,
@@ -239,16 +217,10 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let mut detector =
         Detector::with_whitelist(&args.detect, whitelist.clone()).with_live_attribution(Box::new(titles.clone()));
 
-    let mut meta = BTreeMap::new();
     match load_state(&args.state_file) {
         Ok(Some(state)) => {
-            let n = state.policy.offenders.len();
-            detector.restore_state(state.policy, SystemTime::now());
-            for (k, v) in state.bans {
-                if let Ok(s) = k.parse::<SourceAddr>() {
-                    meta.insert(s, v);
-                }
-            }
+            let n = state.offenders.len();
+            detector.restore_state(state, SystemTime::now());
             log::info!("state: {n} offenders' history restored from {}", args.state_file.display());
         }
         Ok(None) => {}
@@ -278,7 +250,6 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         whitelist,
         enforcer,
         xdp,
-        meta,
         metrics,
         titles,
         reaper,
@@ -530,16 +501,12 @@ impl Daemon {
             d.reason,
             if evidence.is_empty() { "-".to_string() } else { evidence }
         );
-        self.meta.insert(
-            d.source,
-            BanMeta { reason: d.reason.clone(), guesses: d.guesses, evidence: d.evidence.clone(), mta: d.mta.name().into() },
-        );
+        // Reason and guesses stay in the policy's offence history (and the state file).
         self.dirty = true;
         if !self.args.no_kill_sessions && self.args.mode != Mode::DryRun {
             // Each ended session is logged by kill_sessions (pid, client, state).
             self.titles.kill_sessions(&d.source);
         }
-        self.refresh_gauges();
     }
 
     async fn on_request(&mut self, req: Request) -> Response {
@@ -577,7 +544,6 @@ impl Daemon {
         match self.enforcer.ban(&src, d, true) {
             Ok(()) => {
                 log::warn!("ban {src} for {} (manual, from the control socket)", format_duration(d));
-                self.meta.insert(src, BanMeta { reason: "manual".into(), ..Default::default() });
                 self.metrics.banned("manual", Duration::ZERO);
                 self.dirty = true;
                 if !self.args.no_kill_sessions && self.args.mode != Mode::DryRun {
@@ -598,7 +564,6 @@ impl Daemon {
         match self.enforcer.unban(&src) {
             Ok(true) => {
                 self.detector.policy_mut().lift(&src);
-                self.meta.remove(&src);
                 self.metrics.unbanned("manual");
                 self.dirty = true;
                 log::warn!("unban {src} (manual, from the control socket)");
@@ -617,11 +582,14 @@ impl Daemon {
             .list()?
             .into_iter()
             .map(|b| {
-                let m = self.meta.get(&b.source).cloned().unwrap_or_default();
+                let offence = self.detector.policy().current_offence(&b.source, now);
                 BanRow {
                     source: b.source.to_string(),
-                    reason: if m.reason.is_empty() && b.manual { "manual".into() } else { m.reason },
-                    guesses: m.guesses,
+                    reason: match offence {
+                        Some(o) if !b.manual => o.reason(),
+                        _ => "manual".into(),
+                    },
+                    guesses: offence.filter(|_| !b.manual).map_or(0, |o| o.guesses),
                     expires_in_secs: b.expires_at.duration_since(now).unwrap_or_default().as_secs(),
                     dropped: b.dropped,
                     manual: b.manual,
@@ -676,20 +644,19 @@ impl Daemon {
         (ifaces, packets)
     }
 
+    /// Twice a second: lift expired bans, refresh the gauges (O(1) per enforcer).
     fn sweep(&mut self) {
         match self.enforcer.sweep_expired() {
-            Ok(gone) if !gone.is_empty() => {
+            Ok(gone) => {
                 for s in &gone {
                     log::info!("ban of {s} expired");
-                    self.meta.remove(s);
                     self.metrics.unbanned("expired");
                 }
-                self.dirty = true;
-                self.refresh_gauges();
+                self.dirty |= !gone.is_empty();
             }
-            Ok(_) => self.metrics.set_detector(self.detector.stats()),
             Err(e) => log::error!("sweeping expired bans: {e:#}"),
         }
+        self.refresh_gauges();
     }
 
     fn refresh_gauges(&self) {
@@ -722,12 +689,7 @@ impl Daemon {
     }
 
     fn save_state(&mut self) {
-        let state = SavedState {
-            version: 1,
-            policy: self.detector.save_state(),
-            bans: self.meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        };
-        match write_state(&self.args.state_file, &state) {
+        match write_state(&self.args.state_file, self.detector.policy()) {
             Ok(()) => self.dirty = false,
             Err(e) => log::error!("saving state to {}: {e:#}", self.args.state_file.display()),
         }
@@ -804,7 +766,7 @@ impl Daemon {
     }
 }
 
-fn load_state(path: &Path) -> anyhow::Result<Option<SavedState>> {
+fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(serde_json::from_str(&s).context("not a blocksmtp state file")?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -814,7 +776,7 @@ fn load_state(path: &Path) -> anyhow::Result<Option<SavedState>> {
 
 /// Write atomically: a crash mid-write leaves the previous state intact. Root-only: it
 /// holds offenders' addresses and evidence.
-fn write_state(path: &Path, state: &SavedState) -> anyhow::Result<()> {
+fn write_state(path: &Path, policy: &crate::policy::Policy) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if let Some(dir) = path.parent()
         && !dir.exists()
@@ -822,8 +784,10 @@ fn write_state(path: &Path, state: &SavedState) -> anyhow::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    std::io::Write::write_all(&mut f, &serde_json::to_vec(state)?)?;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut w = std::io::BufWriter::new(f);
+    policy.write_state(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())

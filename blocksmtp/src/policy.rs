@@ -183,25 +183,61 @@ fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
 }
 
 /// One past or current ban of a source (persisted).
+/// One ban of a source, kept as long as `--ban-time-max` after its end (escalation).
+/// Compact (36 bytes): a mail server under attack keeps hundreds of thousands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offence {
     /// 1 for a first offence, n for the n-th in a row of repeat offences.
     #[serde(default)]
     pub number: u32,
     /// Unix seconds of the decision.
-    pub at: u64,
+    pub at: u32,
     /// Ban length in seconds.
-    pub duration: u64,
+    pub duration: u32,
     /// Guesses that triggered it plus those made while banned.
     pub guesses: u32,
     /// Unix seconds of the first and last guess of this offence.
-    pub first_seen: u64,
-    pub last_seen: u64,
+    pub first_seen: u32,
+    pub last_seen: u32,
+    /// Seconds from the first to the last of the guesses that made the ban.
+    #[serde(default)]
+    pub span: u32,
+    /// Those guesses by kind: unknown recipients, VRFY, EXPN.
+    #[serde(default)]
+    pub kinds: [u16; 3],
+    /// The MTA whose log proved it.
+    #[serde(default)]
+    pub mta: Option<Mta>,
+    /// Lifted by an administrator before its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lifted: bool,
 }
 
 impl Offence {
+    /// When the ban ends (or ended): its decision plus its length, or at once if lifted.
     pub fn until(&self) -> u64 {
-        self.at.saturating_add(self.duration)
+        let at = u64::from(self.at);
+        if self.lifted { at } else { at + u64::from(self.duration) }
+    }
+
+    /// E.g. `7 unknown recipients in 2m (sendmail)`; the same text as the decision's.
+    pub fn reason(&self) -> String {
+        let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        for (n, one, many) in [
+            (u32::from(self.kinds[0]), "unknown recipient", "unknown recipients"),
+            (u32::from(self.kinds[1]), "VRFY probe", "VRFY probes"),
+            (u32::from(self.kinds[2]), "EXPN probe", "EXPN probes"),
+        ] {
+            if n > 0 {
+                parts.push(plural(n, one, many));
+            }
+        }
+        if parts.is_empty() {
+            parts.push(plural(self.guesses, "guess", "guesses"));
+        }
+        let mta = self.mta.map_or(String::new(), |m| format!(" ({m})"));
+        format!("{} in {}{mta}", parts.join(", "), format_duration(Duration::from_secs(self.span.into())))
     }
 }
 
@@ -225,6 +261,14 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Unix seconds as stored in an [`Offence`] (good until 2106).
+pub fn secs32(t: SystemTime) -> u32 {
+    u32::try_from(secs(t)).unwrap_or(u32::MAX)
+}
+
+/// A source's offences; nearly always one, kept inline (no allocation of its own).
+type History = smallvec::SmallVec<[Offence; 1]>;
+
 #[derive(Debug)]
 struct Entry {
     at: SystemTime,
@@ -238,7 +282,6 @@ struct Tracker {
     entries: VecDeque<Entry>,
     in_window: u32,
     latest: SystemTime,
-    banned_until: Option<SystemTime>,
 }
 
 /// Counters of the policy.
@@ -261,7 +304,7 @@ pub struct Policy {
     cfg: PolicyConfig,
     whitelist: Whitelist,
     sources: HashMap<SourceAddr, Tracker>,
-    history: HashMap<SourceAddr, Vec<Offence>>,
+    history: HashMap<SourceAddr, History>,
     stats: PolicyStats,
     last_sweep: Option<SystemTime>,
 }
@@ -283,9 +326,16 @@ impl Policy {
         self.stats
     }
 
-    /// Sources with guesses in their window or an active ban.
+    /// Sources with guesses in their window. A banned source is not tracked: its ban
+    /// lives in its offence history only (memory stays small with many bans).
     pub fn tracked(&self) -> usize {
         self.sources.len()
+    }
+
+    /// The end (unix seconds) of `source`'s current ban, if one runs at `now_s`.
+    fn banned_until(&self, source: &SourceAddr, now_s: u64) -> Option<u64> {
+        let until = self.history.get(source)?.last()?.until();
+        (until > now_s).then_some(until)
     }
 
     /// Count one attributed guess; a ban decision when it crosses the threshold.
@@ -296,23 +346,15 @@ impl Policy {
         self.maybe_sweep(at);
         self.stats.guesses += u64::from(g.count);
         let window = self.cfg.window;
-        let t = self.sources.entry(source).or_insert_with(|| Tracker {
-            entries: VecDeque::new(),
-            in_window: 0,
-            latest: at,
-            banned_until: None,
-        });
-        if let Some(until) = t.banned_until {
-            if at < until {
-                self.stats.guesses_while_banned += u64::from(g.count);
-                if let Some(o) = self.history.get_mut(&source).and_then(|h| h.last_mut()) {
-                    o.guesses = o.guesses.saturating_add(g.count);
-                    o.last_seen = o.last_seen.max(secs(at));
-                }
-                return None;
+        if self.banned_until(&source, secs(at)).is_some() {
+            self.stats.guesses_while_banned += u64::from(g.count);
+            if let Some(o) = self.history.get_mut(&source).and_then(|h| h.last_mut()) {
+                o.guesses = o.guesses.saturating_add(g.count);
+                o.last_seen = o.last_seen.max(secs32(at));
             }
-            t.banned_until = None;
+            return None;
         }
+        let t = self.sources.entry(source).or_insert_with(|| Tracker { entries: VecDeque::new(), in_window: 0, latest: at });
         t.latest = t.latest.max(at);
         let cutoff = t.latest.checked_sub(window).unwrap_or(UNIX_EPOCH);
         if at < cutoff {
@@ -334,9 +376,10 @@ impl Policy {
         if t.in_window < self.cfg.max_unknown {
             return None;
         }
-        let mut entries: Vec<Entry> = t.entries.drain(..).collect();
+        let mut entries: Vec<Entry> = std::mem::take(&mut t.entries).into();
         let guesses = t.in_window;
-        t.in_window = 0;
+        // Decided: the window's guesses move into the offence; the tracker goes.
+        self.sources.remove(&source);
         entries.sort_by_key(|e| e.at);
         let first_seen = entries.first().map_or(at, |e| e.at);
         let last_seen = entries.last().map_or(at, |e| e.at);
@@ -352,20 +395,34 @@ impl Policy {
         // the previous ban.
         let (duration, number) = match history.last() {
             Some(prev) => (
-                Duration::from_secs(prev.duration.saturating_mul(2)).clamp(self.cfg.ban_time, self.cfg.ban_time_max),
+                Duration::from_secs(u64::from(prev.duration) * 2).clamp(self.cfg.ban_time, self.cfg.ban_time_max),
                 prev.number.max(1) + 1,
             ),
             None => (self.cfg.ban_time, 1),
         };
-        history.push(Offence {
+        let mut kinds = [0u16; 3];
+        for e in &entries {
+            let k = match e.kind {
+                GuessKind::UnknownRecipient => 0,
+                GuessKind::Vrfy => 1,
+                GuessKind::Expn => 2,
+            };
+            kinds[k] = kinds[k].saturating_add(u16::try_from(e.count).unwrap_or(u16::MAX));
+        }
+        let offence = Offence {
             number,
-            at: now_s,
-            duration: duration.as_secs(),
+            at: secs32(at),
+            duration: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
             guesses,
-            first_seen: secs(first_seen),
-            last_seen: secs(last_seen),
-        });
-        t.banned_until = Some(at + duration);
+            first_seen: secs32(first_seen),
+            last_seen: secs32(last_seen),
+            mta: Some(g.mta),
+            kinds,
+            span: u32::try_from(last_seen.duration_since(first_seen).unwrap_or_default().as_secs()).unwrap_or(u32::MAX),
+            lifted: false,
+        };
+        let reason = offence.reason();
+        history.push(offence);
         self.stats.bans += 1;
         Some(BanDecision {
             source,
@@ -374,7 +431,7 @@ impl Policy {
             first_seen,
             last_seen,
             evidence: entries.iter().filter_map(|e| e.sample.clone()).take(EVIDENCE).collect(),
-            reason: reason(&entries, last_seen.duration_since(first_seen).unwrap_or_default(), g.mta),
+            reason,
             mta: g.mta,
             offence: number,
         })
@@ -392,10 +449,7 @@ impl Policy {
     pub fn sweep(&mut self, now: SystemTime) {
         self.last_sweep = Some(now);
         let window = self.cfg.window;
-        self.sources.retain(|_, t| {
-            t.banned_until.is_some_and(|u| u > now)
-                || (t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now))
-        });
+        self.sources.retain(|_, t| t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now));
         let now_s = secs(now);
         let keep = self.cfg.ban_time_max.as_secs();
         self.history.retain(|_, h| {
@@ -406,29 +460,36 @@ impl Policy {
 
     /// Whether `source` is under a ban decided by this policy at `now`.
     pub fn is_banned(&self, source: &SourceAddr, now: SystemTime) -> bool {
-        self.sources.get(source).and_then(|t| t.banned_until).is_some_and(|u| u > now)
+        self.banned_until(source, secs(now)).is_some()
     }
 
-    /// End `source`'s current ban early (an administrator's unban); its history stays.
+    /// End `source`'s current ban early (an administrator's unban); its history stays,
+    /// so a new offence still counts as a repeat.
     pub fn lift(&mut self, source: &SourceAddr) -> bool {
-        match self.sources.get_mut(source) {
-            Some(t) if t.banned_until.is_some() => {
-                t.banned_until = None;
+        let now_s = secs(SystemTime::now());
+        match self.history.get_mut(source).and_then(|h| h.last_mut()) {
+            Some(o) if o.until() > now_s => {
+                o.lifted = true;
                 true
             }
             _ => false,
         }
     }
 
+    /// The offence behind `source`'s current ban, if it is banned at `now`.
+    pub fn current_offence(&self, source: &SourceAddr, now: SystemTime) -> Option<&Offence> {
+        self.history.get(source)?.last().filter(|o| o.until() > secs(now))
+    }
+
     /// The offences on record for `source`, oldest first.
     pub fn offences(&self, source: &SourceAddr) -> &[Offence] {
-        self.history.get(source).map_or(&[], Vec::as_slice)
+        self.history.get(source).map_or(&[], |h| h.as_slice())
     }
 
     /// The offence history, for saving.
     pub fn state(&self) -> PolicyState {
         let mut offenders: Vec<Offender> =
-            self.history.iter().map(|(s, o)| Offender { source: *s, offences: o.clone() }).collect();
+            self.history.iter().map(|(s, o)| Offender { source: *s, offences: o.to_vec() }).collect();
         offenders.sort_by_key(|o| o.source);
         PolicyState { version: STATE_VERSION, offenders }
     }
@@ -439,21 +500,34 @@ impl Policy {
     pub fn restore(&mut self, state: PolicyState, now: SystemTime) {
         self.history.clear();
         for o in state.offenders {
-            self.history.insert(o.source, o.offences);
+            self.history.insert(o.source, History::from_vec(o.offences));
         }
+        // A ban still running is known from its offence: no tracker needed.
         self.sweep(now);
-        let now_s = secs(now);
-        for (source, offences) in &self.history {
-            if let Some(last) = offences.last()
-                && last.until() > now_s
-            {
-                let until = UNIX_EPOCH + Duration::from_secs(last.until());
-                self.sources.insert(
-                    *source,
-                    Tracker { entries: VecDeque::new(), in_window: 0, latest: now, banned_until: Some(until) },
-                );
+    }
+
+    /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is
+    /// made, however many offenders there are.
+    pub fn write_state<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
+        struct Offenders<'a>(Vec<(&'a SourceAddr, &'a History)>);
+        impl Serialize for Offenders<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                #[derive(Serialize)]
+                struct O<'a> {
+                    source: &'a SourceAddr,
+                    offences: &'a [Offence],
+                }
+                s.collect_seq(self.0.iter().map(|(source, offences)| O { source, offences: offences.as_slice() }))
             }
         }
+        #[derive(Serialize)]
+        struct State<'a> {
+            version: u32,
+            offenders: Offenders<'a>,
+        }
+        let mut offenders: Vec<_> = self.history.iter().collect();
+        offenders.sort_unstable_by_key(|(s, _)| **s);
+        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(offenders) })
     }
 
     /// The history as JSON.
@@ -469,28 +543,6 @@ impl Policy {
     }
 }
 
-fn reason(entries: &[Entry], span: Duration, mta: Mta) -> String {
-    let (mut rcpt, mut vrfy, mut expn) = (0u32, 0u32, 0u32);
-    for e in entries {
-        match e.kind {
-            GuessKind::UnknownRecipient => rcpt += e.count,
-            GuessKind::Vrfy => vrfy += e.count,
-            GuessKind::Expn => expn += e.count,
-        }
-    }
-    let mut parts = Vec::new();
-    let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    if rcpt > 0 {
-        parts.push(plural(rcpt, "unknown recipient", "unknown recipients"));
-    }
-    if vrfy > 0 {
-        parts.push(plural(vrfy, "VRFY probe", "VRFY probes"));
-    }
-    if expn > 0 {
-        parts.push(plural(expn, "EXPN probe", "EXPN probes"));
-    }
-    format!("{} in {} ({mta})", parts.join(", "), format_duration(span))
-}
 
 /// Where [`Detector`] takes the time of a guess from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -115,9 +115,6 @@ pub fn run(args: &DetectArgs, inputs: &[Input]) -> anyhow::Result<Report> {
     Ok(report(stats, bans, truncated))
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBan {
     // Guesses made while banned were added to the offence record.
@@ -125,10 +122,10 @@ fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBa
         .policy()
         .offences(&d.source)
         .iter()
-        .find(|o| o.number == d.offence && o.first_seen == secs(d.first_seen));
+        .find(|o| o.number == d.offence && o.first_seen == crate::policy::secs32(d.first_seen));
     let (guesses, last_seen) = match record {
-        Some(o) if o.last_seen > secs(d.last_seen) => {
-            (o.guesses.max(d.guesses), UNIX_EPOCH + std::time::Duration::from_secs(o.last_seen))
+        Some(o) if o.last_seen > crate::policy::secs32(d.last_seen) => {
+            (o.guesses.max(d.guesses), UNIX_EPOCH + std::time::Duration::from_secs(o.last_seen.into()))
         }
         Some(o) => (o.guesses.max(d.guesses), d.last_seen),
         None => (d.guesses, d.last_seen),

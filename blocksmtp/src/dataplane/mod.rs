@@ -147,9 +147,11 @@ pub struct Dataplane {
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     stats: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
-    /// (expiry, key) for every ban set or found; entries may be stale (a ban extended
-    /// or lifted since), so a sweep re-checks the map before deleting.
-    expiry: BinaryHeap<Reverse<(u64, BanKey)>>,
+    /// (expiry, key) for every ban set or found, one heap per family so an IPv4 entry
+    /// costs 16 bytes; entries may be stale (a ban extended or lifted since), so a sweep
+    /// re-checks the map before deleting.
+    expiry_v4: BinaryHeap<Reverse<(u64, [u8; 4])>>,
+    expiry_v6: BinaryHeap<Reverse<(u64, [u8; 16])>>,
     pins: Option<PinDir>,
     links: Vec<(String, Attached, FdLink)>,
     /// Entries in BANS_V4 / BANS_V6 (expired ones until swept), kept as they change so
@@ -208,7 +210,8 @@ impl Dataplane {
             },
             ebpf,
             config,
-            expiry: BinaryHeap::new(),
+            expiry_v4: BinaryHeap::new(),
+            expiry_v6: BinaryHeap::new(),
             pins,
             links: Vec::new(),
             entries: [0, 0],
@@ -372,7 +375,7 @@ impl Dataplane {
         if old.is_none() {
             self.entries[key.family()] += 1;
         }
-        self.expiry.push(Reverse((value.expires_ns, key)));
+        self.remember_expiry(value.expires_ns, key);
         Ok(value.expires_ns)
     }
 
@@ -426,11 +429,20 @@ impl Dataplane {
     pub fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>> {
         let now = clock::boottime_ns();
         let mut removed = Vec::new();
-        while let Some(Reverse((until, key))) = self.expiry.peek().copied() {
-            if until > now {
-                break;
-            }
-            self.expiry.pop();
+        loop {
+            let key = match (self.expiry_v4.peek(), self.expiry_v6.peek()) {
+                (Some(Reverse((t, k))), _) if *t <= now => {
+                    let k = BanKey::V4(BanKeyV4Ord(*k));
+                    self.expiry_v4.pop();
+                    k
+                }
+                (_, Some(Reverse((t, k)))) if *t <= now => {
+                    let k = BanKey::V6(*k);
+                    self.expiry_v6.pop();
+                    k
+                }
+                _ => break,
+            };
             // Re-check: the ban may have been extended (a newer heap entry exists) or lifted.
             if let Some(v) = self.get(&key)?
                 && !v.active_at(now)
@@ -447,21 +459,19 @@ impl Dataplane {
         (self.entries[0], self.entries[1])
     }
 
+    fn remember_expiry(&mut self, expires_ns: u64, key: BanKey) {
+        match key {
+            BanKey::V4(k) => self.expiry_v4.push(Reverse((expires_ns, k.0))),
+            BanKey::V6(p) => self.expiry_v6.push(Reverse((expires_ns, p))),
+        }
+    }
+
     fn rebuild_expiry_index(&mut self) -> anyhow::Result<()> {
-        let mut heap = Vec::new();
-        let mut entries = [0, 0];
-        for r in self.bans_v4.iter() {
-            let (k, v) = r?;
-            heap.push(Reverse((v.expires_ns, BanKey::V4(BanKeyV4Ord(k.addr)))));
-            entries[0] += 1;
-        }
-        for r in self.bans_v6.iter() {
-            let (k, v) = r?;
-            heap.push(Reverse((v.expires_ns, BanKey::V6(k.prefix))));
-            entries[1] += 1;
-        }
-        self.expiry = BinaryHeap::from(heap);
-        self.entries = entries;
+        let v4: Vec<_> = self.bans_v4.iter().map(|r| r.map(|(k, v)| Reverse((v.expires_ns, k.addr)))).collect::<Result<_, _>>()?;
+        let v6: Vec<_> = self.bans_v6.iter().map(|r| r.map(|(k, v)| Reverse((v.expires_ns, k.prefix)))).collect::<Result<_, _>>()?;
+        self.entries = [v4.len(), v6.len()];
+        self.expiry_v4 = BinaryHeap::from(v4);
+        self.expiry_v6 = BinaryHeap::from(v6);
         Ok(())
     }
 

@@ -46,6 +46,10 @@ impl Enforcer for DryRun {
             .collect())
     }
 
+    fn active_count(&self) -> anyhow::Result<usize> {
+        Ok(self.bans.len())
+    }
+
     fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>> {
         let now = SystemTime::now();
         let gone: Vec<_> = self.bans.iter().filter(|(_, (u, _))| *u <= now).map(|(s, _)| *s).collect();
