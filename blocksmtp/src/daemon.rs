@@ -194,6 +194,11 @@ struct Daemon {
     metrics: Arc<Metrics>,
     titles: ProcTitles,
     reaper: Option<Reaper>,
+    /// Banned sources whose open sessions are still to be ended, and when /proc was
+    /// last scanned for that: a burst of bans costs one scan per sweep tick, a lone ban
+    /// is acted on at once.
+    pending_kills: Vec<SourceAddr>,
+    last_kill_scan: Option<Instant>,
     started: Instant,
     dirty: bool,
     sources: Vec<SourceHandle>,
@@ -253,6 +258,8 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         metrics,
         titles,
         reaper,
+        pending_kills: Vec::new(),
+        last_kill_scan: None,
         started: Instant::now(),
         dirty: false,
         sources,
@@ -503,10 +510,29 @@ impl Daemon {
         );
         // Reason and guesses stay in the policy's offence history (and the state file).
         self.dirty = true;
-        if !self.args.no_kill_sessions && self.args.mode != Mode::DryRun {
-            // Each ended session is logged by kill_sessions (pid, client, state).
-            self.titles.kill_sessions(&d.source);
+        self.end_sessions(d.source);
+    }
+
+    /// End the banned client's open sendmail sessions (dropped packets alone would
+    /// leave them hanging until sendmail's own timeout).
+    fn end_sessions(&mut self, source: SourceAddr) {
+        if self.args.no_kill_sessions || self.args.mode == Mode::DryRun {
+            return;
         }
+        self.pending_kills.push(source);
+        if self.last_kill_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
+            self.flush_kills();
+        }
+    }
+
+    fn flush_kills(&mut self) {
+        if self.pending_kills.is_empty() {
+            return;
+        }
+        // Each ended session is logged (pid, client, state).
+        self.titles.kill_sessions_of_any(&self.pending_kills);
+        self.pending_kills.clear();
+        self.last_kill_scan = Some(Instant::now());
     }
 
     async fn on_request(&mut self, req: Request) -> Response {
@@ -546,9 +572,7 @@ impl Daemon {
                 log::warn!("ban {src} for {} (manual, from the control socket)", format_duration(d));
                 self.metrics.banned("manual", Duration::ZERO);
                 self.dirty = true;
-                if !self.args.no_kill_sessions && self.args.mode != Mode::DryRun {
-                    self.titles.kill_sessions(&src);
-                }
+                self.end_sessions(src);
                 self.refresh_gauges();
                 Response::ok(format!("banned {src} for {}", format_duration(d)))
             }
@@ -644,8 +668,10 @@ impl Daemon {
         (ifaces, packets)
     }
 
-    /// Twice a second: lift expired bans, refresh the gauges (O(1) per enforcer).
+    /// Twice a second: end the sessions of bans made in a burst, lift expired bans,
+    /// refresh the gauges (O(1) per enforcer).
     fn sweep(&mut self) {
+        self.flush_kills();
         match self.enforcer.sweep_expired() {
             Ok(gone) => {
                 for s in &gone {

@@ -356,9 +356,16 @@ impl ProcTitles {
     }
 
     fn sessions_in(&self, source: &SourceAddr) -> Vec<SendmailProcess> {
+        self.sessions_in_any(std::slice::from_ref(source))
+    }
+
+    /// Children serving a client inside any of `sources`: one scan of /proc for all.
+    fn sessions_in_any(&self, sources: &[SourceAddr]) -> Vec<SendmailProcess> {
         self.scan()
             .into_iter()
-            .filter(|p| p.title.role == Role::Client && p.title.client.is_some_and(|ip| source.contains(&ip)))
+            .filter(|p| {
+                p.title.role == Role::Client && p.title.client.is_some_and(|ip| sources.iter().any(|s| s.contains(&ip)))
+            })
             .filter(|p| is_signalable(p.pid))
             .collect()
     }
@@ -366,8 +373,16 @@ impl ProcTitles {
     /// SIGTERM every sendmail child serving a client inside `source` (its sessions end
     /// when it is banned). Returns the pids signalled.
     pub fn kill_sessions(&self, source: &SourceAddr) -> Vec<u32> {
+        self.kill_sessions_of_any(std::slice::from_ref(source))
+    }
+
+    /// `kill_sessions` for several sources with one scan of /proc (a burst of bans).
+    pub fn kill_sessions_of_any(&self, sources: &[SourceAddr]) -> Vec<u32> {
         let mut done = Vec::new();
-        for p in self.sessions_in(source) {
+        if sources.is_empty() {
+            return done;
+        }
+        for p in self.sessions_in_any(sources) {
             match self.signal_if_same(&p, nix::sys::signal::Signal::SIGTERM) {
                 Ok(true) => {
                     log::info!(

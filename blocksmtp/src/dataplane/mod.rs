@@ -32,6 +32,7 @@ use ipnet::IpNet;
 use crate::addr::SourceAddr;
 
 pub mod attach;
+mod batch;
 pub mod clock;
 pub mod pin;
 
@@ -400,14 +401,12 @@ impl Dataplane {
     pub fn list(&self) -> anyhow::Result<Vec<KernelBan>> {
         let now = clock::boottime_ns();
         let mut out = Vec::new();
-        for r in self.bans_v4.iter() {
-            let (k, v) = r?;
+        for (k, v) in Self::dump(&self.bans_v4)? {
             if v.active_at(now) {
                 out.push(self.kernel_ban(BanKey::V4(BanKeyV4Ord(k.addr)), v));
             }
         }
-        for r in self.bans_v6.iter() {
-            let (k, v) = r?;
+        for (k, v) in Self::dump(&self.bans_v6)? {
             if v.active_at(now) {
                 out.push(self.kernel_ban(BanKey::V6(k.prefix), v));
             }
@@ -466,9 +465,20 @@ impl Dataplane {
         }
     }
 
+    /// Every entry of a ban map: in batches when the kernel can, else one by one.
+    fn dump<K: aya::Pod + bytemuck::Pod>(map: &HashMap<MapData, K, BanValue>) -> anyhow::Result<Vec<(K, BanValue)>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+        match batch::dump::<K, BanValue>(fd) {
+            Ok(v) => Ok(v),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(map.iter().collect::<Result<_, _>>()?),
+            Err(e) => Err(anyhow::Error::new(e).context("BPF_MAP_LOOKUP_BATCH")),
+        }
+    }
+
     fn rebuild_expiry_index(&mut self) -> anyhow::Result<()> {
-        let v4: Vec<_> = self.bans_v4.iter().map(|r| r.map(|(k, v)| Reverse((v.expires_ns, k.addr)))).collect::<Result<_, _>>()?;
-        let v6: Vec<_> = self.bans_v6.iter().map(|r| r.map(|(k, v)| Reverse((v.expires_ns, k.prefix)))).collect::<Result<_, _>>()?;
+        let v4: Vec<_> = Self::dump(&self.bans_v4)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.addr))).collect();
+        let v6: Vec<_> = Self::dump(&self.bans_v6)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.prefix))).collect();
         self.entries = [v4.len(), v6.len()];
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
