@@ -118,7 +118,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ensure_setup()?;
             let mut changed = Vec::new();
             setup::debian_packages(&["iproute2", "iptables", "ipset", "fail2ban", "time", "hyperfine"], &mut changed)?;
-            for bench in ["bench-dataplane", "bench-replay"] {
+            for bench in [
+                "bench-dataplane",
+                "bench-replay",
+                "bench-latency",
+                "bench-traffic",
+                "bench-churn",
+                "bench-memory",
+            ] {
                 let mut b = cargo();
                 b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", bench, "--"]);
                 if quick {
