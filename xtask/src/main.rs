@@ -125,6 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "bench-traffic",
                 "bench-churn",
                 "bench-memory",
+                "bench-startup",
+                "bench-guesses",
             ] {
                 let mut b = cargo();
                 b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", bench, "--"]);

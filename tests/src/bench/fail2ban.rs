@@ -21,11 +21,13 @@ pub struct Fail2banConfig {
     pub maxretry: u32,
     pub findtime_secs: u64,
     pub bantime_secs: u64,
+    /// The log the jail reads; a fresh file of its own when `None`.
+    pub logpath: Option<PathBuf>,
 }
 
 impl Default for Fail2banConfig {
     fn default() -> Self {
-        Self { backend: "pyinotify".into(), maxretry: 5, findtime_secs: 600, bantime_secs: 3600 }
+        Self { backend: "pyinotify".into(), maxretry: 5, findtime_secs: 600, bantime_secs: 3600, logpath: None }
     }
 }
 
