@@ -87,6 +87,10 @@ pub type AllowValue = u32;
 pub const CONFIG_MAILER_V4: u8 = 1;
 /// The mailer-address filter is on for IPv6 packets (`Config::mailer_v6`).
 pub const CONFIG_MAILER_V6: u8 = 2;
+/// `ALLOW_V4` holds entries (when clear, the program skips the trie: same verdict).
+pub const CONFIG_ALLOW_V4: u8 = 4;
+/// `ALLOW_V6` holds entries.
+pub const CONFIG_ALLOW_V6: u8 = 8;
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config,
     MAX_ALLOW, MAX_BANS, MAX_PORTS, STAT_COUNT, Verdict,
 };
 
@@ -187,7 +187,7 @@ fn ipv4(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
     if expired(ban) {
         return Verdict::PassExpired;
     }
-    if ALLOW_V4.get(Key::new(32, saddr)).is_some() {
+    if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
         return Verdict::PassAllowListed;
     }
     charge(ban)
@@ -240,7 +240,7 @@ fn ipv6(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
     if expired(ban) {
         return Verdict::PassExpired;
     }
-    if ALLOW_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) })).is_some() {
+    if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) })).is_some() {
         return Verdict::PassAllowListed;
     }
     charge(ban)

@@ -333,7 +333,7 @@ fn start_enforcer(args: &RunArgs, whitelist: &Whitelist) -> anyhow::Result<Box<d
             };
             let mut x = XdpEnforcer::start(&args.dataplane_config(), PinDir::new(&args.pin_dir), &interfaces, args.attach)
                 .context("starting the xdp dataplane (try --attach tc, or --mode iptables)")?;
-            x.dataplane_mut().set_allow_list(whitelist.nets())?;
+            x.dataplane_mut().set_allow_list(&kernel_allow_list(whitelist))?;
             Box::new(x)
         }
         Mode::Iptables => {
@@ -359,6 +359,15 @@ fn start_enforcer(args: &RunArgs, whitelist: &Whitelist) -> anyhow::Result<Box<d
         }
         Mode::DryRun => Box::new(DryRun::default()),
     })
+}
+
+/// The whitelist as the kernel's allow-list tries hold it. Loopback is left out: it never
+/// arrives on a guarded interface and the daemon never bans it, and with empty tries the
+/// program skips the lookup for banned sources.
+fn kernel_allow_list(w: &Whitelist) -> Vec<ipnet::IpNet> {
+    let lo4: ipnet::IpNet = "127.0.0.0/8".parse().expect("literal");
+    let lo6: ipnet::IpNet = "::1/128".parse().expect("literal");
+    w.nets().iter().copied().filter(|n| !lo4.contains(n) && !lo6.contains(n)).collect()
 }
 
 /// Which sources to read when none is named.
@@ -763,7 +772,7 @@ impl Daemon {
         }
         if let Some(x) = crate::enforce::downcast_mut::<XdpEnforcer>(&mut *self.enforcer) {
             let dp = x.dataplane_mut();
-            if let Err(e) = dp.reconfigure(&new.dataplane_config()).and_then(|()| dp.set_allow_list(whitelist.nets())) {
+            if let Err(e) = dp.reconfigure(&new.dataplane_config()).and_then(|()| dp.set_allow_list(&kernel_allow_list(&whitelist))) {
                 log::error!("reload: dataplane: {e:#}");
             }
         }

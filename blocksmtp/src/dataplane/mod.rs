@@ -24,7 +24,7 @@ use aya::{
     programs::{ProgramError, links::FdLink, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use blocksmtp_common::{
-    AllowValue, BAN_FLAG_MANUAL, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict,
+    AllowValue, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict,
     map_names, program_names, v6_key,
 };
 use ipnet::IpNet;
@@ -234,7 +234,8 @@ impl Dataplane {
 
     /// Apply a new configuration (SIGHUP); IPv6 bans are re-keyed if the prefix changed.
     pub fn reconfigure(&mut self, cfg: &DataplaneConfig) -> anyhow::Result<()> {
-        let new = cfg.to_kernel()?;
+        let mut new = cfg.to_kernel()?;
+        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6);
         let old_len = self.config.v6_prefix_len;
         self.config_map.set(0, new, 0).context("writing the config map")?;
         self.config = new;
@@ -538,6 +539,19 @@ impl Dataplane {
         }
         for k in old6.iter().filter(|k| !want6.iter().any(|w| same6(w, k))) {
             self.allow_v6.remove(k)?;
+        }
+        // Tell the program whether a trie is worth a lookup.
+        let mut cfg = self.config;
+        cfg.flags &= !(CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6);
+        if !want4.is_empty() {
+            cfg.flags |= CONFIG_ALLOW_V4;
+        }
+        if !want6.is_empty() {
+            cfg.flags |= CONFIG_ALLOW_V6;
+        }
+        if cfg != self.config {
+            self.config_map.set(0, cfg, 0).context("writing the config map")?;
+            self.config = cfg;
         }
         Ok(())
     }

@@ -467,12 +467,12 @@ impl IptablesEnforcer {
             let Some(fam) = self.family(v6) else {
                 bail!("IPv6 ban of {} refused: no ip6tables configured", subset[0].0);
             };
-            let script = self.script(&subset);
+            let script = self.script_for(v6, &subset);
             if let Err(first) = self.restore(fam, &script) {
                 log::warn!("{first:#}; re-reading chain {} and retrying", self.cfg.chain);
                 self.bans.retain(|s, _| s.is_v4() == v6);
                 self.adopt(fam).context("re-reading the chain after a failed batch")?;
-                let script = self.script(&subset);
+                let script = self.script_for(v6, &subset);
                 self.restore(fam, &script)?;
             }
             for (s, b) in subset {
@@ -483,6 +483,35 @@ impl IptablesEnforcer {
             }
         }
         Ok(())
+    }
+
+    /// The restore lines for `subset`. Deleting a rule by its spec makes iptables search
+    /// the chain, so many deletions at once (a mass expiry) would be quadratic: then the
+    /// family's chain is flushed and rewritten instead, linear in its size. (Rewritten
+    /// rules start their packet counters afresh.)
+    fn script_for(&self, v6: bool, subset: &[(&SourceAddr, &Option<Ban>)]) -> Vec<String> {
+        let deletes = subset.iter().filter(|(s, _)| self.bans.contains_key(s)).count();
+        let size = self.bans.keys().filter(|s| s.is_v4() != v6).count();
+        if deletes <= 64 || deletes * 8 <= size {
+            return self.script(subset);
+        }
+        let mut after: BTreeMap<SourceAddr, Ban> =
+            self.bans.iter().filter(|(s, _)| s.is_v4() != v6).map(|(s, b)| (*s, *b)).collect();
+        for (s, new) in subset {
+            match new {
+                Some(b) => after.insert(**s, *b),
+                None => after.remove(*s),
+            };
+        }
+        let chain = &self.cfg.chain;
+        let mut script = Vec::with_capacity(1 + after.len() * self.cfg.ports.len());
+        script.push(format!("-F {chain}"));
+        for (s, b) in &after {
+            for &p in &self.cfg.ports {
+                script.push(format!("-A {chain} {}", self.rule_spec(s, p, *b)));
+            }
+        }
+        script
     }
 
     fn script(&self, subset: &[(&SourceAddr, &Option<Ban>)]) -> Vec<String> {
