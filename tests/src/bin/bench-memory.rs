@@ -3,7 +3,8 @@
 //! reaches within a time cap. Large N are restored from pinned maps (a first run with
 //! `--keep-bans` creates them, the benchmark writes N entries into `BANS_V4`, the
 //! measured run restores them); another row makes 100,000 (quick: 10,000) bans from a
-//! log (one sendmail `Possible SMTP RCPT flood` line per source, `--max-unknown 1`), so
+//! log (per source, sendmail's `Possible SMTP RCPT flood` line and the session's closing
+//! `from=` line, `--max-unknown 1`), so
 //! the per-source detection state and offence history are counted too. fail2ban's bans
 //! come from `fail2ban-client set bench banip …` in batches of 500, each ban running its
 //! iptables-multiport action. Sources are 10.0.0.0/8 map keys and rule matches only;
@@ -94,7 +95,19 @@ fn main() -> anyhow::Result<()> {
             &["--interface", "vs0", "--max-unknown", "1", "--from-start", "--cmd-read-timeout", "0", "--ban-time", "1d"],
         )?;
         let ts = bench::syslog_now();
-        let lines: Vec<String> = (0..n).map(|i| bench::flood_line(&ts, &key(i).to_string(), 10_000 + i)).collect();
+        // Each harvest session as sendmail logs it: the flood warning, then the
+        // session's closing `from=… relay=[ip]` line.
+        let lines: Vec<String> = (0..n)
+            .flat_map(|i| {
+                let (ip, pid) = (key(i).to_string(), 10_000 + i);
+                [
+                    bench::flood_line(&ts, &ip, pid),
+                    format!(
+                        "{ts} mx sm-mta[{pid}]: 6ARCZkEp{pid:06}: from=<x{i}@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[{ip}]"
+                    ),
+                ]
+            })
+            .collect();
         d.append(&lines)?;
         d.start()?;
         let t0 = Instant::now();
@@ -116,10 +129,13 @@ fn main() -> anyhow::Result<()> {
         let took = t0.elapsed();
         std::thread::sleep(Duration::from_secs(3));
         let pid = d.pid().context("pid")?;
+        let rss = proc_status_kb(pid, "VmRSS");
+        // The target is judged on bans made by detection (with their history), too.
+        ours_at_100k = ours_at_100k.max(rss);
         t.row(vec![
-            "blocksmtp run (xdp), bans made from a log (flood lines)".into(),
+            "blocksmtp run (xdp), bans made from a log (harvest sessions)".into(),
             thousands(active),
-            mib(proc_status_kb(pid, "VmRSS")),
+            mib(rss),
             mib(proc_status_kb(pid, "VmHWM")),
             format!("{:.2}", took.as_secs_f64()),
             format!("{:.0} bans/s from the log", f64::from(n) / took.as_secs_f64()),
@@ -182,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     }
     t.print();
     if let Some(kb) = ours_at_100k {
-        println!("target: blocksmtp ≤ 20 MB at {} bans:", thousands(sizes[1].into()));
+        println!("target: blocksmtp ≤ 20 MB at {} bans (the larger of the restored and the detected rows):", thousands(sizes[1].into()));
         println!("  measured: {:.1} MiB — {}", kb as f64 / 1024.0, verdict(kb as f64 / 1024.0 <= 20.0 * 1e6 / 1048576.0));
     }
     println!("(the ban maps' kernel memory is not in VmRSS: BPF maps are kernel allocations; see bpftool map show's memlock)");
