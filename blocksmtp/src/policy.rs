@@ -269,6 +269,78 @@ pub fn secs32(t: SystemTime) -> u32 {
 /// A source's offences; nearly always one, kept inline (no allocation of its own).
 type History = smallvec::SmallVec<[Offence; 1]>;
 
+/// Offence histories by source, IPv4 keyed by a plain u32 (the common case, and the
+/// bulk of the daemon's memory under a large attack: 52 bytes an offender).
+#[derive(Debug, Default)]
+struct Histories {
+    v4: HashMap<u32, History>,
+    v6: HashMap<(u128, u8), History>,
+}
+
+enum Key {
+    V4(u32),
+    V6((u128, u8)),
+}
+
+fn key(source: &SourceAddr) -> Key {
+    match source.net() {
+        ipnet::IpNet::V4(n) => Key::V4(u32::from(n.addr())),
+        ipnet::IpNet::V6(n) => Key::V6((u128::from(n.network()), n.prefix_len())),
+    }
+}
+
+impl Histories {
+    fn get(&self, source: &SourceAddr) -> Option<&History> {
+        match key(source) {
+            Key::V4(k) => self.v4.get(&k),
+            Key::V6(k) => self.v6.get(&k),
+        }
+    }
+
+    fn get_mut(&mut self, source: &SourceAddr) -> Option<&mut History> {
+        match key(source) {
+            Key::V4(k) => self.v4.get_mut(&k),
+            Key::V6(k) => self.v6.get_mut(&k),
+        }
+    }
+
+    fn entry(&mut self, source: &SourceAddr) -> &mut History {
+        match key(source) {
+            Key::V4(k) => self.v4.entry(k).or_default(),
+            Key::V6(k) => self.v6.entry(k).or_default(),
+        }
+    }
+
+    fn insert(&mut self, source: &SourceAddr, h: History) {
+        match key(source) {
+            Key::V4(k) => self.v4.insert(k, h),
+            Key::V6(k) => self.v6.insert(k, h),
+        };
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&mut History) -> bool) {
+        self.v4.retain(|_, h| keep(h));
+        self.v6.retain(|_, h| keep(h));
+    }
+
+    fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+    }
+
+    /// Every (source, history), in address order.
+    fn sorted(&self) -> Vec<(SourceAddr, &History)> {
+        let mut v: Vec<(SourceAddr, &History)> = self
+            .v4
+            .iter()
+            .map(|(k, h)| (SourceAddr::from_ip(std::net::Ipv4Addr::from(*k).into(), 128), h))
+            .chain(self.v6.iter().map(|((a, len), h)| (SourceAddr::from_ip(std::net::Ipv6Addr::from(*a).into(), *len), h)))
+            .collect();
+        v.sort_unstable_by_key(|(s, _)| *s);
+        v
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     at: SystemTime,
@@ -304,14 +376,14 @@ pub struct Policy {
     cfg: PolicyConfig,
     whitelist: Whitelist,
     sources: HashMap<SourceAddr, Tracker>,
-    history: HashMap<SourceAddr, History>,
+    history: Histories,
     stats: PolicyStats,
     last_sweep: Option<SystemTime>,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, whitelist: Whitelist) -> Self {
-        Self { cfg, whitelist, sources: HashMap::new(), history: HashMap::new(), stats: Default::default(), last_sweep: None }
+        Self { cfg, whitelist, sources: HashMap::new(), history: Histories::default(), stats: Default::default(), last_sweep: None }
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -389,7 +461,7 @@ impl Policy {
         }
         let now_s = secs(at);
         let keep = self.cfg.ban_time_max.as_secs();
-        let history = self.history.entry(source).or_default();
+        let history = self.history.entry(&source);
         history.retain(|o| o.until().saturating_add(keep) >= now_s);
         // A repeat offence (the previous one ended less than ban_time_max ago) doubles
         // the previous ban.
@@ -452,7 +524,7 @@ impl Policy {
         self.sources.retain(|_, t| t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now));
         let now_s = secs(now);
         let keep = self.cfg.ban_time_max.as_secs();
-        self.history.retain(|_, h| {
+        self.history.retain(|h| {
             h.retain(|o| o.until().saturating_add(keep) >= now_s);
             !h.is_empty()
         });
@@ -488,9 +560,8 @@ impl Policy {
 
     /// The offence history, for saving.
     pub fn state(&self) -> PolicyState {
-        let mut offenders: Vec<Offender> =
-            self.history.iter().map(|(s, o)| Offender { source: *s, offences: o.to_vec() }).collect();
-        offenders.sort_by_key(|o| o.source);
+        let offenders: Vec<Offender> =
+            self.history.sorted().into_iter().map(|(source, o)| Offender { source, offences: o.to_vec() }).collect();
         PolicyState { version: STATE_VERSION, offenders }
     }
 
@@ -500,7 +571,7 @@ impl Policy {
     pub fn restore(&mut self, state: PolicyState, now: SystemTime) {
         self.history.clear();
         for o in state.offenders {
-            self.history.insert(o.source, History::from_vec(o.offences));
+            self.history.insert(&o.source, History::from_vec(o.offences));
         }
         // A ban still running is known from its offence: no tracker needed.
         self.sweep(now);
@@ -509,7 +580,7 @@ impl Policy {
     /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is
     /// made, however many offenders there are.
     pub fn write_state<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
-        struct Offenders<'a>(Vec<(&'a SourceAddr, &'a History)>);
+        struct Offenders<'a>(Vec<(SourceAddr, &'a History)>);
         impl Serialize for Offenders<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 #[derive(Serialize)]
@@ -525,9 +596,7 @@ impl Policy {
             version: u32,
             offenders: Offenders<'a>,
         }
-        let mut offenders: Vec<_> = self.history.iter().collect();
-        offenders.sort_unstable_by_key(|(s, _)| **s);
-        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(offenders) })
+        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(self.history.sorted()) })
     }
 
     /// The history as JSON.
