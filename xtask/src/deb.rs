@@ -28,7 +28,7 @@ use crate::{cmd, cmd_output};
 
 const PKG: &str = "blocksmtp";
 /// The line of `blocksmtp config` that the shipped config uncomments.
-const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"\"";
+const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"FILE\"   (not set)";
 const WHITELIST_SHIPPED_LINE: &str = "white-list = \"/etc/blocksmtp/whitelist\"";
 
 /// Build the package; returns its path.
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn shipped_config_uncomments_the_whitelist_only() {
-        let t = "# header\n\n# Whitelist file.\n# white-list = \"\"\n\n# max-unknown = 5\n";
+        let t = "# header\n\n# Whitelist file.\n# white-list = \"FILE\"   (not set)\n\n# max-unknown = 5\n";
         let c = shipped_config(t).unwrap();
         assert!(c.contains("\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"), "{c}");
         assert!(!c.contains(WHITELIST_DEFAULT_LINE), "{c}");
