@@ -233,6 +233,12 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     }
 
     let enforcer = start_enforcer(&args, &whitelist)?;
+    // Loading the eBPF object parses the kernel's BTF (megabytes, freed again): hand
+    // that memory back now rather than carry it for the daemon's lifetime.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let xdp = args.mode == Mode::Xdp;
     let reaper = (!args.cmd_read_timeout.0.is_zero()).then(|| {
         Reaper::new(ReaperConfig { cmd_read_timeout: args.cmd_read_timeout.0, ..ReaperConfig::default() })
@@ -538,9 +544,9 @@ impl Daemon {
         if self.pending_kills.is_empty() {
             return;
         }
-        // Each ended session is logged (pid, client, state).
-        self.titles.kill_sessions_of_any(&self.pending_kills);
-        self.pending_kills.clear();
+        // Each ended session is logged (pid, client, state). `take`: a burst's list is
+        // not kept allocated afterwards.
+        self.titles.kill_sessions_of_any(&std::mem::take(&mut self.pending_kills));
         self.last_kill_scan = Some(Instant::now());
     }
 
