@@ -190,23 +190,29 @@ impl Daemon {
     }
 
     fn signal_and_wait(&mut self, sig: i32) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let t = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if sig == libc::SIGTERM && !status.success() {
-                    bail!("blocksmtp exited with {status} after SIGTERM:\n{}", self.stderr_text());
-                }
-                return Ok(());
+        let Some(child) = self.child.take() else { return Ok(()) };
+        signal_and_wait(child, sig, Duration::from_secs(15)).map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.stderr_text()))
+    }
+}
+
+/// Send `sig` to `child` and wait for it to exit (SIGKILL after `timeout`). After
+/// SIGTERM, an unsuccessful exit is an error: the daemon must stop cleanly.
+pub fn signal_and_wait(mut child: Child, sig: i32, timeout: Duration) -> anyhow::Result<()> {
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if sig == libc::SIGTERM && !status.success() {
+                bail!("blocksmtp exited with {status} after SIGTERM");
             }
-            if t.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("blocksmtp did not stop within 15 s of signal {sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            return Ok(());
         }
+        if t.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("blocksmtp did not stop within {timeout:?} of signal {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

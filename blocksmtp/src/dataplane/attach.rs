@@ -86,31 +86,30 @@ pub fn link_pin(links_dir: &Path, how: Attached, iface: &str) -> std::path::Path
     links_dir.join(pin_name(how, iface))
 }
 
-/// Pinned links found for `iface`.
-fn pinned_for(links_dir: &Path, iface: &str) -> Vec<(Attached, std::path::PathBuf)> {
+/// Every pinned link: (interface, how it is attached, pin path).
+fn pinned(links_dir: &Path) -> Vec<(String, Attached, std::path::PathBuf)> {
     let Ok(entries) = std::fs::read_dir(links_dir) else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| {
             let (how, ifname) = parse_pin_name(e.file_name().to_str()?)?;
-            (ifname == iface).then_some((how, e.path()))
+            Some((ifname, how, e.path()))
         })
         .collect()
+}
+
+/// Pinned links found for `iface`.
+fn pinned_for(links_dir: &Path, iface: &str) -> Vec<(Attached, std::path::PathBuf)> {
+    pinned(links_dir).into_iter().filter(|(i, _, _)| i == iface).map(|(_, how, p)| (how, p)).collect()
 }
 
 /// Interfaces that have a pinned link, with how they are attached.
 pub fn pinned_interfaces(links_dir: &Path) -> Vec<(String, Attached)> {
-    let Ok(entries) = std::fs::read_dir(links_dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let (how, ifname) = parse_pin_name(e.file_name().to_str()?)?;
-            Some((ifname, how))
-        })
-        .collect()
+    pinned(links_dir).into_iter().map(|(i, how, _)| (i, how)).collect()
 }
 
-fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+/// Load both programs into the kernel (runs the verifier); a no-op once loaded.
+pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let xdp: &mut Xdp = program(ebpf, program_names::XDP)?.try_into()?;
     if xdp.fd().is_err() {
         xdp.load().context("loading the XDP program (verifier)")?;
@@ -126,11 +125,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
     ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
 }
 
-/// Load both programs into the kernel (runs the verifier).
-pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    load_programs(ebpf)
-}
-
 /// Attach to `iface` as `mode` allows, reusing a pinned link of an allowed kind.
 /// Returns how it is attached and the link (dropping it detaches unless it is pinned).
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, links_dir: Option<&Path>) -> anyhow::Result<(Attached, FdLink)> {
@@ -139,7 +133,7 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, links_dir: Option<
     if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
         bail!("network interface {iface:?} does not exist (see `ip link`)");
     }
-    load_programs(ebpf)?;
+    load(ebpf)?;
 
     if let Some(dir) = links_dir {
         for (how, path) in pinned_for(dir, iface) {

@@ -390,12 +390,7 @@ impl Dataplane {
     /// The ban on `source`, if any (expired or not).
     pub fn lookup(&self, source: &SourceAddr) -> anyhow::Result<Option<KernelBan>> {
         let key = self.key_of(source)?;
-        Ok(self.get(&key)?.map(|v| KernelBan {
-            source: self.source_of(&key),
-            expires_boot_ns: v.expires_ns,
-            dropped: v.dropped,
-            manual: v.flags & BAN_FLAG_MANUAL != 0,
-        }))
+        Ok(self.get(&key)?.map(|v| self.kernel_ban(key, v)))
     }
 
     /// Every unexpired ban.

@@ -148,23 +148,9 @@ impl BenchDaemon {
 
     /// SIGTERM, and wait (bounded) for the exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait()? {
-                if !st.success() {
-                    bail!("blocksmtp exited with {st} after SIGTERM:\n{}", self.stderr_tail());
-                }
-                return Ok(());
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("blocksmtp did not stop within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let Some(child) = self.child.take() else { return Ok(()) };
+        crate::daemon::signal_and_wait(child, libc::SIGTERM, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.stderr_tail()))
     }
 }
 
