@@ -30,7 +30,8 @@ use crate::{
     duration::{HumanDuration, format_duration},
     enforce::{Enforcer, dryrun::DryRun, iptables::IptablesEnforcer, xdp::XdpEnforcer},
     metrics::Metrics,
-    policy::{BanDecision, DetectArgs, Detector, PolicyState},
+    detect::{DetectArgs, Detector},
+    policy::BanDecision,
     proctitle::ProcTitles,
     reaper::{ReapAction, Reaper, ReaperConfig},
     source::{
@@ -222,7 +223,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let mut detector =
         Detector::with_whitelist(&args.detect, whitelist.clone()).with_live_attribution(Box::new(titles.clone()));
 
-    match load_state(&args.state_file) {
+    match crate::policy::history::load_state(&args.state_file) {
         Ok(Some(state)) => {
             let n = state.offenders.len();
             detector.restore_state(state, SystemTime::now());
@@ -730,7 +731,7 @@ impl Daemon {
     }
 
     fn save_state(&mut self) {
-        match write_state(&self.args.state_file, self.detector.policy()) {
+        match crate::policy::history::write_state(&self.args.state_file, self.detector.policy()) {
             Ok(()) => self.dirty = false,
             Err(e) => log::error!("saving state to {}: {e:#}", self.args.state_file.display()),
         }
@@ -805,33 +806,6 @@ impl Daemon {
         }
         log::info!("reloaded: whitelist has {} entries", self.whitelist.nets().len());
     }
-}
-
-fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(serde_json::from_str(&s).context("not a blocksmtp state file")?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Write atomically: a crash mid-write leaves the previous state intact. Root-only: it
-/// holds offenders' addresses and evidence.
-fn write_state(path: &Path, policy: &crate::policy::Policy) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    let mut w = std::io::BufWriter::new(f);
-    policy.write_state(&mut w)?;
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {

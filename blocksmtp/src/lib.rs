@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod correlate;
 pub mod daemon;
+pub mod detect;
 pub mod dataplane;
 pub mod duration;
 pub mod enforce;

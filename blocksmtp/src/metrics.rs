@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::policy::DetectorStats;
+use crate::detect::DetectorStats;
 
 /// Upper bounds (seconds) of the detection-to-ban latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];

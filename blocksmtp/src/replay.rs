@@ -28,7 +28,8 @@ use std::{
 use crate::{
     duration::format_duration,
     parse::time::format_rfc3339,
-    policy::{BanDecision, Clock, DetectArgs, Detector, DetectorStats},
+    detect::{Clock, DetectArgs, Detector, DetectorStats},
+    policy::BanDecision,
     source::file::{Input, LineReader},
 };
 
@@ -68,7 +69,7 @@ pub struct Report {
     pub skipped: u64,
     pub guesses: u64,
     pub bans: Vec<ReportedBan>,
-    pub kinds: crate::policy::LineStats,
+    pub kinds: crate::detect::LineStats,
     pub correlation: crate::correlate::CorrelatorStats,
     pub policy: crate::policy::PolicyStats,
     /// Lines cut at 1 MiB.

@@ -26,7 +26,7 @@ use std::{
 
 use blocksmtp::{
     parse::{Event, MailerFilter, Parsed, with_parsed},
-    policy::{Clock, DetectArgs, Detector},
+    detect::{Clock, DetectArgs, Detector},
 };
 use libfuzzer_sys::fuzz_target;
 

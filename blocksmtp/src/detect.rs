@@ -1,0 +1,403 @@
+//! The detection engine: parse → correlate → policy over log lines, for the daemon
+//! and for `blocksmtp replay` — and the settings it runs with ([`DetectArgs`]).
+use std::{path::PathBuf, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    correlate::{Attributed, Correlator, CorrelatorLimits, CorrelatorStats, LiveAttribution},
+    duration::HumanDuration,
+    parse::{Event, GuessKind, MailerFilter, Mta, Parsed, TimeResolver, with_parsed},
+    policy::{BanDecision, Policy, PolicyConfig, PolicyState, PolicyStats},
+    whitelist::{Whitelist, WhitelistError},
+};
+
+/// The detection and policy settings, shared by `blocksmtp run` (flattened) and
+/// `blocksmtp replay`, and read from the daemon's TOML config (same names, `_` for
+/// `-`; durations as `"10m"` or seconds).
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DetectArgs {
+    /// Ban a source after this many guesses (unknown recipients, VRFY/EXPN probes)
+    /// within --window.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unknown: u32,
+    /// The sliding window guesses are counted in (30s, 10m, 1h, 7d, 1h30m; a bare
+    /// number is seconds).
+    #[arg(long, value_name = "DUR", default_value = "10m")]
+    pub window: HumanDuration,
+    /// How long a first offence is banned.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub ban_time: HumanDuration,
+    /// Repeat offences double the ban time up to this; offence history is kept this
+    /// long.
+    #[arg(long, value_name = "DUR", default_value = "7d")]
+    pub ban_time_max: HumanDuration,
+    /// IPv6 sources are counted and banned per prefix of this many bits.
+    #[arg(long, value_name = "BITS", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub v6_prefix: u8,
+    /// Never ban these: one address, CIDR prefix or address/netmask per line, `#`
+    /// comments. Loopback is always whitelisted.
+    #[arg(long, value_name = "FILE")]
+    pub white_list: Option<PathBuf>,
+    /// Only lines with this syslog tag count (repeatable; `postfix` also takes
+    /// `postfix/smtpd` etc.). Default: sm-mta, sendmail, postfix/*, exim.
+    #[arg(long = "mailer-syslog-name", value_name = "TAG")]
+    pub mailer_syslog_name: Vec<String>,
+    /// Only lines logged by this host count (for central log servers).
+    #[arg(long, value_name = "NAME")]
+    pub mailer_syslog_host: Option<String>,
+}
+
+impl Default for DetectArgs {
+    fn default() -> Self {
+        Self {
+            max_unknown: 5,
+            window: HumanDuration::from_secs(600),
+            ban_time: HumanDuration::from_secs(3600),
+            ban_time_max: HumanDuration::from_secs(7 * 86_400),
+            v6_prefix: 64,
+            white_list: None,
+            mailer_syslog_name: Vec::new(),
+            mailer_syslog_host: None,
+        }
+    }
+}
+
+/// Settings that cannot work together, or a whitelist that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("--max-unknown must be at least 1")]
+    MaxUnknown,
+    #[error("--v6-prefix must be between 1 and 128, not {0}")]
+    V6Prefix(u8),
+    #[error("--window must be longer than 0s")]
+    Window,
+    #[error("--ban-time must be longer than 0s")]
+    BanTime,
+    #[error("--ban-time-max ({max}) is shorter than --ban-time ({ban})")]
+    BanTimeMax { ban: HumanDuration, max: HumanDuration },
+    #[error(transparent)]
+    Whitelist(#[from] WhitelistError),
+}
+
+impl DetectArgs {
+    /// Check values clap cannot check alone (and those from a config file).
+    pub fn validate(&self) -> Result<(), DetectError> {
+        if self.max_unknown == 0 {
+            return Err(DetectError::MaxUnknown);
+        }
+        if !(1..=128).contains(&self.v6_prefix) {
+            return Err(DetectError::V6Prefix(self.v6_prefix));
+        }
+        if self.window.0.is_zero() {
+            return Err(DetectError::Window);
+        }
+        if self.ban_time.0.is_zero() {
+            return Err(DetectError::BanTime);
+        }
+        if self.ban_time_max < self.ban_time {
+            return Err(DetectError::BanTimeMax { ban: self.ban_time, max: self.ban_time_max });
+        }
+        Ok(())
+    }
+
+    /// The policy part of these settings.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            max_unknown: self.max_unknown.max(1),
+            window: self.window.0,
+            ban_time: self.ban_time.0,
+            ban_time_max: self.ban_time_max.0.max(self.ban_time.0),
+            v6_prefix: self.v6_prefix,
+        }
+    }
+
+    /// The line filter part of these settings.
+    pub fn mailer_filter(&self) -> MailerFilter {
+        MailerFilter::new(&self.mailer_syslog_name, self.mailer_syslog_host.as_deref())
+    }
+}
+
+/// Where [`Detector`] takes the time of a guess from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// The `now` given to [`Detector::feed`] (live: the wall clock).
+    #[default]
+    Wall,
+    /// The line's own timestamp (replay); `now` where a line has none.
+    Log,
+}
+
+/// Per-line and per-stage counters, for metrics, `status` and replay's totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LineStats {
+    /// Lines fed.
+    pub lines: u64,
+    /// Lines of no known shape (garbage, binary junk, a journald entry without a
+    /// message).
+    pub skipped: u64,
+    /// Well-formed lines of other programs or hosts.
+    pub foreign: u64,
+    /// Lines of the mail programs.
+    pub mail: u64,
+    /// Of those: unknown-recipient lines (with or without the address).
+    pub unknown_recipient: u64,
+    /// VRFY / EXPN probe lines.
+    pub probe: u64,
+    /// sendmail `Possible SMTP RCPT flood` lines.
+    pub flood: u64,
+    /// sendmail `possible SMTP attack: command=VRFY|EXPN` lines.
+    pub probe_attack: u64,
+    /// sendmail lines naming a session's client (`from=… relay=`, lost input …).
+    pub session: u64,
+    /// Guess lines whose client could not be read safely.
+    pub unattributable: u64,
+    /// Mail lines of no interest.
+    pub other: u64,
+    /// Guesses ignored because the client is whitelisted.
+    pub whitelisted: u64,
+    /// Guess lines (unknown recipients and probes) by MTA: sendmail, Postfix, Exim.
+    pub guesses_by_mta: [u64; 3],
+}
+
+impl LineStats {
+    /// `(mta, guess lines)` for each MTA.
+    pub fn guesses_per_mta(&self) -> [(Mta, u64); 3] {
+        [Mta::Sendmail, Mta::Postfix, Mta::Exim].map(|m| (m, self.guesses_by_mta[mta_index(m)]))
+    }
+}
+
+const fn mta_index(m: Mta) -> usize {
+    match m {
+        Mta::Sendmail => 0,
+        Mta::Postfix => 1,
+        Mta::Exim => 2,
+    }
+}
+
+/// Everything [`Detector::stats`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DetectorStats {
+    pub lines: LineStats,
+    pub correlator: CorrelatorStats,
+    pub policy: PolicyStats,
+}
+
+/// The detection engine: parse → correlate → policy, one line at a time.
+///
+/// ```no_run
+/// # use blocksmtp::detect::{Detector, DetectArgs};
+/// let mut d = Detector::new(&DetectArgs::default()).unwrap();
+/// for ban in d.feed(b"Nov 27 12:35:47 mx sm-mta[18868]: ...", std::time::SystemTime::now()) {
+///     println!("ban {} for {:?}: {}", ban.source, ban.duration, ban.reason);
+/// }
+/// ```
+///
+/// Ordinary lines cost no allocation: framing and parsing borrow the line, and the
+/// timestamp is only resolved for lines that matter.
+pub struct Detector {
+    filter: MailerFilter,
+    resolver: TimeResolver,
+    correlator: Correlator,
+    policy: Policy,
+    stats: LineStats,
+    live: Option<Box<dyn LiveAttribution + Send>>,
+    clock: Clock,
+    last_log_time: Option<SystemTime>,
+    scratch: Vec<Attributed>,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("clock", &self.clock)
+            .field("stats", &self.stats)
+            .field("live_attribution", &self.live.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Detector {
+    /// A detector for `args`, reading `--white-list` if given. Uses [`Clock::Wall`].
+    pub fn new(args: &DetectArgs) -> Result<Self, DetectError> {
+        args.validate()?;
+        let whitelist = match &args.white_list {
+            Some(p) => Whitelist::load(p)?,
+            None => Whitelist::new(),
+        };
+        Ok(Self::with_whitelist(args, whitelist))
+    }
+
+    /// A detector with an already loaded whitelist (`args.white_list` is ignored).
+    pub fn with_whitelist(args: &DetectArgs, whitelist: Whitelist) -> Self {
+        Self {
+            filter: args.mailer_filter(),
+            resolver: TimeResolver::new(),
+            correlator: Correlator::new(CorrelatorLimits::default()),
+            policy: Policy::new(args.policy_config(), whitelist),
+            stats: LineStats::default(),
+            live: None,
+            clock: Clock::Wall,
+            last_log_time: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Attribute sendmail's address-less guesses at once through process titles.
+    pub fn with_live_attribution(mut self, live: Box<dyn LiveAttribution + Send>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Choose where guess times come from (replay: [`Clock::Log`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Read one log line (with or without its newline). `now` is the wall clock: the
+    /// time of guesses under [`Clock::Wall`], and the anchor for the year of BSD
+    /// timestamps. Returns the bans this line triggers (usually none; an empty `Vec`
+    /// does not allocate).
+    pub fn feed(&mut self, line: &[u8], now: SystemTime) -> Vec<BanDecision> {
+        self.stats.lines += 1;
+        let mut bans = Vec::new();
+        with_parsed(line, &self.filter, |p| match p {
+            Parsed::Skipped => self.stats.skipped += 1,
+            Parsed::Foreign => self.stats.foreign += 1,
+            Parsed::Mail { frame, mta, event } => {
+                self.stats.mail += 1;
+                if matches!(event, Event::Guess { .. } | Event::PendingGuess { .. }) {
+                    self.stats.guesses_by_mta[mta_index(mta)] += 1;
+                }
+                let counter = match &event {
+                    Event::Other => {
+                        self.stats.other += 1;
+                        return;
+                    }
+                    Event::Guess { kind: GuessKind::UnknownRecipient, .. }
+                    | Event::PendingGuess { kind: GuessKind::UnknownRecipient, .. } => &mut self.stats.unknown_recipient,
+                    Event::Guess { .. } | Event::PendingGuess { .. } => &mut self.stats.probe,
+                    Event::Session { .. } => &mut self.stats.session,
+                    Event::Flood { .. } => &mut self.stats.flood,
+                    Event::ProbeAttack { .. } => &mut self.stats.probe_attack,
+                    Event::Unattributable { .. } => &mut self.stats.unattributable,
+                };
+                *counter += 1;
+                if !self.correlator.wants(frame.host, frame.pid, &event) {
+                    return;
+                }
+                let at = match self.clock {
+                    Clock::Wall => now,
+                    Clock::Log => {
+                        let t = self.resolver.resolve(frame.time, now).or(self.last_log_time).unwrap_or(now);
+                        self.last_log_time = Some(t);
+                        t
+                    }
+                };
+                self.scratch.clear();
+                self.correlator.on_event(frame.host, frame.pid, mta, &event, at, self.live.as_deref(), &mut self.scratch);
+                for g in &self.scratch {
+                    if self.policy.whitelist().contains(&g.client) {
+                        self.stats.whitelisted += u64::from(g.count);
+                    } else if let Some(ban) = self.policy.record(g) {
+                        bans.push(ban);
+                    }
+                }
+            }
+        });
+        bans
+    }
+
+    /// The per-line counters alone (cheap: no copy).
+    pub fn line_stats(&self) -> &LineStats {
+        &self.stats
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DetectorStats {
+        DetectorStats { lines: self.stats, correlator: self.correlator.stats(), policy: self.policy.stats() }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
+    pub fn whitelist(&self) -> &Whitelist {
+        self.policy.whitelist()
+    }
+
+    /// The offence history to persist (see [`Policy::state`]).
+    pub fn save_state(&self) -> PolicyState {
+        self.policy.state()
+    }
+
+    /// Restore a persisted offence history (see [`Policy::restore`]).
+    pub fn restore_state(&mut self, state: PolicyState, now: SystemTime) {
+        self.policy.restore(state, now);
+    }
+
+    /// Housekeeping for quiet periods (the daemon calls it every minute or so): drop
+    /// idle sessions, empty windows and expired history.
+    pub fn tick(&mut self, now: SystemTime) {
+        self.correlator.sweep(now);
+        self.policy.sweep(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn args_validate_and_deserialize() {
+        let a: DetectArgs = serde_json::from_str(
+            r#"{"max_unknown": 7, "window": "2m", "ban_time": 60, "mailer_syslog_name": ["sm-mta"], "white_list": "/etc/blocksmtp/wl"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.max_unknown, 7);
+        assert_eq!(a.window.0, Duration::from_secs(120));
+        assert_eq!(a.ban_time.0, Duration::from_secs(60));
+        assert_eq!(a.ban_time_max, DetectArgs::default().ban_time_max);
+        assert!(a.validate().is_ok());
+        let bad = DetectArgs { ban_time_max: HumanDuration::from_secs(10), ..DetectArgs::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--ban-time-max (10s)"));
+        let bad = DetectArgs { window: HumanDuration::from_secs(0), ..DetectArgs::default() };
+        assert!(bad.validate().is_err());
+        assert!(serde_json::from_str::<DetectArgs>(r#"{"window": "ten minutes"}"#).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        detect: DetectArgs,
+    }
+
+    #[test]
+    fn flags() {
+        use clap::Parser;
+        let c = Cli::try_parse_from([
+            "x", "--max-unknown", "3", "--window", "1h30m", "--ban-time", "2h", "--ban-time-max", "14d",
+            "--v6-prefix", "56", "--mailer-syslog-name", "sm-mta", "--mailer-syslog-name", "postfix",
+            "--mailer-syslog-host", "mx1",
+        ])
+        .unwrap();
+        assert_eq!(c.detect.max_unknown, 3);
+        assert_eq!(c.detect.window.0.as_secs(), 5400);
+        assert_eq!(c.detect.v6_prefix, 56);
+        assert_eq!(c.detect.mailer_syslog_name, ["sm-mta", "postfix"]);
+        let d = Cli::try_parse_from(["x"]).unwrap().detect;
+        assert_eq!(d, DetectArgs::default());
+        let e = Cli::try_parse_from(["x", "--window", "soon"]).err().unwrap().to_string();
+        assert!(e.contains("\"soon\""), "{e}");
+        assert!(Cli::try_parse_from(["x", "--max-unknown", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--v6-prefix", "129"]).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Offence history: every source's past and current bans (for escalation, reasons
+//! and `list`), kept compact, and its persistence in the state file.
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::Policy;
+use crate::{addr::SourceAddr, duration::format_duration, parse::Mta};
+
+/// One ban of a source, kept as long as `--ban-time-max` after its end (escalation).
+/// Compact (36 bytes): a mail server under attack keeps hundreds of thousands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offence {
+    /// 1 for a first offence, n for the n-th in a row of repeat offences.
+    #[serde(default)]
+    pub number: u32,
+    /// Unix seconds of the decision.
+    pub at: u32,
+    /// Ban length in seconds.
+    pub duration: u32,
+    /// Guesses that triggered it plus those made while banned.
+    pub guesses: u32,
+    /// Unix seconds of the first and last guess of this offence.
+    pub first_seen: u32,
+    pub last_seen: u32,
+    /// Seconds from the first to the last of the guesses that made the ban.
+    #[serde(default)]
+    pub span: u32,
+    /// Those guesses by kind: unknown recipients, VRFY, EXPN.
+    #[serde(default)]
+    pub kinds: [u16; 3],
+    /// The MTA whose log proved it.
+    #[serde(default)]
+    pub mta: Option<Mta>,
+    /// Lifted by an administrator before its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lifted: bool,
+}
+
+impl Offence {
+    /// When the ban ends (or ended): its decision plus its length, or at once if lifted.
+    pub fn until(&self) -> u64 {
+        let at = u64::from(self.at);
+        if self.lifted { at } else { at + u64::from(self.duration) }
+    }
+
+    /// E.g. `7 unknown recipients in 2m (sendmail)`; the same text as the decision's.
+    pub fn reason(&self) -> String {
+        let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        for (n, one, many) in [
+            (u32::from(self.kinds[0]), "unknown recipient", "unknown recipients"),
+            (u32::from(self.kinds[1]), "VRFY probe", "VRFY probes"),
+            (u32::from(self.kinds[2]), "EXPN probe", "EXPN probes"),
+        ] {
+            if n > 0 {
+                parts.push(plural(n, one, many));
+            }
+        }
+        if parts.is_empty() {
+            parts.push(plural(self.guesses, "guess", "guesses"));
+        }
+        let mta = self.mta.map_or(String::new(), |m| format!(" ({m})"));
+        format!("{} in {}{mta}", parts.join(", "), format_duration(Duration::from_secs(self.span.into())))
+    }
+}
+
+/// The persisted policy state: every source's offence history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
+    pub version: u32,
+    pub offenders: Vec<Offender>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offender {
+    pub source: SourceAddr,
+    pub offences: Vec<Offence>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+pub(super) fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Unix seconds as stored in an [`Offence`] (good until 2106).
+pub fn secs32(t: SystemTime) -> u32 {
+    u32::try_from(secs(t)).unwrap_or(u32::MAX)
+}
+
+/// A source's offences; nearly always one, kept inline (no allocation of its own).
+pub(super) type History = smallvec::SmallVec<[Offence; 1]>;
+
+/// Offence histories by source, IPv4 keyed by a plain u32 (the common case, and the
+/// bulk of the daemon's memory under a large attack: 52 bytes an offender).
+#[derive(Debug, Default)]
+pub(super) struct Histories {
+    v4: HashMap<u32, History>,
+    v6: HashMap<(u128, u8), History>,
+}
+
+enum Key {
+    V4(u32),
+    V6((u128, u8)),
+}
+
+fn key(source: &SourceAddr) -> Key {
+    match source.net() {
+        ipnet::IpNet::V4(n) => Key::V4(u32::from(n.addr())),
+        ipnet::IpNet::V6(n) => Key::V6((u128::from(n.network()), n.prefix_len())),
+    }
+}
+
+impl Histories {
+    pub(super) fn get(&self, source: &SourceAddr) -> Option<&History> {
+        match key(source) {
+            Key::V4(k) => self.v4.get(&k),
+            Key::V6(k) => self.v6.get(&k),
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, source: &SourceAddr) -> Option<&mut History> {
+        match key(source) {
+            Key::V4(k) => self.v4.get_mut(&k),
+            Key::V6(k) => self.v6.get_mut(&k),
+        }
+    }
+
+    pub(super) fn entry(&mut self, source: &SourceAddr) -> &mut History {
+        match key(source) {
+            Key::V4(k) => self.v4.entry(k).or_default(),
+            Key::V6(k) => self.v6.entry(k).or_default(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, source: &SourceAddr, h: History) {
+        match key(source) {
+            Key::V4(k) => self.v4.insert(k, h),
+            Key::V6(k) => self.v6.insert(k, h),
+        };
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut History) -> bool) {
+        self.v4.retain(|_, h| keep(h));
+        self.v6.retain(|_, h| keep(h));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+    }
+
+    /// Every (source, history), in address order.
+    pub(super) fn sorted(&self) -> Vec<(SourceAddr, &History)> {
+        let mut v: Vec<(SourceAddr, &History)> = self
+            .v4
+            .iter()
+            .map(|(k, h)| (SourceAddr::from_ip(std::net::Ipv4Addr::from(*k).into(), 128), h))
+            .chain(self.v6.iter().map(|((a, len), h)| (SourceAddr::from_ip(std::net::Ipv6Addr::from(*a).into(), *len), h)))
+            .collect();
+        v.sort_unstable_by_key(|(s, _)| *s);
+        v
+    }
+}
+
+impl Policy {
+    /// The offence history, for saving.
+    pub fn state(&self) -> PolicyState {
+        let offenders: Vec<Offender> =
+            self.history.sorted().into_iter().map(|(source, o)| Offender { source, offences: o.to_vec() }).collect();
+        PolicyState { version: STATE_VERSION, offenders }
+    }
+
+    /// Load a saved history (replacing the current one). Offences older than the
+    /// retention are dropped; a ban still running at `now` is known again, so the
+    /// source's guesses make no new decision until it ends.
+    pub fn restore(&mut self, state: PolicyState, now: SystemTime) {
+        self.history.clear();
+        for o in state.offenders {
+            self.history.insert(&o.source, History::from_vec(o.offences));
+        }
+        // A ban still running is known from its offence: no tracker needed.
+        self.sweep(now);
+    }
+
+    /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is
+    /// made, however many offenders there are.
+    pub fn write_state<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
+        struct Offenders<'a>(Vec<(SourceAddr, &'a History)>);
+        impl Serialize for Offenders<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                #[derive(Serialize)]
+                struct O<'a> {
+                    source: &'a SourceAddr,
+                    offences: &'a [Offence],
+                }
+                s.collect_seq(self.0.iter().map(|(source, offences)| O { source, offences: offences.as_slice() }))
+            }
+        }
+        #[derive(Serialize)]
+        struct State<'a> {
+            version: u32,
+            offenders: Offenders<'a>,
+        }
+        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(self.history.sorted()) })
+    }
+
+    /// The history as JSON.
+    pub fn save_json(&self) -> String {
+        serde_json::to_string_pretty(&self.state()).expect("plain data serialises")
+    }
+
+    /// Restore from [`Self::save_json`] output.
+    pub fn load_json(&mut self, json: &str, now: SystemTime) -> Result<(), serde_json::Error> {
+        let state: PolicyState = serde_json::from_str(json)?;
+        self.restore(state, now);
+        Ok(())
+    }
+}
+
+/// Read the state file; `None` when there is none yet.
+pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(serde_json::from_str(&s).context("not a blocksmtp state file")?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write atomically: a crash mid-write leaves the previous state intact. Root-only: it
+/// holds offenders' addresses and evidence.
+pub fn write_state(path: &Path, policy: &Policy) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut w = std::io::BufWriter::new(f);
+    policy.write_state(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
