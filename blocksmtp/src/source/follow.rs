@@ -129,6 +129,8 @@ struct Tracked {
     /// The inotify watch on the directory, once established.
     dir_watch: Option<inotify::WatchDescriptor>,
     missing_logged: bool,
+    /// "cannot open" repeats on every poll while it lasts (EMFILE, EACCES): once a minute.
+    open_warn: crate::logging::RateLimit,
     lines: u64,
     truncated_lines: u64,
     rotations: u64,
@@ -179,6 +181,7 @@ impl Follower {
                 retired: Vec::new(),
                 dir_watch: None,
                 missing_logged: false,
+                open_warn: crate::logging::RateLimit::new(Duration::from_secs(60)),
                 lines: 0,
                 truncated_lines: 0,
                 rotations: 0,
@@ -364,7 +367,11 @@ impl Follower {
                             progress = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => log::warn!("{}: cannot open: {e}", f.path.display()),
+                        Err(e) => {
+                            if let Some(n) = f.open_warn.hit() {
+                                log::warn!("{}: cannot open: {e}{}", f.path.display(), crate::logging::RateLimit::suffix(n));
+                            }
+                        }
                     }
                 }
             }
