@@ -478,6 +478,7 @@ impl Daemon {
         );
         // Reason and guesses stay in the policy's offence history (and the state file).
         self.dirty = true;
+        self.save_soon();
         self.end_sessions(d.source);
     }
 
@@ -696,6 +697,7 @@ impl Daemon {
     /// refresh the gauges (O(1) per enforcer).
     fn sweep(&mut self) {
         self.flush_kills();
+        self.save_soon();
         match self.enforcer.sweep_expired() {
             Ok(gone) => {
                 for s in &gone {
@@ -742,6 +744,13 @@ impl Daemon {
                 }
             }
         }
+        self.save_soon();
+    }
+
+    /// Save a changed history now unless a save was made less than `save_every` ago: a
+    /// lone ban is on disk at once, a burst's bans are written together (the sweep and
+    /// the tick call this again).
+    fn save_soon(&mut self) {
         if self.dirty && self.last_save.is_none_or(|t| t.elapsed() >= self.save_every) {
             self.save_state();
         }
