@@ -105,6 +105,17 @@ struct Ban {
 }
 
 impl Ban {
+    /// The wall-clock end to show: the one recorded when the ban was set while it agrees
+    /// with the time left on CLOCK_BOOTTIME (stable from one listing to the next), else —
+    /// the wall clock was stepped since — now plus the time left.
+    fn wall_expiry(&self, now_boot: u64, now_wall: SystemTime) -> SystemTime {
+        let left = self.until.saturating_sub(now_boot);
+        let recorded = UNIX_EPOCH + Duration::from_secs(self.wall);
+        let by_boot = now_wall + Duration::from_secs(left);
+        let skew = recorded.duration_since(by_boot).or_else(|_| by_boot.duration_since(recorded)).unwrap_or_default();
+        if skew <= Duration::from_secs(2) { recorded } else { by_boot }
+    }
+
     /// The later of two bans on the same source (manual if either is).
     fn merge(self, other: Ban) -> Ban {
         let later = if other.until > self.until { other } else { self };
@@ -768,7 +779,7 @@ impl Enforcer for IptablesEnforcer {
             .filter(|(_, b)| b.until > now)
             .map(|(s, b)| ActiveBan {
                 source: *s,
-                expires_at: wall + Duration::from_secs(b.until - now),
+                expires_at: b.wall_expiry(now, wall),
                 dropped: dropped.get(s).copied(),
                 manual: b.manual,
             })
