@@ -542,11 +542,11 @@ impl Daemon {
             Ok(x) => x,
             Err(e) => return Response::err(e),
         };
-        if self.whitelist.overlaps(&src) {
-            return Response::err(format!("{src} is whitelisted (or overlaps the whitelist): refusing to ban it"));
-        }
         if let Some(why) = not_a_client(&src) {
             return Response::err(format!("refusing to ban {src}: {why}"));
+        }
+        if self.whitelist.overlaps(&src) {
+            return Response::err(format!("{src} is whitelisted (or overlaps the whitelist): refusing to ban it"));
         }
         let max = self.args.detect.ban_time_max.0;
         let d = match secs {
@@ -961,8 +961,6 @@ fn not_a_client(src: &SourceAddr) -> Option<&'static str> {
                 "the broadcast address"
             } else if a.is_multicast() {
                 "a multicast address"
-            } else if src.net().prefix_len() < 8 {
-                "a prefix that large"
             } else {
                 return None;
             }
@@ -980,4 +978,19 @@ fn not_a_client(src: &SourceAddr) -> Option<&'static str> {
         }
     };
     Some(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_possible_clients_are_banned_by_hand() {
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "239.1.2.3", "::", "ff02::1", "2000::/8"] {
+            assert!(not_a_client(&bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for ok in ["192.0.2.66", "2001:db8::66", "2001:db8::/64"] {
+            assert_eq!(not_a_client(&ok.parse().unwrap()), None, "{ok}");
+        }
+    }
 }

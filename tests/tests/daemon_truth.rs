@@ -438,3 +438,36 @@ fn real_logrotate_during_a_burst_loses_no_line() {
         assert!(ok.is_some(), "{mode}: wrote {written}, read {}:\n{}", lines(&d), d.stderr_text());
     }
 }
+
+/// Manual bans that cannot name a guessing client, or last 0 s or longer than
+/// --ban-time-max, are refused with exit 1 and a reason; a raw request for u64::MAX
+/// seconds too. A sane one is taken.
+#[test]
+fn bad_manual_bans_are_refused() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start(None, &["--mode", "dry-run", "--ban-time-max", "7d"]).unwrap();
+    for (args, why) in [
+        (vec!["ban", "0.0.0.0"], "unspecified"),
+        (vec!["ban", "255.255.255.255"], "broadcast"),
+        (vec!["ban", "224.0.0.1"], "multicast"),
+        (vec!["ban", "ff02::1"], "multicast"),
+        (vec!["ban", "::"], "unspecified"),
+        (vec!["ban", "192.0.2.66", "--for", "0s"], "longer than 0s"),
+        (vec!["ban", "192.0.2.66", "--for", "30d"], "--ban-time-max"),
+    ] {
+        let out = d.ctl(&args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    std::io::Write::write_all(&mut s, format!("{{\"cmd\":\"ban\",\"source\":\"192.0.2.66\",\"secs\":{}}}\n", u64::MAX).as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut reply).unwrap();
+    assert!(reply.contains("\"ok\":false") && reply.contains("--ban-time-max"), "{reply}");
+    assert!(d.list().unwrap().is_empty(), "nothing was banned");
+    assert!(d.ctl(&["ban", "192.0.2.66", "--for", "1h"]).unwrap().status.success());
+    assert!(listed(&d, "192.0.2.66"));
+}
