@@ -108,6 +108,7 @@ struct Daemon {
     pending: BTreeMap<SourceAddr, PendingBan>,
     repairs_total: u64,
     reconcile_warn: RateLimit,
+    save_warn: RateLimit,
     line_tx: mpsc::Sender<(LogLine, Instant)>,
 }
 
@@ -190,6 +191,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         pending: BTreeMap::new(),
         repairs_total: 0,
         reconcile_warn: RateLimit::new(Duration::from_secs(60)),
+        save_warn: RateLimit::new(Duration::from_secs(60)),
         line_tx: line_tx.clone(),
     };
     // Restored history of bans that are not in force (lifted at the last stop without
@@ -580,7 +582,10 @@ impl Daemon {
                     source: b.source.to_string(),
                     reason: match offence {
                         Some(o) if !b.manual => o.reason(),
-                        _ => "manual".into(),
+                        _ if b.manual => "manual".into(),
+                        // Set by detection, but its offence is not in the history (lost
+                        // with a state file that could not be written): say so.
+                        _ => "detected (reason not in the offence history)".into(),
                     },
                     guesses: offence.filter(|_| !b.manual).map_or(0, |o| o.guesses),
                     expires_in_secs: b.expires_at.duration_since(now).unwrap_or_default().as_secs(),
@@ -809,7 +814,16 @@ impl Daemon {
         let started = Instant::now();
         match crate::policy::history::write_state(&self.args.state_file, self.detector.policy()) {
             Ok(()) => self.dirty = false,
-            Err(e) => log::error!("saving state to {}: {e:#}", self.args.state_file.display()),
+            // Retried at the next tick while it fails (disk full, read-only): said once a minute.
+            Err(e) => {
+                if let Some(n) = self.save_warn.hit() {
+                    log::error!(
+                        "saving state to {}: {e:#}; the reasons of new bans are at risk until it works{}",
+                        self.args.state_file.display(),
+                        RateLimit::suffix(n)
+                    );
+                }
+            }
         }
         self.last_save = Some(Instant::now());
         // A huge history costs more to write: never spend more than a tenth of the time on it.

@@ -129,7 +129,10 @@ fn a_failed_ban_is_retried_until_it_holds() {
     }
     let mut args = iptables_mode();
     let ipt_s = ipt.to_str().unwrap().to_string();
-    args.extend(["--iptables", &ipt_s]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The server namespace's own loopback: the metrics are read from inside it.
+    let metrics = format!("127.0.0.1:{port}");
+    args.extend(["--iptables", &ipt_s, "--metrics-listen", &metrics]);
     let d = Daemon::start(Some(&topo.server), &args).unwrap();
 
     std::fs::write(&flag, "").unwrap();
@@ -137,6 +140,16 @@ fn a_failed_ban_is_retried_until_it_holds() {
     let pending = poll(HEAL, || d.list().map(|l| l.iter().any(|r| r["source"] == "192.0.2.66" && r["pending"] == true)).unwrap_or(false));
     assert!(pending, "listed as pending:\n{}", d.stderr_text());
     assert_eq!(d.status().unwrap()["pending_bans"], 1);
+    let scrape = move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let body = topo.server.run_in(scrape.clone()).unwrap();
+    assert!(body.contains("blocksmtp_bans_pending 1") && body.contains("blocksmtp_ban_failures_total 1"), "{body}");
     assert!(!dropped(&topo, "192.0.2.66"), "not in force while iptables-restore fails");
     // More guesses meanwhile decide nothing new; the retry is what brings the ban.
     d.write_log(&sendmail_harvest("192.0.2.66", 42001, 5)).unwrap();
@@ -145,6 +158,7 @@ fn a_failed_ban_is_retried_until_it_holds() {
     assert!(poll(Duration::from_secs(40), || dropped(&topo, "192.0.2.66")), "in force once iptables works:\n{}", d.stderr_text());
     assert!(listed(&d, "192.0.2.66"));
     assert_eq!(d.status().unwrap()["pending_bans"], 0);
+    assert!(poll(HEAL, || topo.server.run_in(scrape.clone()).unwrap().contains("blocksmtp_bans_pending 0")));
     let log = d.stderr_text();
     assert!(log.contains("pending, retrying") && log.contains("now in force (after"), "{log}");
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
