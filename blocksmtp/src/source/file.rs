@@ -118,7 +118,7 @@ impl LineReader {
     /// The next line without its `\n`, or `None` at the end.
     pub fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
         loop {
-            if let Some((line, _)) = self.split.next() {
+            if let Some((line, _)) = self.split.next_line() {
                 return Ok(Some(self.split.slice(line)));
             }
             if self.eof {

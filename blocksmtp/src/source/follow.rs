@@ -400,7 +400,7 @@ fn read_chunk(
     };
     o.offset += n as u64;
     o.split.filled(n);
-    while let Some((r, truncated)) = o.split.next() {
+    while let Some((r, truncated)) = o.split.next_line() {
         queue.push_back(LogLine { source: source.clone(), line: o.split.slice(r).to_vec(), truncated });
         *lines += 1;
         *truncated_lines += u64::from(truncated);

@@ -3,7 +3,7 @@
 //! per line and within bounded memory.
 //!
 //! A reader reads into [`Splitter::spare`], reports how much with
-//! [`Splitter::filled`], then takes lines with [`Splitter::next`] until it answers
+//! [`Splitter::filled`], then takes lines with [`Splitter::next_line`] until it answers
 //! `None`. Lines are ranges of the internal buffer, valid until the next `spare`. A line
 //! longer than `max_line` is handed out once, cut to `max_line` bytes and marked
 //! truncated; the rest of it, up to its newline, is dropped. At the end of an input (or
@@ -85,7 +85,7 @@ impl Splitter {
     }
 
     /// The next line (without its `\n`) and whether it was cut; `None` until more is read.
-    pub fn next(&mut self) -> Option<(Range<usize>, bool)> {
+    pub fn next_line(&mut self) -> Option<(Range<usize>, bool)> {
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
                 let nl = self.scanned + i;
@@ -120,14 +120,14 @@ impl Splitter {
     /// At the end of the input: the unterminated last line, if any. The splitter is then
     /// empty and ready for another input.
     pub fn rest(&mut self) -> Option<Range<usize>> {
-        let r = (self.start < self.end && !self.discarding).then(|| self.start..self.end);
+        let r = (self.start < self.end && !self.discarding).then_some(self.start..self.end);
         self.start = self.end;
         self.scanned = self.end;
         self.discarding = false;
         r
     }
 
-    /// The bytes of a range from [`Self::next`] or [`Self::rest`].
+    /// The bytes of a range from [`Self::next_line`] or [`Self::rest`].
     pub fn slice(&self, r: Range<usize>) -> &[u8] {
         &self.buf[r]
     }
@@ -148,7 +148,7 @@ mod tests {
             room[..n].copy_from_slice(&rest[..n]);
             s.filled(n);
             rest = &rest[n..];
-            while let Some((r, t)) = s.next() {
+            while let Some((r, t)) = s.next_line() {
                 out.push((s.slice(r).to_vec(), t));
             }
         }
@@ -189,14 +189,14 @@ mod tests {
             let n = room.len().min(1000);
             room[..n].fill(b'a');
             s.filled(n);
-            while s.next().is_some() {}
+            while s.next_line().is_some() {}
             assert!(s.buf.len() <= s.cap, "{}", s.buf.len());
         }
         assert_eq!(s.truncated(), 1);
         let room = s.spare();
         room[0] = b'\n';
         s.filled(1);
-        assert_eq!(s.next(), None, "the cut line's rest is dropped");
+        assert_eq!(s.next_line(), None, "the cut line's rest is dropped");
         s.spare();
         assert!(s.buf.len() <= 4096, "shrunk when empty: {}", s.buf.len());
     }

@@ -26,7 +26,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// The next line; `None` at end of input. A last line without `\n` is delivered.
     pub async fn next(&mut self) -> std::io::Result<Option<LogLine>> {
         loop {
-            let next = match self.split.next() {
+            let next = match self.split.next_line() {
                 Some((r, truncated)) => Some((r, truncated)),
                 None if self.eof => self.split.rest().map(|r| (r, false)),
                 None => {
