@@ -96,7 +96,15 @@ fn firewall_reloads_are_healed_with_every_ban() {
         assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "after {what}: an innocent connects");
         assert_eq!(d.list().unwrap().len(), banned.len(), "after {what}");
     }
+    // A rule of ours that no ban accounts for (say, from a restored old snapshot) would
+    // drop an innocent: removed as well.
+    let future = (std::time::SystemTime::now() + Duration::from_secs(86_400)).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let comment = format!("blocksmtp until={future}");
+    topo.server.exec(&["iptables", "-A", "SPAM_UNAME_GUESSERS", "-s", "192.0.2.67", "-p", "tcp", "--dport", "25", "-m", "comment", "--comment", &comment, "-j", "DROP"]).unwrap();
+    assert!(poll(HEAL, || topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap()), "stray rule removed:\n{}", d.stderr_text());
+    assert!(banned.iter().all(|ip| dropped(&topo, ip)));
     let log = d.stderr_text();
+    assert!(log.contains("1 rule(s) in chain SPAM_UNAME_GUESSERS that no active ban accounts for removed"), "{log}");
     assert!(log.contains("repaired") && log.contains("chain SPAM_UNAME_GUESSERS was gone: re-created"), "{log}");
     assert!(log.contains("missing rule(s) of 5 active ban(s) restored"), "{log}");
 }

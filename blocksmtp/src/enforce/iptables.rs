@@ -639,10 +639,14 @@ impl IptablesEnforcer {
         let mailer = self.families[fam].mailer_ip;
         let mut have: BTreeSet<(SourceAddr, u16)> = BTreeSet::new();
         let mut jumps: BTreeSet<u16> = BTreeSet::new();
+        // Rules of ours that no active ban accounts for (a restored snapshot's, a
+        // duplicate): they would drop packets nobody decided to drop.
+        let mut stale: Vec<String> = Vec::new();
         for line in listing.lines() {
             if let Ok(Some(r)) = parse_rule(line, &chain, &now) {
-                if self.bans.get(&r.source) == Some(&r.ban) {
-                    have.insert((r.source, r.port));
+                let current = self.bans.get(&r.source) == Some(&r.ban) && self.cfg.ports.contains(&r.port);
+                if !(current && have.insert((r.source, r.port))) {
+                    stale.push(r.spec);
                 }
             } else if let Some((Some(port), dest, _)) = parse_jump(line, &chain)
                 && dest == mailer
@@ -668,6 +672,9 @@ impl IptablesEnforcer {
             }
             sources += usize::from(rules > before);
         }
+        for spec in &stale {
+            script.push(format!("-D {chain} {spec}"));
+        }
         let missing_jumps: Vec<u16> = self.cfg.ports.iter().copied().filter(|p| !jumps.contains(p)).collect();
         for &p in &missing_jumps {
             script.push(format!("-I INPUT {}", self.jump_spec(fam, p)));
@@ -686,6 +693,9 @@ impl IptablesEnforcer {
         }
         if !missing_jumps.is_empty() {
             out.push(format!("{who}: the INPUT jump(s) to {chain} for port(s) {missing_jumps:?} restored"));
+        }
+        if !stale.is_empty() {
+            out.push(format!("{who}: {} rule(s) in chain {chain} that no active ban accounts for removed", stale.len()));
         }
         Ok(out)
     }
