@@ -699,6 +699,13 @@ impl Daemon {
     /// state if a ban changed it.
     fn tick(&mut self) {
         self.retry_pending();
+        self.reconcile();
+        self.save_soon();
+    }
+
+    /// Let the enforcer compare itself with the kernel and repair; each repair is logged
+    /// and counted. Cheap to call often (a link event may call it too).
+    fn reconcile(&mut self) {
         match self.enforcer.reconcile() {
             Ok(repairs) => {
                 for r in &repairs {
@@ -713,7 +720,6 @@ impl Daemon {
                 }
             }
         }
-        self.save_soon();
     }
 
     /// Save a changed history now unless a save was made less than `save_every` ago: a
@@ -725,11 +731,15 @@ impl Daemon {
         }
     }
 
+    /// Retry the pending bans that are due, in one batch (one iptables-restore however
+    /// many piled up while the enforcer failed).
     fn retry_pending(&mut self) {
         let now = Instant::now();
-        let due: Vec<SourceAddr> = self.pending.iter().filter(|(_, p)| p.next_try <= now).map(|(s, _)| *s).collect();
-        for src in due {
-            let Some(p) = self.pending.get(&src).cloned() else { continue };
+        let mut batch = Vec::new();
+        for (src, p) in self.pending.clone() {
+            if p.next_try > now {
+                continue;
+            }
             let left = p.until.saturating_duration_since(now);
             if left < Duration::from_secs(1) {
                 log::warn!("pending ban of {src} given up: its time ran out after {} failed attempt(s) ({})", p.attempts, p.error);
@@ -737,22 +747,33 @@ impl Daemon {
                 self.detector.policy_mut().lift(&src);
                 continue;
             }
-            match self.enforcer.ban(&src, left, p.manual) {
-                Ok(()) => {
-                    log::warn!("ban {src} for {} now in force (after {} failed attempt(s))", format_duration(left), p.attempts);
-                    self.pending.remove(&src);
-                    self.metrics.banned(if p.manual { "manual" } else { "retried" }, Duration::ZERO);
+            batch.push((src, left, p.manual));
+        }
+        if batch.is_empty() {
+            self.metrics.set_pending(self.pending.len() as u64);
+            return;
+        }
+        match self.enforcer.ban_many(&batch) {
+            Ok(()) => {
+                for (src, left, manual) in batch {
+                    let attempts = self.pending.remove(&src).map_or(0, |p| p.attempts);
+                    log::warn!("ban {src} for {} now in force (after {attempts} failed attempt(s))", format_duration(left));
+                    self.metrics.banned(if manual { "manual" } else { "retried" }, Duration::ZERO);
                     self.end_sessions(src);
                 }
-                Err(e) => {
-                    let attempts = p.attempts + 1;
-                    // 1 s, 2 s, 4 s … up to 30 s between attempts.
-                    let wait = Duration::from_secs(1u64 << attempts.min(5).saturating_sub(1)).min(Duration::from_secs(30));
-                    let e = format!("{e:#}");
-                    if attempts <= 3 || attempts % 10 == 0 {
-                        log::error!("ban of {src} still failing (attempt {attempts}): {e}; next try in {}", format_duration(wait));
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                for (src, _, _) in &batch {
+                    let Some(p) = self.pending.get_mut(src) else { continue };
+                    p.attempts += 1;
+                    // 1 s, 2 s, 4 s … up to 16 s between attempts.
+                    let wait = Duration::from_secs(1u64 << (p.attempts.min(5) - 1));
+                    p.next_try = now + wait;
+                    p.error = e.clone();
+                    if p.attempts <= 3 || p.attempts % 10 == 0 {
+                        log::error!("ban of {src} still failing (attempt {}): {e}; next try in {}", p.attempts, format_duration(wait));
                     }
-                    self.pending.insert(src, PendingBan { attempts, next_try: now + wait, error: e, ..p });
                 }
             }
         }
