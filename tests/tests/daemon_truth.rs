@@ -2,8 +2,10 @@
 //! is a real TCP connect from the banned address in a private network namespace.
 //!
 //! Firewall reloads healed, a failed ban retried, a restart that does not blind the
-//! detector, SIGHUPs and logrotate during a burst losing no line, a wall-clock step
-//! that changes no iptables expiry, a control-socket flood, a kill -9 right after a ban.
+//! detector (iptables and xdp), SIGHUPs and logrotate during a burst losing no line, a
+//! wall-clock step that changes no iptables expiry, a control-socket flood, a kill -9
+//! right after a ban, state-file faults, bad manual bans. (The interface deleted and
+//! re-created is tested with the dataplane's link-event handling.)
 use std::{
     os::unix::net::UnixStream,
     path::Path,
@@ -492,4 +494,54 @@ fn bad_manual_bans_are_refused() {
     assert!(d.list().unwrap().is_empty(), "nothing was banned");
     assert!(d.ctl(&["ban", "192.0.2.66", "--for", "1h"]).unwrap().status.success());
     assert!(listed(&d, "192.0.2.66"));
+}
+
+/// The same blindness after a restart, in xdp mode: the pinned maps are removed at a
+/// stop without --keep-bans, so the restored history must not hide new guesses.
+#[test]
+fn xdp_restart_without_keep_bans_bans_again() {
+    if !ready() {
+        return;
+    }
+    let topo = Topology::new().unwrap();
+    let _srv = topo.serve(&[25]).unwrap();
+    let mut d = Daemon::start(Some(&topo.server), &["--interface", "vs0", "--max-unknown", "3", "--ban-time", "1h", "--cmd-read-timeout", "0"]).unwrap();
+    d.write_log(&sendmail_harvest("192.0.2.66", 49000, 3)).unwrap();
+    assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")));
+    d.stop().unwrap();
+    assert!(!dropped(&topo, "192.0.2.66"));
+    d.spawn().unwrap();
+    d.write_log(&sendmail_harvest("192.0.2.66", 49001, 3)).unwrap();
+    assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")), "banned again:\n{}", d.stderr_text());
+    assert!(d.stderr_text().contains("ban 192.0.2.66 for 2h (offence 2)"), "the history still escalates:\n{}", d.stderr_text());
+}
+
+/// The state file: a corrupt one is moved aside (and said so) and the daemon runs; a
+/// stale temporary file is removed; one of an unknown version stops the start with a
+/// clear message and is left as it is.
+#[test]
+fn state_file_faults_are_handled_and_said() {
+    if !ready() {
+        return;
+    }
+    let mut d = Daemon::start(None, &["--mode", "dry-run"]).unwrap();
+    d.stop().unwrap();
+    std::fs::write(&d.state, "{\"version\":1,\"offenders\":[{\"sour").unwrap();
+    let tmp = d.state.with_file_name("state.json.tmp");
+    std::fs::write(&tmp, "half a write").unwrap();
+    d.spawn().unwrap();
+    assert!(!tmp.exists(), "stale .tmp removed");
+    let aside: Vec<String> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside: {aside:?}");
+    assert!(d.stderr_text().contains("is not valid blocksmtp state") && d.stderr_text().contains(&aside[0]), "{}", d.stderr_text());
+    d.stop().unwrap();
+
+    std::fs::write(&d.state, "{\"version\":999,\"offenders\":[]}").unwrap();
+    let e = d.spawn().unwrap_err().to_string();
+    assert!(e.contains("has version 999") && e.contains("refusing to overwrite"), "{e}");
+    assert_eq!(std::fs::read_to_string(&d.state).unwrap(), "{\"version\":999,\"offenders\":[]}");
 }
