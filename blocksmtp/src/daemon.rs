@@ -48,7 +48,7 @@ use crate::{
     proctitle::ProcTitles,
     reaper::{ReapAction, Reaper, ReaperConfig},
     source::{
-        LineSource,
+        SourceHandle,
         follow::{FollowOptions, Follower, LogLine},
         journal::{Journal, JournalOptions},
         stdin::stdin_lines,
@@ -120,13 +120,6 @@ struct PendingBan {
     attempts: u32,
     next_try: Instant,
     error: String,
-}
-
-/// A running log source task and how to ask it where it is.
-struct SourceHandle {
-    name: String,
-    positions: mpsc::Sender<oneshot::Sender<Vec<SourceStatus>>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
@@ -341,65 +334,18 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
     let mut out = Vec::new();
     if !files.is_empty() {
         let opts = FollowOptions { from_start: args.from_start, ..FollowOptions::default() };
-        out.push(spawn_source(Follower::new(files, opts).context("following the log files")?, tx));
+        out.push(crate::source::spawn(Follower::new(files, opts).context("following the log files")?, tx));
     }
     if journal {
-        out.push(spawn_source(Journal::spawn(&JournalOptions::default()).context("reading the journal")?, tx));
+        out.push(crate::source::spawn(Journal::spawn(&JournalOptions::default()).context("reading the journal")?, tx));
     }
     if args.stdin {
-        out.push(spawn_source(stdin_lines(), tx));
+        out.push(crate::source::spawn(stdin_lines(), tx));
     }
     if out.is_empty() {
         bail!("no log source: give --log FILE, --journal or --stdin");
     }
     Ok(out)
-}
-
-/// Run a source in its own task: lines go to the daemon's loop, position requests are
-/// answered in between. A passing error (a followed file) is retried after a pause, with
-/// its message rate-limited; the end of a source is logged once and the daemon runs on.
-fn spawn_source<S: LineSource>(mut src: S, tx: &mpsc::Sender<(LogLine, Instant)>) -> SourceHandle {
-    let name = src.name();
-    let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
-    let tx = tx.clone();
-    let task_name = name.clone();
-    let task = tokio::spawn(async move {
-        let name = task_name;
-        let mut lines = 0u64;
-        let mut open = true;
-        let mut errors = RateLimit::new(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                r = src.next_line(), if open => match r {
-                    Ok(Some(line)) => {
-                        lines += 1;
-                        if tx.send((line, Instant::now())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        log::info!("{name} ended after {lines} lines; still running (bans expire, control socket open)");
-                        open = false;
-                    }
-                    Err(e) if src.transient_errors() => {
-                        if let Some(n) = errors.hit() {
-                            log::error!("reading {name}: {e}{}", RateLimit::suffix(n));
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Err(e) => {
-                        log::error!("{name}: {e}");
-                        open = false;
-                    }
-                },
-                Some(reply) = prx.recv() => {
-                    let status = src.positions().unwrap_or_else(|| vec![SourceStatus { name: name.clone(), position: None, lines, open }]);
-                    let _ = reply.send(status);
-                }
-            }
-        }
-    });
-    SourceHandle { name, positions: ptx, task }
 }
 
 impl Daemon {

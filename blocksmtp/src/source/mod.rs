@@ -4,7 +4,12 @@
 //! files through rotations; `journal` reads journald; `stdin` reads a pipe. All of them
 //! cut lines with the one [`split::Splitter`], and the daemon runs the live ones through
 //! one [`LineSource`] interface and one task loop.
-use std::future::Future;
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
 
 pub mod file;
 pub mod follow;
@@ -12,7 +17,7 @@ pub mod journal;
 pub mod split;
 pub mod stdin;
 
-use crate::control::SourceStatus;
+use crate::{control::SourceStatus, logging::RateLimit};
 pub use follow::LogLine;
 
 /// A live source of log lines, as the daemon runs it.
@@ -77,4 +82,58 @@ impl LineSource for stdin::StdinLines {
     async fn next_line(&mut self) -> std::io::Result<Option<LogLine>> {
         self.next().await
     }
+}
+
+/// A running log source task, and how to ask it where it is.
+pub struct SourceHandle {
+    pub name: String,
+    pub positions: mpsc::Sender<oneshot::Sender<Vec<SourceStatus>>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Run a source in its own task: lines go to the daemon's loop, position requests are
+/// answered in between. A passing error (a followed file) is retried after a pause, with
+/// its message rate-limited; the end of a source is logged once and the daemon runs on.
+pub fn spawn<S: LineSource>(mut src: S, tx: &mpsc::Sender<(LogLine, Instant)>) -> SourceHandle {
+    let name = src.name();
+    let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
+    let tx = tx.clone();
+    let task_name = name.clone();
+    let task = tokio::spawn(async move {
+        let name = task_name;
+        let mut lines = 0u64;
+        let mut open = true;
+        let mut errors = RateLimit::new(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                r = src.next_line(), if open => match r {
+                    Ok(Some(line)) => {
+                        lines += 1;
+                        if tx.send((line, Instant::now())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        log::info!("{name} ended after {lines} lines; still running (bans expire, control socket open)");
+                        open = false;
+                    }
+                    Err(e) if src.transient_errors() => {
+                        if let Some(n) = errors.hit() {
+                            log::error!("reading {name}: {e}{}", RateLimit::suffix(n));
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        log::error!("{name}: {e}");
+                        open = false;
+                    }
+                },
+                Some(reply) = prx.recv() => {
+                    let status = src.positions().unwrap_or_else(|| vec![SourceStatus { name: name.clone(), position: None, lines, open }]);
+                    let _ = reply.send(status);
+                }
+            }
+        }
+    });
+    SourceHandle { name, positions: ptx, task }
 }
