@@ -549,7 +549,6 @@ fn state_file_faults_are_handled_and_said() {
 /// Re-create the topology's veth pair with the same names and addresses (a NIC reset, a
 /// VLAN re-created by ifupdown).
 fn recreate_link(topo: &Topology) {
-    topo.server.ip(&["link", "del", "vs0"]).unwrap();
     topo.server.ip(&["link", "add", "vs0", "type", "veth", "peer", "name", "vc0", "netns", &topo.client.name]).unwrap();
     for a in ["192.0.2.25/24", "2001:db8::25/64"] {
         topo.server.ip(&["addr", "add", a, "dev", "vs0", "nodad"]).unwrap();
@@ -568,15 +567,24 @@ fn xdp_reattaches_to_a_recreated_interface() {
     if !ready() {
         return;
     }
-    let topo = Topology::new().unwrap();
-    let _srv = topo.serve(&[25]).unwrap();
-    let d = Daemon::start(Some(&topo.server), &["--interface", "vs0", "--max-unknown", "3", "--ban-time", "1h", "--cmd-read-timeout", "0"]).unwrap();
-    d.write_log(&sendmail_harvest("192.0.2.66", 50000, 3)).unwrap();
-    assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")));
-    recreate_link(&topo);
-    assert!(poll(Duration::from_secs(5), || topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap()), "the new link works");
-    assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")), "drops resume on the re-created interface:\n{}", d.stderr_text());
-    assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
-    let st = d.status().unwrap();
-    assert!(st["attachments"].as_array().is_some_and(|a| a.iter().any(|x| x["iface"] == "vs0" && !x["attached"].is_null())), "{st}");
+    for attach in ["auto", "tc"] {
+        let topo = Topology::new().unwrap();
+        let _srv = topo.serve(&[25]).unwrap();
+        let args = ["--interface", "vs0", "--attach", attach, "--max-unknown", "3", "--ban-time", "1h", "--cmd-read-timeout", "0"];
+        let d = Daemon::start(Some(&topo.server), &args).unwrap();
+        d.write_log(&sendmail_harvest("192.0.2.66", 50000, 3)).unwrap();
+        assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")), "{attach}");
+        topo.server.ip(&["link", "del", "vs0"]).unwrap();
+        let detached = |d: &Daemon| {
+            d.status().ok().and_then(|s| s["attachments"].as_array().cloned()).is_some_and(|a| a.iter().any(|x| x["iface"] == "vs0" && x["attached"].is_null()))
+        };
+        assert!(poll(HEAL, || detached(&d)), "{attach}: status says vs0 is not attached while it is gone: {}", d.status().unwrap());
+        recreate_link(&topo);
+        assert!(poll(Duration::from_secs(5), || topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap()), "{attach}: the new link works");
+        assert!(poll(HEAL, || dropped(&topo, "192.0.2.66")), "{attach}: drops resume on the re-created interface:\n{}", d.stderr_text());
+        assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "{attach}");
+        let st = d.status().unwrap();
+        let attached = st["attachments"].as_array().is_some_and(|a| a.iter().any(|x| x["iface"] == "vs0" && !x["attached"].is_null()));
+        assert!(attached, "{attach}: {st}");
+    }
 }
