@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::addr::SourceAddr;
 
 pub mod dryrun;
+pub mod sockdiag;
 pub mod iptables;
 pub mod xdp;
 
