@@ -28,7 +28,13 @@ use crate::{
     control::{BanRow, DEFAULT_SOCKET, Request, Response, SourceStatus, Status},
     dataplane::{AttachMode, DEFAULT_PIN_ROOT, DataplaneConfig, PinDir},
     duration::{HumanDuration, format_duration},
-    enforce::{Enforcer, dryrun::DryRun, iptables::IptablesEnforcer, xdp::XdpEnforcer},
+    enforce::{
+        Enforcer,
+        dryrun::DryRun,
+        iptables::IptablesEnforcer,
+        sockdiag::{SessionKiller, Support},
+        xdp::XdpEnforcer,
+    },
     metrics::Metrics,
     detect::{DetectArgs, Detector},
     policy::BanDecision,
@@ -106,7 +112,8 @@ pub struct RunArgs {
     /// Kill sendmail children sitting in "cmd read" longer than this (0 disables).
     #[arg(long, value_name = "DUR", default_value = "300s")]
     pub cmd_read_timeout: HumanDuration,
-    /// Do not end a banned client's open sendmail sessions.
+    /// Do not end a banned client's open sessions (TCP reset of its connections to the
+    /// protected ports, and sendmail's serving children).
     #[arg(long)]
     pub no_kill_sessions: bool,
     /// The control socket (blocksmtp status, list, ban, unban); root only.
@@ -199,6 +206,8 @@ struct Daemon {
     /// last scanned for that: a burst of bans costs one scan per sweep tick, a lone ban
     /// is acted on at once.
     pending_kills: Vec<SourceAddr>,
+    /// Resets banned sources' TCP sessions (any MTA); None where the kernel cannot.
+    sessions: Option<SessionKiller>,
     last_kill_scan: Option<Instant>,
     started: Instant,
     dirty: bool,
@@ -255,6 +264,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         None => None,
     };
 
+    let sessions = session_killer(&args);
     let mut d = Daemon {
         args,
         argv,
@@ -266,6 +276,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         titles,
         reaper,
         pending_kills: Vec::new(),
+        sessions,
         last_kill_scan: None,
         started: Instant::now(),
         dirty: false,
@@ -321,6 +332,21 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     d.enforcer.shutdown(keep)?;
     log::info!("stopped{}", if keep { "; bans kept in force (--keep-bans)" } else { "; bans removed" });
     Ok(())
+}
+
+/// The TCP session killer, if sessions are to be ended and this kernel can destroy
+/// sockets; said once at start when it cannot (sendmail's children are still ended).
+fn session_killer(args: &RunArgs) -> Option<SessionKiller> {
+    if args.no_kill_sessions || args.mode == Mode::DryRun {
+        return None;
+    }
+    match SessionKiller::probe() {
+        Support::Yes => Some(SessionKiller::new(&args.protected_ports())),
+        Support::No(why) => {
+            log::warn!("cannot reset banned sources' TCP sessions: {why}; only sendmail's sessions will be ended");
+            None
+        }
+    }
 }
 
 fn load_whitelist(detect: &DetectArgs) -> anyhow::Result<Whitelist> {
@@ -547,7 +573,19 @@ impl Daemon {
         }
         // Each ended session is logged (pid, client, state). `take`: a burst's list is
         // not kept allocated afterwards.
-        self.titles.kill_sessions_of_any(&std::mem::take(&mut self.pending_kills));
+        let sources = std::mem::take(&mut self.pending_kills);
+        if let Some(k) = &self.sessions {
+            match k.end_sessions_of(&sources) {
+                Ok(ended) => {
+                    for s in ended {
+                        log::info!("reset session of {}:{} to port {}", s.peer, s.peer_port, s.local_port);
+                        self.metrics.session_reset();
+                    }
+                }
+                Err(e) => log::warn!("resetting banned sources' sessions: {e}"),
+            }
+        }
+        self.titles.kill_sessions_of_any(&sources);
         self.last_kill_scan = Some(Instant::now());
     }
 

@@ -26,6 +26,7 @@ pub struct Metrics {
     unbans: Mutex<BTreeMap<String, u64>>,
     ban_failures: AtomicU64,
     reaped: AtomicU64,
+    sessions_reset: AtomicU64,
     lines: Mutex<BTreeMap<String, (u64, u64)>>,
     packets: Mutex<Vec<(&'static str, u64)>>,
     detector: Mutex<Option<DetectorStats>>,
@@ -78,6 +79,11 @@ impl Metrics {
 
     pub fn reaped(&self) {
         self.reaped.fetch_add(1, Relaxed);
+    }
+
+    /// A banned source's TCP session reset (SOCK_DESTROY).
+    pub fn session_reset(&self) {
+        self.sessions_reset.fetch_add(1, Relaxed);
     }
 
     pub fn set_active(&self, n: u64) {
@@ -165,6 +171,8 @@ impl Metrics {
         drop(h);
         head(&mut o, "blocksmtp_reaper_kills_total", "counter", "Stuck sendmail sessions signalled by the reaper.");
         let _ = writeln!(o, "blocksmtp_reaper_kills_total {}", self.reaped.load(Relaxed));
+        head(&mut o, "blocksmtp_sessions_reset_total", "counter", "Banned sources' TCP sessions reset at the ban.");
+        let _ = writeln!(o, "blocksmtp_sessions_reset_total {}", self.sessions_reset.load(Relaxed));
         o
     }
 }

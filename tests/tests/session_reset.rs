@@ -144,3 +144,38 @@ fn banned_sessions_are_reset_and_others_live_on() {
     }
     assert!(rx.try_recv().is_err(), "no other session ended");
 }
+
+/// The daemon, end to end: a Postfix-style harvest in the log bans the source, and
+/// its session that was open all along is reset (no sendmail process involved).
+#[test]
+fn daemon_resets_the_banned_harvesters_open_session() {
+    use blocksmtp_tests::{
+        daemon::Daemon,
+        loggen::{LogGen, Style},
+    };
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root (network namespaces, BPF)");
+    }
+    let t = Topology::new().unwrap();
+    let (tx, rx) = mpsc::channel();
+    serve(&t, tx).unwrap();
+    let d = Daemon::start(Some(&t.server), &["--interface", "vs0", "--max-unknown", "3", "--cmd-read-timeout", "0"]).unwrap();
+    let mut harvester = open(&t, "2001:db8::66", "[2001:db8::25]:25").unwrap();
+    let mut innocent = open(&t, "192.0.2.67", "192.0.2.25:25").unwrap();
+    assert!(echo_works(&mut harvester) && echo_works(&mut innocent));
+
+    let mut g = LogGen::new(Style::Bsd, 7, 1_800_000_000);
+    g.postfix_harvest("2001:db8::66".parse().unwrap(), None, 3, 1.0);
+    let lines: Vec<String> = String::from_utf8(g.finish()).unwrap().lines().map(str::to_string).collect();
+    d.write_log(&lines).unwrap();
+    d.wait_for(Duration::from_secs(5), |d| d.list().map(|l| l.iter().any(|r| r["source"] == "2001:db8::/64")).unwrap_or(false))
+        .unwrap_or_else(|| panic!("no ban:\n{}", d.stderr_text()));
+    let banned_at = Instant::now();
+    let e = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| panic!("session not reset within 1 s of the ban:\n{}", d.stderr_text()));
+    eprintln!("ban listed → server session ended in {:?}", banned_at.elapsed());
+    assert_eq!(e.peer.to_string(), "2001:db8::66");
+    assert_eq!(e.error, Some(ErrorKind::ConnectionAborted));
+    assert!(d.stderr_text().contains("reset session of 2001:db8::66"), "{}", d.stderr_text());
+    assert!(echo_works(&mut innocent), "the innocent's session goes on");
+    assert!(rx.try_recv().is_err(), "no other session ended");
+}
