@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{addr::SourceAddr, duration::HumanDuration};
 
+pub mod fleet;
 pub mod lapi;
 pub mod link;
 
