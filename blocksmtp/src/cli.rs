@@ -1,11 +1,170 @@
 //! The command line. Kept in the library so the man page and shell completions are
 //! generated from the same definition (`blocksmtp generate`).
-use std::ffi::OsString;
+use std::{
+    ffi::OsString,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
-use crate::{control::ClientArgs, daemon::RunArgs};
+use crate::{
+    control::{ClientArgs, DEFAULT_SOCKET},
+    dataplane::{AttachMode, DEFAULT_PIN_ROOT, DataplaneConfig},
+    detect::DetectArgs,
+    duration::HumanDuration,
+};
+
+/// How bans are enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The eBPF dataplane (XDP, falling back to TC).
+    Xdp,
+    /// The old daemon's iptables chain (and ip6tables), for plain hosts.
+    Iptables,
+    /// Detect and log only.
+    DryRun,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Follow this log file (repeatable). Default: /var/log/mail.log if present, else
+    /// /var/log/maillog, else the journal.
+    #[arg(long = "log", visible_alias = "syslog-msgs-file", value_name = "FILE")]
+    pub log: Vec<PathBuf>,
+    /// Read the systemd journal (journalctl -f -o json).
+    #[arg(long)]
+    pub journal: bool,
+    /// Read log lines from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Read followed files from their beginning instead of their end.
+    #[arg(long)]
+    pub from_start: bool,
+    /// How bans are enforced.
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub mode: Mode,
+    /// Interface to protect in xdp mode (repeatable). Default: the default route's.
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// How the xdp mode attaches: XDP native, else XDP generic, else TC (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: AttachMode,
+    /// bpffs directory for the pinned maps and links (xdp mode).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+    /// On exit, leave the bans in force (pinned maps and links, or the iptables chain)
+    /// for the next start.
+    #[arg(long)]
+    pub keep_bans: bool,
+    /// Only drop packets to this address (one IPv4 and/or one IPv6). Default: any.
+    #[arg(long = "mailer-ip", value_name = "IP")]
+    pub mailer_ip: Vec<IpAddr>,
+    /// The SMTP port to protect.
+    #[arg(long, value_name = "PORT", default_value_t = 25)]
+    pub mailer_port: u16,
+    /// More ports to protect, besides --mailer-port (e.g. 465,587; up to 8 in all).
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
+    pub ports: Vec<u16>,
+    /// The iptables chain (iptables mode).
+    #[arg(long, value_name = "NAME", default_value = crate::enforce::iptables::DEFAULT_CHAIN)]
+    pub iptables_chain_name: String,
+    /// The iptables binary (iptables, iptables-nft, iptables-legacy or a path).
+    #[arg(long, value_name = "CMD", default_value = "iptables")]
+    pub iptables: PathBuf,
+    /// The ip6tables binary; "none" leaves IPv6 alone in iptables mode.
+    #[arg(long, value_name = "CMD", default_value = "ip6tables")]
+    pub ip6tables: PathBuf,
+    /// Kill sendmail children sitting in "cmd read" longer than this (0 disables).
+    #[arg(long, value_name = "DUR", default_value = "300s")]
+    pub cmd_read_timeout: HumanDuration,
+    /// Do not end a banned client's open sessions (TCP reset of its connections to the
+    /// protected ports, and sendmail's serving children).
+    #[arg(long)]
+    pub no_kill_sessions: bool,
+    /// The control socket (blocksmtp status, list, ban, unban); root only.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Where the offence history and ban details are kept across restarts.
+    #[arg(long, value_name = "FILE", default_value = "/var/lib/blocksmtp/state.json")]
+    pub state_file: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9325). Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log verbosity 0-3 (0: bans and warnings, 1: decisions, 2: every guess, 3: everything).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1", value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub debug: Option<u8>,
+    /// Log to syslog (facility mail) instead of standard error.
+    #[arg(long)]
+    pub debug_to_syslog: bool,
+    /// Config file (TOML; keys are these options' long names). Default:
+    /// /etc/blocksmtp/blocksmtp.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The config file actually read (set by the parser, not an option).
+    #[arg(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Where each option taken from the config file was set: long name → `FILE:LINE`
+    /// (set by the parser), so errors found after parsing name the line.
+    #[arg(skip)]
+    pub config_origins: std::collections::BTreeMap<String, String>,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+}
+
+impl RunArgs {
+    /// --mailer-port first, then --ports, without repeats.
+    pub fn protected_ports(&self) -> Vec<u16> {
+        let mut v = vec![self.mailer_port];
+        for p in &self.ports {
+            if !v.contains(p) {
+                v.push(*p);
+            }
+        }
+        v
+    }
+
+    pub fn dataplane_config(&self) -> DataplaneConfig {
+        DataplaneConfig { ports: self.protected_ports(), mailer_ips: self.mailer_ip.clone(), v6_prefix: self.detect.v6_prefix }
+    }
+
+    /// Check what clap cannot check alone. An error about an option set in the config
+    /// file names the file and line.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::detect::DetectError as E;
+        let at = |keys: &[&str], msg: String| -> anyhow::Error {
+            match keys.iter().find_map(|k| self.config_origins.get(*k).map(|o| (k, o))) {
+                Some((k, origin)) => anyhow::anyhow!("{origin}: key `{k}`: {msg}"),
+                None => anyhow::anyhow!("{msg}"),
+            }
+        };
+        if let Err(e) = self.detect.validate() {
+            let keys: &[&str] = match &e {
+                E::MaxUnknown => &["max-unknown"],
+                E::V6Prefix(_) => &["v6-prefix"],
+                E::Window => &["window"],
+                E::BanTime => &["ban-time"],
+                E::BanTimeMax { .. } => &["ban-time-max", "ban-time"],
+                _ => &["white-list"],
+            };
+            return Err(at(keys, e.to_string()));
+        }
+        if self.mailer_port == 0 {
+            return Err(at(&["mailer-port"], "--mailer-port must be a TCP port (1-65535), not 0".into()));
+        }
+        if self.ports.contains(&0) {
+            return Err(at(&["ports"], "--ports: 0 is not a TCP port (1-65535)".into()));
+        }
+        if let Err(e) = self.dataplane_config().to_kernel() {
+            return Err(at(&["ports", "mailer-ip", "mailer-port"], format!("{e:#}")));
+        }
+        Ok(())
+    }
+}
+
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +202,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make the running daemon re-read its config file and whitelist (what SIGHUP does),
+    /// and report whether it accepted them: exit 1 with the reason when it did not.
+    Reload(ClientArgs),
     /// Lift a ban.
     Unban {
         source: String,
@@ -57,7 +219,7 @@ pub enum Command {
 }
 
 /// Subcommand names, for telling the old daemon's invocation (options only) apart.
-const SUBCOMMANDS: &[&str] = &["run", "replay", "status", "list", "ban", "unban", "config", "generate", "help"];
+const SUBCOMMANDS: &[&str] = &["run", "replay", "status", "list", "ban", "unban", "reload", "config", "generate", "help"];
 
 /// `blocksmtp --debug=2 --white-list=F` (no command) means `blocksmtp run --debug=2 …`.
 pub fn normalize_argv(mut argv: Vec<OsString>) -> Vec<OsString> {
@@ -87,7 +249,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Cli, CliError> {
         return Cli::from_arg_matches(&matches).map_err(CliError::Clap);
     };
     let run_cmd = cmd.find_subcommand("run").expect("run subcommand").clone();
-    let extra = crate::config::overlay(&run_cmd, run_matches, &path).map_err(CliError::Config)?;
+    let (extra, origins) = crate::config::overlay_with_origins(&run_cmd, run_matches, &path).map_err(CliError::Config)?;
     // Insert the file's options right after `run`: the command line's own come later.
     let pos = argv.iter().position(|a| a == "run").expect("run is in argv");
     let mut full = argv.clone();
@@ -97,6 +259,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Cli, CliError> {
     let mut cli = Cli::try_parse_from(&full).map_err(CliError::Clap)?;
     if let Command::Run(r) = &mut cli.command {
         r.config_file = Some(path);
+        r.config_origins = origins;
     }
     Ok(cli)
 }
@@ -165,6 +328,28 @@ mod tests {
         assert_eq!(r.debug, Some(1), "--debug alone is level 1");
         assert!(r.debug_to_syslog);
         assert_eq!(r.protected_ports(), vec![2525]);
+    }
+
+    #[test]
+    fn semantic_errors_name_the_config_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("b.toml");
+        for (text, want) in [
+            ("max-unknown = 3\nwindow = \"0s\"\n", ":2: key `window`"),
+            ("ban-time = \"2h\"\n\nban-time-max = \"1h\"\n", ":3: key `ban-time-max`"),
+            ("mailer-port = 0\n", ":1: key `mailer-port`"),
+            ("ports = [1,2,3,4,5,6,7,8,9]\n", ":1: key `ports`"),
+        ] {
+            std::fs::write(&cfg, text).unwrap();
+            let cli = parse(argv(&["blocksmtp", "run", "--config", cfg.to_str().unwrap()])).unwrap_or_else(|_| panic!("{text}"));
+            let Command::Run(r) = cli.command else { panic!("not run") };
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("{}{want}", cfg.display())), "{text}: {e}");
+        }
+        // The same mistake on the command line names the option only.
+        let cli = Cli::try_parse_from(argv(&["blocksmtp", "run", "--mailer-port", "0"])).unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.validate().unwrap_err().to_string(), "--mailer-port must be a TCP port (1-65535), not 0");
     }
 
     #[test]

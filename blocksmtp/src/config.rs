@@ -22,6 +22,17 @@ const NOT_IN_FILE: &[&str] = &["config", "help"];
 /// for keys the command line did not set. `run_cmd` is the `run` subcommand's
 /// definition and `matches` what the command line gave it.
 pub fn overlay(run_cmd: &Command, matches: &ArgMatches, path: &Path) -> anyhow::Result<Vec<OsString>> {
+    overlay_with_origins(run_cmd, matches, path).map(|(args, _)| args)
+}
+
+/// [`overlay`], and where each option taken from the file was set: long name →
+/// `FILE:LINE`, for errors found once every value is parsed (`window = 0`).
+pub fn overlay_with_origins(
+    run_cmd: &Command,
+    matches: &ArgMatches,
+    path: &Path,
+) -> anyhow::Result<(Vec<OsString>, std::collections::BTreeMap<String, String>)> {
+    let mut origins = std::collections::BTreeMap::new();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     let doc = Document::parse(text.clone()).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(&text, s.start));
@@ -66,8 +77,9 @@ pub fn overlay(run_cmd: &Command, matches: &ArgMatches, path: &Path) -> anyhow::
             bail!("{}: {first}", at());
         }
         out.extend(args);
+        origins.insert(long.to_string(), format!("{}:{line}", path.display()));
     }
-    Ok(out)
+    Ok((out, origins))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

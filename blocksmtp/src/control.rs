@@ -1,14 +1,29 @@
-//! The control socket: `blocksmtp status | list | ban | unban` talk to the running
-//! daemon over a root-only Unix socket, one JSON request and one JSON reply per line.
+//! The control socket: `blocksmtp status | list | ban | unban | reload` talk to the
+//! running daemon over a root-only Unix socket, one JSON request and one JSON reply per
+//! line. The client side ([`request`], [`client_main`]) and the daemon's server
+//! ([`bind`], [`serve`]) are both here.
+//!
+//! The server is bounded: at most [`MAX_CONNECTIONS`] connections are served at once
+//! (more are answered "busy" and closed at once, so a flood cannot exhaust the daemon's
+//! file descriptors), a client has [`IDLE_TIMEOUT`] to send its request, and accept
+//! errors (EMFILE) back off instead of spinning, with their warning rate-limited.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{Semaphore, mpsc, oneshot},
+};
+
+use crate::logging::RateLimit;
 
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/blocksmtp/control.sock";
@@ -21,6 +36,8 @@ pub enum Request {
     /// `source`: an address or IPv6 prefix; `secs`: none = the daemon's --ban-time.
     Ban { source: String, secs: Option<u64> },
     Unban { source: String },
+    /// Re-read the config file and the whitelist; the reply says whether they were taken.
+    Reload,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +79,26 @@ pub struct Status {
     /// Packet counters of the dataplane, by verdict (xdp mode).
     #[serde(default)]
     pub packets: Vec<(String, u64)>,
+    /// Bans decided but not (yet) in force: the enforcer failed; retried with backoff.
+    #[serde(default)]
+    pub pending_bans: usize,
+    /// Repairs made after the kernel's state was found to differ (chain re-created,
+    /// interface re-attached, …).
+    #[serde(default)]
+    pub repairs_total: u64,
+    /// The xdp mode's attachments as the kernel has them now.
+    #[serde(default)]
+    pub attachments: Vec<InterfaceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub iface: String,
+    /// `xdp-native`, `xdp-generic`, `tc`, or none: not attached (not protected).
+    pub attached: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +119,9 @@ pub struct BanRow {
     pub expires_in_secs: u64,
     pub dropped: Option<u64>,
     pub manual: bool,
+    /// Decided but not in force: the enforcer failed and the ban is being retried.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// Send one request to the daemon and wait for its reply.
@@ -143,8 +183,16 @@ fn print_human(req: &Request, data: &serde_json::Value) {
             Ok(s) => {
                 println!("blocksmtp {} (pid {}), up {}", s.version, s.pid, crate::duration::format_duration(Duration::from_secs(s.uptime_secs)));
                 println!("mode: {}", s.mode);
-                for (i, a) in &s.interfaces {
-                    println!("  {i}: {a}");
+                if s.attachments.is_empty() {
+                    for (i, a) in &s.interfaces {
+                        println!("  {i}: {a}");
+                    }
+                }
+                for a in &s.attachments {
+                    match &a.attached {
+                        Some(how) => println!("  {}: {how} since {}", a.iface, a.since),
+                        None => println!("  {}: NOT ATTACHED since {}: {}", a.iface, a.since, a.detail),
+                    }
                 }
                 println!("sources:");
                 for src in &s.sources {
@@ -153,6 +201,12 @@ fn print_human(req: &Request, data: &serde_json::Value) {
                 }
                 println!("lines: {} read, {} skipped; guesses: {}", s.lines, s.skipped, s.guesses);
                 println!("bans: {} active, {} set, {} lifted; stuck sessions reaped: {}", s.active_bans, s.bans_total, s.unbans_total, s.reaped_total);
+                if s.pending_bans > 0 {
+                    println!("PENDING: {} ban(s) decided but not in force (the enforcer failed; retrying)", s.pending_bans);
+                }
+                if s.repairs_total > 0 {
+                    println!("repairs: {} (kernel state found different and restored; see the log)", s.repairs_total);
+                }
                 if !s.packets.is_empty() {
                     let line: Vec<String> = s.packets.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect();
                     println!("packets: {}", if line.is_empty() { "none yet".to_string() } else { line.join(" ") });
@@ -167,6 +221,7 @@ fn print_human(req: &Request, data: &serde_json::Value) {
                 for r in rows {
                     let dropped = r.dropped.map_or("-".to_string(), |d| d.to_string());
                     let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
+                    let reason = if r.pending { format!("PENDING (not in force yet; retrying): {reason}") } else { reason };
                     println!(
                         "{:<28} {:>7} {:>10} {:>9}  {}",
                         r.source,
@@ -179,12 +234,112 @@ fn print_human(req: &Request, data: &serde_json::Value) {
             }
             Err(_) => println!("{data}"),
         },
-        Request::Ban { .. } | Request::Unban { .. } => {
+        Request::Ban { .. } | Request::Unban { .. } | Request::Reload => {
             if let Some(msg) = data.as_str() {
                 println!("{msg}");
             } else {
                 println!("{data}");
             }
         }
+    }
+}
+
+/// A request from a client and where its reply goes.
+pub type ControlMsg = (Request, oneshot::Sender<Response>);
+
+/// Connections served at once; more are answered "busy" and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request line.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bind the root-only control socket at `path` (a stale socket of a crashed daemon is
+/// replaced; a live daemon's is not).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a crashed daemon: remove it, unless a live daemon answers on it.
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("another blocksmtp daemon is listening on {}", path.display());
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // Created with no permission for others from the start (umask), then 0600.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serve the control socket until the task is aborted; requests go to the daemon's loop
+/// through `tx`.
+pub async fn serve(l: UnixListener, tx: mpsc::Sender<ControlMsg>) {
+    let me = unsafe { libc::geteuid() };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    let mut accept_warn = RateLimit::new(Duration::from_secs(60));
+    let mut busy_warn = RateLimit::new(Duration::from_secs(60));
+    loop {
+        let stream = match l.accept().await {
+            Ok((s, _)) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: the pending connection stays queued, so retrying at
+                // once would spin. Wait, doubling up to a second.
+                if let Some(n) = accept_warn.hit() {
+                    log::warn!("control socket: accept failed: {e}{}", RateLimit::suffix(n));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(n) = busy_warn.hit() {
+                log::warn!("control socket: {MAX_CONNECTIONS} connections open; refusing more{}", RateLimit::suffix(n));
+            }
+            let _ = stream.try_write(b"{\"ok\":false,\"error\":\"busy: too many control connections\"}\n");
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Only root (or the daemon's own user) may talk to the daemon.
+            let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+            let (r, mut w) = stream.into_split();
+            if uid != 0 && uid != me {
+                let _ = w.write_all(b"{\"ok\":false,\"error\":\"permission denied: root only\"}\n").await;
+                return;
+            }
+            let mut line = String::new();
+            let mut r = tokio::io::BufReader::new(r).take(64 * 1024);
+            match tokio::time::timeout(IDLE_TIMEOUT, r.read_line(&mut line)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let _ = w.write_all(b"{\"ok\":false,\"error\":\"timed out waiting for the request\"}\n").await;
+                    return;
+                }
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => {
+                    let (otx, orx) = oneshot::channel();
+                    if tx.send((req, otx)).await.is_err() {
+                        return;
+                    }
+                    orx.await.unwrap_or_else(|_| Response::err("the daemon is stopping"))
+                }
+                Err(e) => Response::err(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+        });
     }
 }

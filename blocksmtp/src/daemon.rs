@@ -4,30 +4,41 @@
 //! line → `Detector::feed` → ban decision → enforcer (kernel map or iptables chain) →
 //! the banned client's open sendmail sessions are ended. The same loop answers the
 //! control socket, sweeps expired bans, runs the stuck-session reaper, saves state, and
-//! handles SIGTERM/SIGINT (clean stop) and SIGHUP (reload whitelist and config, reopen
-//! logs).
+//! handles SIGTERM/SIGINT (clean stop) and SIGHUP (reload whitelist and config).
+//!
+//! **The kernel is the truth.** A source counts as banned (its guesses decide nothing)
+//! only while its ban is in force in the enforcer: a restored offence history whose bans
+//! were lifted at the last stop, a ban that expired early or was removed behind the
+//! daemon's back, is lifted in the policy too, so the source is counted and banned again.
+//! A ban the enforcer refused is kept *pending* and retried with backoff until it holds
+//! or its time is up (`status`, `list`, a metric and the log say so). Once a second the
+//! enforcer reconciles itself with the kernel (the iptables chain and jumps, the XDP
+//! attachments) and each repair is logged.
+//!
+//! **Reload** (SIGHUP or `blocksmtp reload`) keeps the followers' positions and the
+//! detector's windows and counters; followers reopen only files that rotated (they watch
+//! for that themselves).
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixListener,
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
 
+pub use crate::cli::{Mode, RunArgs};
 use crate::{
     addr::SourceAddr,
-    control::{BanRow, DEFAULT_SOCKET, Request, Response, SourceStatus, Status},
-    dataplane::{AttachMode, DEFAULT_PIN_ROOT, DataplaneConfig, PinDir},
-    duration::{HumanDuration, format_duration},
+    control::{BanRow, ControlMsg, InterfaceStatus, Request, Response, SourceStatus, Status},
+    dataplane::PinDir,
+    duration::format_duration,
     enforce::{
         Enforcer,
         dryrun::DryRun,
@@ -35,135 +46,21 @@ use crate::{
         sockdiag::{SessionKiller, Support},
         xdp::XdpEnforcer,
     },
+    logging::RateLimit,
     metrics::Metrics,
     detect::{DetectArgs, Detector},
+    parse::time::format_rfc3339,
     policy::BanDecision,
     proctitle::ProcTitles,
     reaper::{ReapAction, Reaper, ReaperConfig},
     source::{
+        LineSource,
         follow::{FollowOptions, Follower, LogLine},
         journal::{Journal, JournalOptions},
         stdin::stdin_lines,
     },
     whitelist::Whitelist,
 };
-
-/// How bans are enforced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// The eBPF dataplane (XDP, falling back to TC).
-    Xdp,
-    /// The old daemon's iptables chain (and ip6tables), for plain hosts.
-    Iptables,
-    /// Detect and log only.
-    DryRun,
-}
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct RunArgs {
-    /// Follow this log file (repeatable). Default: /var/log/mail.log if present, else
-    /// /var/log/maillog, else the journal.
-    #[arg(long = "log", visible_alias = "syslog-msgs-file", value_name = "FILE")]
-    pub log: Vec<PathBuf>,
-    /// Read the systemd journal (journalctl -f -o json).
-    #[arg(long)]
-    pub journal: bool,
-    /// Read log lines from standard input.
-    #[arg(long)]
-    pub stdin: bool,
-    /// Read followed files from their beginning instead of their end.
-    #[arg(long)]
-    pub from_start: bool,
-    /// How bans are enforced.
-    #[arg(long, value_enum, default_value = "xdp")]
-    pub mode: Mode,
-    /// Interface to protect in xdp mode (repeatable). Default: the default route's.
-    #[arg(long = "interface", value_name = "IFACE")]
-    pub interfaces: Vec<String>,
-    /// How the xdp mode attaches: XDP native, else XDP generic, else TC (auto).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub attach: AttachMode,
-    /// bpffs directory for the pinned maps and links (xdp mode).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
-    pub pin_dir: PathBuf,
-    /// On exit, leave the bans in force (pinned maps and links, or the iptables chain)
-    /// for the next start.
-    #[arg(long)]
-    pub keep_bans: bool,
-    /// Only drop packets to this address (one IPv4 and/or one IPv6). Default: any.
-    #[arg(long = "mailer-ip", value_name = "IP")]
-    pub mailer_ip: Vec<IpAddr>,
-    /// The SMTP port to protect.
-    #[arg(long, value_name = "PORT", default_value_t = 25)]
-    pub mailer_port: u16,
-    /// More ports to protect, besides --mailer-port (e.g. 465,587; up to 8 in all).
-    #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
-    pub ports: Vec<u16>,
-    /// The iptables chain (iptables mode).
-    #[arg(long, value_name = "NAME", default_value = crate::enforce::iptables::DEFAULT_CHAIN)]
-    pub iptables_chain_name: String,
-    /// The iptables binary (iptables, iptables-nft, iptables-legacy or a path).
-    #[arg(long, value_name = "CMD", default_value = "iptables")]
-    pub iptables: PathBuf,
-    /// The ip6tables binary; "none" leaves IPv6 alone in iptables mode.
-    #[arg(long, value_name = "CMD", default_value = "ip6tables")]
-    pub ip6tables: PathBuf,
-    /// Kill sendmail children sitting in "cmd read" longer than this (0 disables).
-    #[arg(long, value_name = "DUR", default_value = "300s")]
-    pub cmd_read_timeout: HumanDuration,
-    /// Do not end a banned client's open sessions (TCP reset of its connections to the
-    /// protected ports, and sendmail's serving children).
-    #[arg(long)]
-    pub no_kill_sessions: bool,
-    /// The control socket (blocksmtp status, list, ban, unban); root only.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub control_socket: PathBuf,
-    /// Where the offence history and ban details are kept across restarts.
-    #[arg(long, value_name = "FILE", default_value = "/var/lib/blocksmtp/state.json")]
-    pub state_file: PathBuf,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9325). Off by default.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Log verbosity 0-3 (0: bans and warnings, 1: decisions, 2: every guess, 3: everything).
-    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1", value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub debug: Option<u8>,
-    /// Log to syslog (facility mail) instead of standard error.
-    #[arg(long)]
-    pub debug_to_syslog: bool,
-    /// Config file (TOML; keys are these options' long names). Default:
-    /// /etc/blocksmtp/blocksmtp.toml if it exists.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The config file actually read (set by the parser, not an option).
-    #[arg(skip)]
-    pub config_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub detect: DetectArgs,
-}
-
-impl RunArgs {
-    /// --mailer-port first, then --ports, without repeats.
-    pub fn protected_ports(&self) -> Vec<u16> {
-        let mut v = vec![self.mailer_port];
-        for p in &self.ports {
-            if !v.contains(p) {
-                v.push(*p);
-            }
-        }
-        v
-    }
-
-    fn dataplane_config(&self) -> DataplaneConfig {
-        DataplaneConfig { ports: self.protected_ports(), mailer_ips: self.mailer_ip.clone(), v6_prefix: self.detect.v6_prefix }
-    }
-
-    fn validate(&self) -> anyhow::Result<()> {
-        self.detect.validate()?;
-        self.dataplane_config().to_kernel()?;
-        Ok(())
-    }
-}
 
 /// Entry point of `blocksmtp run`; `argv` is kept for SIGHUP's re-read of the config.
 pub fn main(args: RunArgs, argv: Vec<OsString>) -> std::process::ExitCode {
@@ -190,8 +87,6 @@ pub fn main(args: RunArgs, argv: Vec<OsString>) -> std::process::ExitCode {
     }
 }
 
-type ControlMsg = (Request, oneshot::Sender<Response>);
-
 struct Daemon {
     args: RunArgs,
     argv: Vec<OsString>,
@@ -210,8 +105,29 @@ struct Daemon {
     sessions: Option<SessionKiller>,
     last_kill_scan: Option<Instant>,
     started: Instant,
+    /// The offence history changed since it was last saved, and when that was: saved
+    /// within about a second of a ban (batched: one write for a burst).
     dirty: bool,
+    last_save: Option<Instant>,
+    save_every: Duration,
     sources: Vec<SourceHandle>,
+    /// Bans decided but refused by the enforcer, retried with backoff until they hold or
+    /// their time is up.
+    pending: BTreeMap<SourceAddr, PendingBan>,
+    repairs_total: u64,
+    reconcile_warn: RateLimit,
+    save_warn: RateLimit,
+    line_tx: mpsc::Sender<(LogLine, Instant)>,
+}
+
+#[derive(Clone, Debug)]
+struct PendingBan {
+    /// When the ban would have ended had it held.
+    until: Instant,
+    manual: bool,
+    attempts: u32,
+    next_try: Instant,
+    error: String,
 }
 
 /// A running log source task and how to ask it where it is.
@@ -232,14 +148,12 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let mut detector =
         Detector::with_whitelist(&args.detect, whitelist.clone()).with_live_attribution(Box::new(titles.clone()));
 
-    match crate::policy::history::load_state(&args.state_file) {
-        Ok(Some(state)) => {
-            let n = state.offenders.len();
-            detector.restore_state(state, SystemTime::now());
-            log::info!("state: {n} offenders' history restored from {}", args.state_file.display());
-        }
-        Ok(None) => {}
-        Err(e) => log::warn!("state file {}: {e:#}; starting with no offence history", args.state_file.display()),
+    // An unreadable or corrupt file is moved aside by load_state (and said so); a file of
+    // an unknown version is refused: starting would overwrite it.
+    if let Some(state) = crate::policy::history::load_state(&args.state_file)? {
+        let n = state.offenders.len();
+        detector.restore_state(state, SystemTime::now());
+        log::info!("state: {n} offenders' history restored from {}", args.state_file.display());
     }
 
     let enforcer = start_enforcer(&args, &whitelist)?;
@@ -249,6 +163,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     unsafe {
         libc::malloc_trim(0);
     }
+    raise_fd_limit();
     let xdp = args.mode == Mode::Xdp;
     let reaper = (!args.cmd_read_timeout.0.is_zero()).then(|| {
         Reaper::new(ReaperConfig { cmd_read_timeout: args.cmd_read_timeout.0, ..ReaperConfig::default() })
@@ -257,8 +172,8 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let (line_tx, mut line_rx) = mpsc::channel::<(LogLine, Instant)>(4096);
     let sources = start_sources(&args, &line_tx)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    let socket = bind_control(&args.control_socket)?;
-    let ctl_task = tokio::spawn(serve_control(socket, ctl_tx));
+    let socket = crate::control::bind(&args.control_socket)?;
+    let ctl_task = tokio::spawn(crate::control::serve(socket, ctl_tx));
     let metrics_task = match args.metrics_listen {
         Some(addr) => Some(crate::metrics::serve(addr, metrics.clone()).await?),
         None => None,
@@ -280,8 +195,18 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         last_kill_scan: None,
         started: Instant::now(),
         dirty: false,
+        last_save: None,
+        save_every: Duration::from_secs(1),
         sources,
+        pending: BTreeMap::new(),
+        repairs_total: 0,
+        reconcile_warn: RateLimit::new(Duration::from_secs(60)),
+        save_warn: RateLimit::new(Duration::from_secs(60)),
+        line_tx: line_tx.clone(),
     };
+    // Restored history of bans that are not in force (lifted at the last stop without
+    // --keep-bans, or expired meanwhile) must not hide those sources' new guesses.
+    d.sync_truth();
     d.refresh_gauges();
     log::info!(
         "blocksmtp {} running: mode {}, sources: {}; ban after {} guesses in {}, for {}",
@@ -297,6 +222,8 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
     // Scan often enough that a session is ended within a fifth of the timeout of it.
     let reap_every = (d.args.cmd_read_timeout.0 / 5).clamp(Duration::from_millis(250), Duration::from_secs(5));
@@ -311,11 +238,17 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
                 let _ = reply.send(resp);
             }
             _ = sweep.tick() => d.sweep(),
+            _ = tick.tick() => d.tick(),
             _ = housekeeping.tick() => d.housekeeping(),
             _ = reap.tick() => d.reap(),
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => d.reload(&line_tx).await,
+            _ = sighup.recv() => {
+                log::info!("SIGHUP: reloading");
+                if let Err(e) = d.reload() {
+                    log::error!("reload: {e:#}; keeping the running configuration");
+                }
+            }
         }
     }
 
@@ -349,6 +282,18 @@ fn session_killer(args: &RunArgs) -> Option<SessionKiller> {
     }
 }
 
+/// A flood of control connections or many followed files must not run out of file
+/// descriptors at the default soft limit of 1024: use the hard limit.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 fn load_whitelist(detect: &DetectArgs) -> anyhow::Result<Whitelist> {
     Ok(match &detect.white_list {
         Some(p) => Whitelist::load(p)?,
@@ -366,7 +311,7 @@ fn start_enforcer(args: &RunArgs, whitelist: &Whitelist) -> anyhow::Result<Box<d
             };
             let mut x = XdpEnforcer::start(&args.dataplane_config(), PinDir::new(&args.pin_dir), &interfaces, args.attach)
                 .context("starting the xdp dataplane (try --attach tc, or --mode iptables)")?;
-            x.dataplane_mut().set_allow_list(&kernel_allow_list(whitelist))?;
+            x.reconfigure(&args.dataplane_config(), &kernel_allow_list(whitelist))?;
             Box::new(x)
         }
         Mode::Iptables => {
@@ -421,102 +366,65 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
     let mut out = Vec::new();
     if !files.is_empty() {
         let opts = FollowOptions { from_start: args.from_start, ..FollowOptions::default() };
-        let mut follower = Follower::new(files.clone(), opts).context("following the log files")?;
-        let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
-        let tx = tx.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = follower.next() => match r {
-                        Ok(line) => {
-                            if tx.send((line, Instant::now())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            log::error!("reading the log files: {e}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    },
-                    Some(reply) = prx.recv() => {
-                        let _ = reply.send(follower.positions().into_iter().map(|p| SourceStatus {
-                            name: p.path.display().to_string(),
-                            position: Some(p.offset),
-                            lines: p.lines,
-                            open: p.open,
-                        }).collect());
-                    }
-                }
-            }
-        });
-        let name = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
-        out.push(SourceHandle { name, positions: ptx, task });
+        out.push(spawn_source(Follower::new(files, opts).context("following the log files")?, tx));
     }
     if journal {
-        let mut j = Journal::spawn(&JournalOptions::default()).context("reading the journal")?;
-        let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
-        let tx = tx.clone();
-        let task = tokio::spawn(async move {
-            let mut lines = 0u64;
-            loop {
-                tokio::select! {
-                    r = j.next() => match r {
-                        Ok(line) => {
-                            lines += 1;
-                            if tx.send((line, Instant::now())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            log::error!("journal: {e}");
-                            return;
-                        }
-                    },
-                    Some(reply) = prx.recv() => {
-                        let _ = reply.send(vec![SourceStatus { name: "journal".into(), position: None, lines, open: true }]);
-                    }
-                }
-            }
-        });
-        out.push(SourceHandle { name: "journal".into(), positions: ptx, task });
+        out.push(spawn_source(Journal::spawn(&JournalOptions::default()).context("reading the journal")?, tx));
     }
     if args.stdin {
-        let mut r = stdin_lines();
-        let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
-        let tx = tx.clone();
-        let task = tokio::spawn(async move {
-            let mut lines = 0u64;
-            let mut open = true;
-            loop {
-                tokio::select! {
-                    r = r.next(), if open => match r {
-                        Ok(Some(line)) => {
-                            lines += 1;
-                            if tx.send((line, Instant::now())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {
-                            log::info!("standard input ended after {lines} lines; still running (bans expire, control socket open)");
-                            open = false;
-                        }
-                        Err(e) => {
-                            log::error!("standard input: {e}");
-                            open = false;
-                        }
-                    },
-                    Some(reply) = prx.recv() => {
-                        let _ = reply.send(vec![SourceStatus { name: "stdin".into(), position: None, lines, open }]);
-                    }
-                }
-            }
-        });
-        out.push(SourceHandle { name: "stdin".into(), positions: ptx, task });
+        out.push(spawn_source(stdin_lines(), tx));
     }
     if out.is_empty() {
         bail!("no log source: give --log FILE, --journal or --stdin");
     }
     Ok(out)
+}
+
+/// Run a source in its own task: lines go to the daemon's loop, position requests are
+/// answered in between. A passing error (a followed file) is retried after a pause, with
+/// its message rate-limited; the end of a source is logged once and the daemon runs on.
+fn spawn_source<S: LineSource>(mut src: S, tx: &mpsc::Sender<(LogLine, Instant)>) -> SourceHandle {
+    let name = src.name();
+    let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
+    let tx = tx.clone();
+    let task_name = name.clone();
+    let task = tokio::spawn(async move {
+        let name = task_name;
+        let mut lines = 0u64;
+        let mut open = true;
+        let mut errors = RateLimit::new(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                r = src.next_line(), if open => match r {
+                    Ok(Some(line)) => {
+                        lines += 1;
+                        if tx.send((line, Instant::now())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        log::info!("{name} ended after {lines} lines; still running (bans expire, control socket open)");
+                        open = false;
+                    }
+                    Err(e) if src.transient_errors() => {
+                        if let Some(n) = errors.hit() {
+                            log::error!("reading {name}: {e}{}", RateLimit::suffix(n));
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        log::error!("{name}: {e}");
+                        open = false;
+                    }
+                },
+                Some(reply) = prx.recv() => {
+                    let status = src.positions().unwrap_or_else(|| vec![SourceStatus { name: name.clone(), position: None, lines, open }]);
+                    let _ = reply.send(status);
+                }
+            }
+        }
+    });
+    SourceHandle { name, positions: ptx, task }
 }
 
 impl Daemon {
@@ -536,10 +444,19 @@ impl Daemon {
             return;
         }
         if let Err(e) = self.enforcer.ban(&d.source, d.duration, false) {
-            log::error!("ban of {} failed: {e:#}", d.source);
+            log::error!("ban of {} failed: {e:#}; pending, retrying until it holds ({})", d.source, d.reason);
             self.metrics.ban_failed();
+            let now = Instant::now();
+            self.pending.insert(
+                d.source,
+                PendingBan { until: now + d.duration, manual: false, attempts: 1, next_try: now + Duration::from_secs(1), error: format!("{e:#}") },
+            );
+            // The offence is on record (reason, guesses): saved like any ban.
+            self.dirty = true;
+            self.metrics.set_pending(self.pending.len() as u64);
             return;
         }
+        self.pending.remove(&d.source);
         self.metrics.banned(d.mta.name(), seen.elapsed());
         let evidence = d.evidence.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
         log::warn!(
@@ -552,6 +469,7 @@ impl Daemon {
         );
         // Reason and guesses stay in the policy's offence history (and the state file).
         self.dirty = true;
+        self.save_soon();
         self.end_sessions(d.source);
     }
 
@@ -598,6 +516,16 @@ impl Daemon {
             },
             Request::Ban { source, secs } => self.manual_ban(&source, secs),
             Request::Unban { source } => self.manual_unban(&source),
+            Request::Reload => {
+                log::info!("reload requested on the control socket");
+                match self.reload() {
+                    Ok(msg) => Response::ok(msg),
+                    Err(e) => {
+                        log::error!("reload: {e:#}; keeping the running configuration");
+                        Response::err(format!("reload refused, the running configuration is kept: {e:#}"))
+                    }
+                }
+            }
         }
     }
 
@@ -617,12 +545,28 @@ impl Daemon {
             Ok(x) => x,
             Err(e) => return Response::err(e),
         };
+        if let Some(why) = not_a_client(&src) {
+            return Response::err(format!("refusing to ban {src}: {why}"));
+        }
         if self.whitelist.overlaps(&src) {
             return Response::err(format!("{src} is whitelisted (or overlaps the whitelist): refusing to ban it"));
         }
-        let d = secs.map(Duration::from_secs).unwrap_or(self.args.detect.ban_time.0);
+        let max = self.args.detect.ban_time_max.0;
+        let d = match secs {
+            Some(0) => return Response::err("a ban must last longer than 0s"),
+            Some(s) if s > max.as_secs() => {
+                return Response::err(format!(
+                    "a ban of {} is longer than --ban-time-max ({})",
+                    format_duration(Duration::from_secs(s.min(u64::from(u32::MAX) * 1000))),
+                    format_duration(max)
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+            None => self.args.detect.ban_time.0,
+        };
         match self.enforcer.ban(&src, d, true) {
             Ok(()) => {
+                self.pending.remove(&src);
                 log::warn!("ban {src} for {} (manual, from the control socket)", format_duration(d));
                 self.metrics.banned("manual", Duration::ZERO);
                 self.dirty = true;
@@ -639,7 +583,17 @@ impl Daemon {
             Ok(x) => x,
             Err(e) => return Response::err(e),
         };
+        let was_pending = self.pending.remove(&src).is_some();
+        if was_pending {
+            self.metrics.set_pending(self.pending.len() as u64);
+        }
         match self.enforcer.unban(&src) {
+            Ok(false) if was_pending => {
+                self.detector.policy_mut().lift(&src);
+                self.dirty = true;
+                log::warn!("unban {src} (manual, from the control socket): its pending ban is dropped");
+                Response::ok(format!("unbanned {src} (its ban was pending, not in force)"))
+            }
             Ok(true) => {
                 self.detector.policy_mut().lift(&src);
                 self.metrics.unbanned("manual");
@@ -665,15 +619,32 @@ impl Daemon {
                     source: b.source.to_string(),
                     reason: match offence {
                         Some(o) if !b.manual => o.reason(),
-                        _ => "manual".into(),
+                        _ if b.manual => "manual".into(),
+                        // Set by detection, but its offence is not in the history (lost
+                        // with a state file that could not be written): say so.
+                        _ => "detected (reason not in the offence history)".into(),
                     },
                     guesses: offence.filter(|_| !b.manual).map_or(0, |o| o.guesses),
                     expires_in_secs: b.expires_at.duration_since(now).unwrap_or_default().as_secs(),
                     dropped: b.dropped,
                     manual: b.manual,
+                    pending: false,
                 }
             })
             .collect();
+        let at = Instant::now();
+        for (src, p) in &self.pending {
+            let offence = self.detector.policy().offences(src).last().filter(|_| !p.manual);
+            rows.push(BanRow {
+                source: src.to_string(),
+                reason: offence.map_or("manual".into(), |o| o.reason()),
+                guesses: offence.map_or(0, |o| o.guesses),
+                expires_in_secs: p.until.saturating_duration_since(at).as_secs(),
+                dropped: None,
+                manual: p.manual,
+                pending: true,
+            });
+        }
         rows.sort_by_key(|r| std::cmp::Reverse(r.expires_in_secs));
         Ok(rows)
     }
@@ -691,7 +662,22 @@ impl Daemon {
             sources.push(SourceStatus { name: s.name.clone(), position: None, lines: 0, open: false });
         }
         let stats = self.detector.stats();
-        let (interfaces, packets) = self.dataplane_status();
+        let attachments: Vec<InterfaceStatus> = self
+            .enforcer
+            .attachments()
+            .into_iter()
+            .map(|a| InterfaceStatus {
+                iface: a.iface,
+                attached: a.attached.map(|h| h.to_string()),
+                since: format_rfc3339(a.since),
+                detail: a.detail,
+            })
+            .collect();
+        let interfaces = attachments
+            .iter()
+            .map(|a| (a.iface.clone(), a.attached.clone().unwrap_or_else(|| format!("NOT ATTACHED: {}", a.detail))))
+            .collect();
+        let packets = self.enforcer.packet_stats().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -707,30 +693,25 @@ impl Daemon {
             unbans_total: self.metrics.unbans_total(),
             reaped_total: self.metrics.reaped_total(),
             packets,
+            pending_bans: self.pending.len(),
+            repairs_total: self.repairs_total,
+            attachments,
         }
-    }
-
-    fn dataplane_status(&self) -> (Vec<(String, String)>, Vec<(String, u64)>) {
-        let Some(x) = crate::enforce::downcast_ref::<XdpEnforcer>(&*self.enforcer) else {
-            return (vec![], vec![]);
-        };
-        let ifaces = x.attachments().into_iter().map(|(i, a)| (i, a.to_string())).collect();
-        let packets = x
-            .stats()
-            .map(|s| s.by_verdict.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-            .unwrap_or_default();
-        (ifaces, packets)
     }
 
     /// Twice a second: end the sessions of bans made in a burst, lift expired bans,
     /// refresh the gauges (O(1) per enforcer).
     fn sweep(&mut self) {
         self.flush_kills();
+        self.save_soon();
         match self.enforcer.sweep_expired() {
             Ok(gone) => {
                 for s in &gone {
                     log::info!("ban of {s} expired");
                     self.metrics.unbanned("expired");
+                    // The enforcer's clock (CLOCK_BOOTTIME) decides; if the wall clock
+                    // stepped back, the policy must not think the source still banned.
+                    self.detector.policy_mut().lift(s);
                 }
                 self.dirty |= !gone.is_empty();
             }
@@ -743,16 +724,114 @@ impl Daemon {
         self.metrics.set_detector(self.detector.stats());
         let active = self.enforcer.active_count().unwrap_or(0);
         self.metrics.set_active(active as u64);
-        if self.xdp
-            && let Some(x) = crate::enforce::downcast_ref::<XdpEnforcer>(&*self.enforcer)
-            && let Ok(s) = x.stats()
-        {
-            self.metrics.set_packets(s.by_verdict.iter().map(|(k, v)| (*k, *v)).collect());
+        self.metrics.set_pending(self.pending.len() as u64);
+        if self.xdp {
+            self.metrics.set_packets(self.enforcer.packet_stats());
+            let detached = self.enforcer.attachments().iter().filter(|a| a.attached.is_none()).count();
+            self.metrics.set_detached(detached as u64);
+        }
+    }
+
+    /// Once a second: retry pending bans, reconcile the enforcer with the kernel, save the
+    /// state if a ban changed it.
+    fn tick(&mut self) {
+        self.retry_pending();
+        match self.enforcer.reconcile() {
+            Ok(repairs) => {
+                for r in &repairs {
+                    log::warn!("{} enforcer: kernel state differed, repaired: {r}", self.enforcer.name());
+                }
+                self.repairs_total += repairs.len() as u64;
+                self.metrics.repaired(repairs.len() as u64);
+            }
+            Err(e) => {
+                if let Some(n) = self.reconcile_warn.hit() {
+                    log::error!("checking the {} enforcer against the kernel: {e:#}{}", self.enforcer.name(), RateLimit::suffix(n));
+                }
+            }
+        }
+        self.save_soon();
+    }
+
+    /// Save a changed history now unless a save was made less than `save_every` ago: a
+    /// lone ban is on disk at once, a burst's bans are written together (the sweep and
+    /// the tick call this again).
+    fn save_soon(&mut self) {
+        if self.dirty && self.last_save.is_none_or(|t| t.elapsed() >= self.save_every) {
+            self.save_state();
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let now = Instant::now();
+        let due: Vec<SourceAddr> = self.pending.iter().filter(|(_, p)| p.next_try <= now).map(|(s, _)| *s).collect();
+        for src in due {
+            let Some(p) = self.pending.get(&src).cloned() else { continue };
+            let left = p.until.saturating_duration_since(now);
+            if left < Duration::from_secs(1) {
+                log::warn!("pending ban of {src} given up: its time ran out after {} failed attempt(s) ({})", p.attempts, p.error);
+                self.pending.remove(&src);
+                self.detector.policy_mut().lift(&src);
+                continue;
+            }
+            match self.enforcer.ban(&src, left, p.manual) {
+                Ok(()) => {
+                    log::warn!("ban {src} for {} now in force (after {} failed attempt(s))", format_duration(left), p.attempts);
+                    self.pending.remove(&src);
+                    self.metrics.banned(if p.manual { "manual" } else { "retried" }, Duration::ZERO);
+                    self.end_sessions(src);
+                }
+                Err(e) => {
+                    let attempts = p.attempts + 1;
+                    // 1 s, 2 s, 4 s … up to 30 s between attempts.
+                    let wait = Duration::from_secs(1u64 << attempts.min(5).saturating_sub(1)).min(Duration::from_secs(30));
+                    let e = format!("{e:#}");
+                    if attempts <= 3 || attempts % 10 == 0 {
+                        log::error!("ban of {src} still failing (attempt {attempts}): {e}; next try in {}", format_duration(wait));
+                    }
+                    self.pending.insert(src, PendingBan { attempts, next_try: now + wait, error: e, ..p });
+                }
+            }
+        }
+        self.metrics.set_pending(self.pending.len() as u64);
+    }
+
+    /// Lift, in the policy, every current ban that is not in force in the enforcer (nor
+    /// pending): those sources' guesses count again.
+    fn sync_truth(&mut self) {
+        let now = SystemTime::now();
+        let mut lifted = Vec::new();
+        for src in self.detector.policy().current_bans(now) {
+            if self.pending.contains_key(&src) {
+                continue;
+            }
+            match self.enforcer.contains(&src) {
+                Ok(true) => {}
+                Ok(false) => lifted.push(src),
+                Err(e) => {
+                    log::debug!("checking the ban of {src}: {e:#}");
+                    return;
+                }
+            }
+        }
+        for src in &lifted {
+            self.detector.policy_mut().lift(src);
+        }
+        if !lifted.is_empty() {
+            let some: Vec<String> = lifted.iter().take(5).map(|s| s.to_string()).collect();
+            log::info!(
+                "{} ban(s) of the offence history are not in force in the kernel ({}{}): counting those sources' guesses again",
+                lifted.len(),
+                some.join(", "),
+                if lifted.len() > 5 { ", …" } else { "" }
+            );
+            self.dirty = true;
         }
     }
 
     fn housekeeping(&mut self) {
         self.detector.tick(SystemTime::now());
+        self.sync_truth();
         self.refresh_gauges();
         if self.dirty {
             self.save_state();
@@ -769,39 +848,37 @@ impl Daemon {
     }
 
     fn save_state(&mut self) {
+        let started = Instant::now();
         match crate::policy::history::write_state(&self.args.state_file, self.detector.policy()) {
             Ok(()) => self.dirty = false,
-            Err(e) => log::error!("saving state to {}: {e:#}", self.args.state_file.display()),
+            // Retried at the next tick while it fails (disk full, read-only): said once a minute.
+            Err(e) => {
+                if let Some(n) = self.save_warn.hit() {
+                    log::error!(
+                        "saving state to {}: {e:#}; the reasons of new bans are at risk until it works{}",
+                        self.args.state_file.display(),
+                        RateLimit::suffix(n)
+                    );
+                }
+            }
         }
+        self.last_save = Some(Instant::now());
+        // A huge history costs more to write: never spend more than a tenth of the time on it.
+        self.save_every = Duration::from_secs(1).max(started.elapsed() * 10);
     }
 
-    /// SIGHUP: re-read the config file and the whitelist, apply what can change live,
-    /// reopen the logs.
-    async fn reload(&mut self, line_tx: &mpsc::Sender<(LogLine, Instant)>) {
-        log::info!("SIGHUP: reloading");
+    /// SIGHUP or `blocksmtp reload`: re-read the config file and the whitelist and apply
+    /// what can change live. Followers keep their positions (they reopen rotated files by
+    /// themselves) and the detector its windows and counters. On error nothing changes.
+    fn reload(&mut self) -> anyhow::Result<String> {
         let new = match crate::cli::parse(self.argv.clone()) {
             Ok(crate::cli::Cli { command: crate::cli::Command::Run(a), .. }) => *a,
-            Ok(_) => return,
-            Err(crate::cli::CliError::Config(e)) => {
-                log::error!("reload: {e:#}; keeping the running configuration");
-                return;
-            }
-            Err(crate::cli::CliError::Clap(e)) => {
-                log::error!("reload: {e}; keeping the running configuration");
-                return;
-            }
+            Ok(_) => bail!("the daemon's command line no longer parses as `run`"),
+            Err(crate::cli::CliError::Config(e)) => return Err(e),
+            Err(crate::cli::CliError::Clap(e)) => bail!("{}", e.to_string().trim()),
         };
-        if let Err(e) = new.validate() {
-            log::error!("reload: {e:#}; keeping the running configuration");
-            return;
-        }
-        let whitelist = match load_whitelist(&new.detect) {
-            Ok(w) => w,
-            Err(e) => {
-                log::error!("reload: {e:#}; keeping the running configuration");
-                return;
-            }
-        };
+        new.validate()?;
+        let whitelist = load_whitelist(&new.detect)?;
         for (what, changed) in [
             ("--mode", new.mode != self.args.mode),
             ("--interface", new.interfaces != self.args.interfaces),
@@ -810,96 +887,125 @@ impl Daemon {
             ("--control-socket", new.control_socket != self.args.control_socket),
             ("--metrics-listen", new.metrics_listen != self.args.metrics_listen),
             ("--iptables-chain-name", new.iptables_chain_name != self.args.iptables_chain_name),
+            ("--state-file", new.state_file != self.args.state_file),
         ] {
             if changed {
                 log::warn!("reload: {what} changed; it takes effect at the next start");
             }
         }
-        if let Some(x) = crate::enforce::downcast_mut::<XdpEnforcer>(&mut *self.enforcer) {
-            let dp = x.dataplane_mut();
-            if let Err(e) = dp.reconfigure(&new.dataplane_config()).and_then(|()| dp.set_allow_list(&kernel_allow_list(&whitelist))) {
-                log::error!("reload: dataplane: {e:#}");
-            }
+        self.enforcer
+            .reconfigure(&new.dataplane_config(), &kernel_allow_list(&whitelist))
+            .context("applying the new configuration to the enforcer")?;
+        let old = &self.args.detect;
+        if new.detect.mailer_syslog_name == old.mailer_syslog_name
+            && new.detect.mailer_syslog_host == old.mailer_syslog_host
+            && new.detect.v6_prefix == old.v6_prefix
+        {
+            // Same line filter and keys: keep the windows, sessions and counters.
+            self.detector.policy_mut().reconfigure(new.detect.policy_config(), whitelist.clone());
+        } else {
+            log::warn!("reload: --mailer-syslog-name/-host or --v6-prefix changed: open guess windows start afresh");
+            let state = self.detector.save_state();
+            self.detector = Detector::with_whitelist(&new.detect, whitelist.clone()).with_live_attribution(Box::new(self.titles.clone()));
+            self.detector.restore_state(state, SystemTime::now());
         }
-        let state = self.detector.save_state();
-        self.detector = Detector::with_whitelist(&new.detect, whitelist.clone()).with_live_attribution(Box::new(self.titles.clone()));
-        self.detector.restore_state(state, SystemTime::now());
         self.reaper = (!new.cmd_read_timeout.0.is_zero())
             .then(|| Reaper::new(ReaperConfig { cmd_read_timeout: new.cmd_read_timeout.0, ..ReaperConfig::default() }));
         self.whitelist = whitelist;
-        // Reopen the logs: restart the sources (a follower resumes at the end).
-        for s in self.sources.drain(..) {
-            s.task.abort();
-        }
-        let mut src_args = new.clone();
-        src_args.from_start = false;
-        match start_sources(&src_args, line_tx) {
-            Ok(s) => self.sources = s,
-            Err(e) => log::error!("reload: reopening the logs: {e:#}"),
+        self.lift_whitelisted();
+        // Sources: only a changed set is restarted (new ones are read from their end).
+        let (old_files, old_journal) = default_sources(&self.args);
+        let (new_files, new_journal) = default_sources(&new);
+        if (old_files, old_journal, self.args.stdin) != (new_files, new_journal, new.stdin) {
+            let mut src_args = new.clone();
+            src_args.from_start = false;
+            src_args.stdin = false;
+            let started = start_sources(&src_args, &self.line_tx).context("opening the new log sources")?;
+            let (keep, stop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sources).into_iter().partition(|s| s.name == "stdin");
+            for s in stop {
+                s.task.abort();
+            }
+            self.sources = keep;
+            log::info!("reload: log sources now: {}", started.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
+            self.sources.extend(started);
         }
         let keep_name = self.args.config_file.clone();
         self.args = new;
         if self.args.config_file.is_none() {
             self.args.config_file = keep_name;
         }
-        log::info!("reloaded: whitelist has {} entries", self.whitelist.nets().len());
+        let msg = format!("reloaded: whitelist has {} entries", self.whitelist.nets().len());
+        log::info!("{msg}");
+        Ok(msg)
     }
-}
 
-fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by a crashed daemon: remove it, unless a live daemon answers on it.
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another blocksmtp daemon is listening on {}", path.display());
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    // Created with no permission for others from the start (umask), then 0600.
-    let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    let l = l.with_context(|| format!("binding the control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
-async fn serve_control(l: UnixListener, tx: mpsc::Sender<ControlMsg>) {
-    let me = unsafe { libc::geteuid() };
-    loop {
-        let Ok((stream, _)) = l.accept().await else { continue };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            // Only root (or the daemon's own user) may talk to the daemon.
-            let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-            let (r, mut w) = stream.into_split();
-            if uid != 0 && uid != me {
-                let _ = w.write_all(b"{\"ok\":false,\"error\":\"permission denied: root only\"}\n").await;
+    /// A source whitelisted now is no longer banned (nor pending).
+    fn lift_whitelisted(&mut self) {
+        let bans = match self.enforcer.list() {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("reload: listing bans to lift whitelisted ones: {e:#}");
                 return;
             }
-            let mut line = String::new();
-            let mut r = BufReader::new(r).take(64 * 1024);
-            if r.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => {
-                    let (otx, orx) = oneshot::channel();
-                    if tx.send((req, otx)).await.is_err() {
-                        return;
-                    }
-                    orx.await.unwrap_or_else(|_| Response::err("the daemon is stopping"))
+        };
+        let mut lift: Vec<SourceAddr> = bans.into_iter().map(|b| b.source).filter(|s| self.whitelist.overlaps(s)).collect();
+        lift.extend(self.pending.keys().filter(|s| self.whitelist.overlaps(s)).copied());
+        for src in lift {
+            self.pending.remove(&src);
+            match self.enforcer.unban(&src) {
+                Ok(_) => {
+                    self.detector.policy_mut().lift(&src);
+                    self.metrics.unbanned("whitelisted");
+                    self.dirty = true;
+                    log::warn!("unban {src}: it is whitelisted now");
                 }
-                Err(e) => Response::err(format!("bad request: {e}")),
-            };
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            let _ = w.write_all(&out).await;
-        });
+                Err(e) => log::error!("unban of whitelisted {src} failed: {e:#}"),
+            }
+        }
     }
 }
 
-use tokio::io::AsyncReadExt as _;
+/// Why `src` cannot be a client that guesses (a ban of it would be a mistake), if so.
+fn not_a_client(src: &SourceAddr) -> Option<&'static str> {
+    let ip = src.net().addr();
+    let bad = match ip {
+        IpAddr::V4(a) => {
+            if a.is_unspecified() {
+                "the unspecified address"
+            } else if a.is_broadcast() {
+                "the broadcast address"
+            } else if a.is_multicast() {
+                "a multicast address"
+            } else {
+                return None;
+            }
+        }
+        IpAddr::V6(a) => {
+            if a.is_unspecified() {
+                "the unspecified address"
+            } else if a.is_multicast() {
+                "a multicast address"
+            } else if src.net().prefix_len() < 16 {
+                "a prefix that large"
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_possible_clients_are_banned_by_hand() {
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "239.1.2.3", "::", "ff02::1", "2000::/8"] {
+            assert!(not_a_client(&bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for ok in ["192.0.2.66", "2001:db8::66", "2001:db8::/64"] {
+            assert_eq!(not_a_client(&ok.parse().unwrap()), None, "{ok}");
+        }
+    }
+}

@@ -45,3 +45,32 @@ pub fn init(debug: u8, to_syslog: bool) {
 pub fn to_syslog() -> bool {
     TO_SYSLOG.load(Ordering::Relaxed)
 }
+
+/// At most one message per `every` for a repeating condition; the next one says how many
+/// were left out. `hit` returns `Some(suppressed)` when a message should be written.
+#[derive(Debug)]
+pub struct RateLimit {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self { every, last: None, suppressed: 0 }
+    }
+
+    pub fn hit(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// `" (N more like it not logged)"` when some were left out.
+    pub fn suffix(suppressed: u64) -> String {
+        if suppressed == 0 { String::new() } else { format!(" ({suppressed} more like it not logged)") }
+    }
+}

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             &client,
             blocksmtp::control::Request::Ban { source, secs: duration.map(|d| d.0.as_secs()) },
         ),
+        Command::Reload(c) => blocksmtp::control::client_main(&c, blocksmtp::control::Request::Reload),
         Command::Unban { source, client } => {
             blocksmtp::control::client_main(&client, blocksmtp::control::Request::Unban { source })
         }

@@ -25,6 +25,9 @@ pub struct Metrics {
     bans: Mutex<BTreeMap<String, u64>>,
     unbans: Mutex<BTreeMap<String, u64>>,
     ban_failures: AtomicU64,
+    pending: AtomicU64,
+    repairs: AtomicU64,
+    detached: AtomicU64,
     reaped: AtomicU64,
     sessions_reset: AtomicU64,
     lines: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -75,6 +78,21 @@ impl Metrics {
 
     pub fn ban_failed(&self) {
         self.ban_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Bans decided but not in force (being retried).
+    pub fn set_pending(&self, n: u64) {
+        self.pending.store(n, Relaxed);
+    }
+
+    /// Repairs of the kernel's state (chain, rules, jumps, attachments).
+    pub fn repaired(&self, n: u64) {
+        self.repairs.fetch_add(n, Relaxed);
+    }
+
+    /// Interfaces meant to be protected but not attached.
+    pub fn set_detached(&self, n: u64) {
+        self.detached.store(n, Relaxed);
     }
 
     pub fn reaped(&self) {
@@ -128,6 +146,12 @@ impl Metrics {
         }
         head(&mut o, "blocksmtp_ban_failures_total", "counter", "Bans the enforcer refused (e.g. a full map).");
         let _ = writeln!(o, "blocksmtp_ban_failures_total {}", self.ban_failures.load(Relaxed));
+        head(&mut o, "blocksmtp_bans_pending", "gauge", "Bans decided but not in force: the enforcer failed; retried with backoff.");
+        let _ = writeln!(o, "blocksmtp_bans_pending {}", self.pending.load(Relaxed));
+        head(&mut o, "blocksmtp_enforcer_repairs_total", "counter", "Kernel state found different and repaired (chain, rules, jumps, attachments).");
+        let _ = writeln!(o, "blocksmtp_enforcer_repairs_total {}", self.repairs.load(Relaxed));
+        head(&mut o, "blocksmtp_interfaces_detached", "gauge", "Interfaces to protect that have no program attached (xdp mode).");
+        let _ = writeln!(o, "blocksmtp_interfaces_detached {}", self.detached.load(Relaxed));
         head(&mut o, "blocksmtp_packets_total", "counter", "Packets seen by the XDP/TC program, by verdict (summed over CPUs).");
         for (k, v) in self.packets.lock().expect("metrics lock").iter() {
             let _ = writeln!(o, "blocksmtp_packets_total{{verdict=\"{k}\"}} {v}");

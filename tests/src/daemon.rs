@@ -42,6 +42,8 @@ pub struct Daemon {
     pub cleanup_pins: bool,
     ns: Option<String>,
     args: Vec<String>,
+    /// Extra environment for the daemon process (e.g. an LD_PRELOAD shim).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -53,6 +55,13 @@ impl Daemon {
 
     /// Like `start`, following `log` (e.g. a real sendmail's) instead of a fresh file.
     pub fn start_following(ns: Option<&Netns>, log: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
+        let mut d = Self::prepare(ns, log, args)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The files and arguments of a daemon, not started yet.
+    fn prepare(ns: Option<&Netns>, log: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("blocksmtp-test-").tempdir()?;
         // World-traversable, so that only the socket's own mode keeps others out.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -69,7 +78,7 @@ impl Daemon {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut d = Self {
+        Ok(Self {
             child: None,
             socket: dir.path().join("control.sock"),
             state: dir.path().join("state.json"),
@@ -80,7 +89,14 @@ impl Daemon {
             cleanup_pins: true,
             ns: ns.map(|n| n.name.clone()),
             args: args.iter().map(|s| s.to_string()).collect(),
-        };
+            env: Vec::new(),
+        })
+    }
+
+    /// Like `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(ns: Option<&Netns>, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
+        let mut d = Self::prepare(ns, None, args)?;
+        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         d.spawn()?;
         Ok(d)
     }
@@ -109,6 +125,7 @@ impl Daemon {
             .arg(&self.pins)
             .args(&self.args)
             .env("RUST_LOG", "blocksmtp=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // Its own process group: a terminal's Ctrl-C reaches the test, not the daemon.
             .process_group(0)
             .stdin(Stdio::null())

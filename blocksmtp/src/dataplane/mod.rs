@@ -35,9 +35,11 @@ pub mod attach;
 mod batch;
 pub mod clock;
 pub mod pin;
+mod reconcile;
 
 pub use attach::{AttachMode, Attached};
 pub use pin::{DEFAULT_PIN_ROOT, PinDir};
+pub use reconcile::AttachmentStatus;
 
 /// The compiled eBPF object, embedded at build time (blocksmtp/build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocksmtp"));

@@ -4,7 +4,10 @@
 //! `iptables` (the old daemon's chain, for plain hosts) and `dry-run` (log only).
 use std::time::{Duration, SystemTime};
 
-use crate::addr::SourceAddr;
+use crate::{
+    addr::SourceAddr,
+    dataplane::{AttachmentStatus, DataplaneConfig},
+};
 
 pub mod dryrun;
 pub mod sockdiag;
@@ -23,33 +26,8 @@ pub struct ActiveBan {
     pub manual: bool,
 }
 
-/// Lets the daemon reach an enforcer's own extras (the dataplane's counters).
-pub trait AsAny {
-    fn as_any(&self) -> &dyn std::any::Any;
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
-}
-
-impl<T: std::any::Any> AsAny for T {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-/// The concrete enforcer behind a trait object, if it is a `T`.
-pub fn downcast_ref<T: 'static>(e: &dyn Enforcer) -> Option<&T> {
-    AsAny::as_any(e).downcast_ref()
-}
-
-/// The concrete enforcer behind a trait object, if it is a `T`.
-pub fn downcast_mut<T: 'static>(e: &mut dyn Enforcer) -> Option<&mut T> {
-    AsAny::as_any_mut(e).downcast_mut()
-}
-
 /// What every enforcer offers the daemon.
-pub trait Enforcer: Send + AsAny {
+pub trait Enforcer: Send {
     /// `xdp`, `iptables` or `dry-run`.
     fn name(&self) -> &'static str;
 
@@ -78,6 +56,35 @@ pub trait Enforcer: Send + AsAny {
 
     /// Remove expired bans; returns the sources removed.
     fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>>;
+
+    /// Whether `source`'s ban is in force in the kernel now (the truth the daemon's
+    /// "banned" is read from).
+    fn contains(&self, source: &SourceAddr) -> anyhow::Result<bool> {
+        Ok(self.list()?.iter().any(|b| b.source == *source))
+    }
+
+    /// Compare what the kernel holds with what should be in force and repair the
+    /// difference; one line per repair. Called about once a second: enforcers whose check
+    /// costs more (iptables runs a process) space their checks out themselves.
+    fn reconcile(&mut self) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Where the enforcer is attached and how (xdp mode; empty otherwise).
+    fn attachments(&self) -> Vec<AttachmentStatus> {
+        Vec::new()
+    }
+
+    /// Packet counters by verdict, where the enforcer counts them.
+    fn packet_stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Apply a reloaded configuration: protected ports and addresses, and the whitelist
+    /// the kernel must never drop.
+    fn reconfigure(&mut self, _cfg: &DataplaneConfig, _allow: &[ipnet::IpNet]) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Detach from the system. With `keep_bans`, leave the bans in force for the next
     /// start (pinned maps, the iptables chain); otherwise remove every trace.

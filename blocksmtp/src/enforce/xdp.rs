@@ -4,7 +4,7 @@ use std::time::Duration;
 use super::{ActiveBan, Enforcer};
 use crate::{
     addr::SourceAddr,
-    dataplane::{AttachMode, Attached, Dataplane, DataplaneConfig, PinDir, Stats},
+    dataplane::{AttachMode, AttachmentStatus, Dataplane, DataplaneConfig, PinDir},
 };
 
 pub struct XdpEnforcer {
@@ -31,14 +31,6 @@ impl XdpEnforcer {
 
     fn dp_mut(&mut self) -> &mut Dataplane {
         self.dp.as_mut().expect("dataplane used after shutdown")
-    }
-
-    pub fn attachments(&self) -> Vec<(String, Attached)> {
-        self.dp().attachments()
-    }
-
-    pub fn stats(&self) -> anyhow::Result<Stats> {
-        self.dp().stats()
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -76,6 +68,35 @@ impl Enforcer for XdpEnforcer {
 
     fn sweep_expired(&mut self) -> anyhow::Result<Vec<SourceAddr>> {
         self.dp_mut().sweep_expired()
+    }
+
+    fn contains(&self, source: &SourceAddr) -> anyhow::Result<bool> {
+        let now = crate::dataplane::clock::boottime_ns();
+        Ok(self.dp().lookup(source)?.is_some_and(|b| b.expires_boot_ns > now))
+    }
+
+    fn reconcile(&mut self) -> anyhow::Result<Vec<String>> {
+        self.dp_mut().reconcile()
+    }
+
+    fn attachments(&self) -> Vec<AttachmentStatus> {
+        self.dp().attachment_status()
+    }
+
+    fn packet_stats(&self) -> Vec<(&'static str, u64)> {
+        match self.dp().stats() {
+            Ok(s) => s.by_verdict,
+            Err(e) => {
+                log::debug!("reading the packet counters: {e:#}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &DataplaneConfig, allow: &[ipnet::IpNet]) -> anyhow::Result<()> {
+        let dp = self.dp_mut();
+        dp.reconfigure(cfg)?;
+        dp.set_allow_list(allow)
     }
 
     fn shutdown(&mut self, keep_bans: bool) -> anyhow::Result<()> {

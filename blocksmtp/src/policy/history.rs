@@ -189,6 +189,19 @@ impl Policy {
         self.sweep(now);
     }
 
+    /// Sources whose latest offence's ban runs at `now`, by the policy's own reckoning
+    /// (the daemon checks them against the enforcer: the kernel is the truth).
+    pub fn current_bans(&self, now: SystemTime) -> Vec<SourceAddr> {
+        let now_s = secs(now);
+        self.history.sorted().into_iter().filter(|(_, h)| h.last().is_some_and(|o| o.until() > now_s)).map(|(s, _)| s).collect()
+    }
+
+    /// New settings and whitelist (a reload), keeping the windows, counters and history.
+    pub fn reconfigure(&mut self, cfg: super::PolicyConfig, whitelist: crate::whitelist::Whitelist) {
+        self.cfg = cfg;
+        self.whitelist = whitelist;
+    }
+
     /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is
     /// made, however many offenders there are.
     pub fn write_state<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
@@ -224,12 +237,60 @@ impl Policy {
     }
 }
 
-/// Read the state file; `None` when there is none yet.
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Read the state file; `None` when there is none yet (or it was corrupt).
+///
+/// A temporary file left by a crash mid-write is removed (the state file itself is
+/// intact: writes are atomic). A file that is not valid state is moved aside as
+/// `<file>.corrupt-<unix time>` (nothing is lost) and the daemon starts without history;
+/// a file of another version is refused, since running would overwrite it.
 pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(serde_json::from_str(&s).context("not a blocksmtp state file")?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+    let tmp = tmp_path(path);
+    if tmp.exists() {
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => log::info!("state: removed {}, left by an interrupted write", tmp.display()),
+            Err(e) => log::warn!("state: cannot remove stale {}: {e}", tmp.display()),
+        }
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading the state file {}", path.display()))),
+    };
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let parsed = serde_json::from_slice::<Version>(&bytes).map_err(anyhow::Error::new).and_then(|v| {
+        if v.version != STATE_VERSION {
+            return Ok(Err(v.version));
+        }
+        Ok(Ok(serde_json::from_slice::<PolicyState>(&bytes)?))
+    });
+    match parsed {
+        Ok(Ok(state)) => Ok(Some(state)),
+        Ok(Err(v)) => anyhow::bail!(
+            "state file {} has version {v}, this blocksmtp reads version {STATE_VERSION} (written by another \
+             release?); refusing to overwrite it: move it away to start without the offence history",
+            path.display()
+        ),
+        Err(e) => {
+            let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            name.push(format!(".corrupt-{}", secs(SystemTime::now())));
+            let aside = path.with_file_name(name);
+            std::fs::rename(path, &aside).with_context(|| format!("moving the corrupt state file {} aside", path.display()))?;
+            log::error!(
+                "state file {} is not valid blocksmtp state ({e:#}); moved aside to {}; starting with no offence history",
+                path.display(),
+                aside.display()
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -242,12 +303,44 @@ pub fn write_state(path: &Path, policy: &Policy) -> anyhow::Result<()> {
     {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
+    let tmp = tmp_path(path);
     let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     let mut w = std::io::BufWriter::new(f);
     policy.write_state(&mut w)?;
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    drop(f);
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_file_is_moved_aside_unknown_version_refused_tmp_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        std::fs::write(&p, "{\"version\":1,\"offenders\":[{\"source\":").unwrap();
+        std::fs::write(dir.path().join("state.json.tmp"), "half").unwrap();
+        assert!(load_state(&p).unwrap().is_none());
+        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("state.json.corrupt-"), "{names:?}");
+        let kept = std::fs::read_to_string(dir.path().join(&names[0])).unwrap();
+        assert!(kept.ends_with("\"source\":"), "moved aside unchanged");
+
+        std::fs::write(&p, "{\"version\":999,\"offenders\":[]}").unwrap();
+        let e = load_state(&p).unwrap_err().to_string();
+        assert!(e.contains("version 999") && e.contains("refusing"), "{e}");
+        assert!(p.exists(), "a newer file is left alone");
+
+        std::fs::write(&p, "{\"version\":1,\"offenders\":[]}").unwrap();
+        assert_eq!(load_state(&p).unwrap().unwrap().offenders.len(), 0);
+        assert!(load_state(&dir.path().join("none.json")).unwrap().is_none());
+    }
 }

@@ -2,10 +2,11 @@
 //! `mail.log.2.gz`, recognised by their magic bytes, several members allowed) and `-`
 //! for standard input.
 //!
-//! Lines are handed out as byte slices of an internal buffer — no allocation per line,
-//! no UTF-8 requirement. A line longer than [`LineReader::max_line`] is cut there (the
-//! first `max_line` bytes are returned once, the rest of it is skipped), so a
-//! newline-free stream cannot make memory grow without bound.
+//! Lines are handed out as byte slices of the shared [`Splitter`]'s buffer — no
+//! allocation per line, no UTF-8 requirement. A line longer than
+//! [`LineReader::max_line`] is cut there (the first `max_line` bytes are returned once,
+//! the rest of it is skipped), so a newline-free stream cannot make memory grow without
+//! bound.
 use std::{
     fs::File,
     io::{self, Read},
@@ -13,6 +14,8 @@ use std::{
 };
 
 use flate2::read::MultiGzDecoder;
+
+use super::split::Splitter;
 
 /// Default longest line kept whole: 1 MiB.
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
@@ -44,20 +47,14 @@ impl std::fmt::Display for Input {
 /// Lines of one input.
 pub struct LineReader {
     src: Box<dyn Read + Send>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    scanned: usize,
+    split: Splitter,
     eof: bool,
-    discarding: bool,
-    max_line: usize,
-    truncated: u64,
     gzip: bool,
 }
 
 impl std::fmt::Debug for LineReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineReader").field("gzip", &self.gzip).field("truncated", &self.truncated).finish_non_exhaustive()
+        f.debug_struct("LineReader").field("gzip", &self.gzip).field("truncated", &self.split.truncated()).finish_non_exhaustive()
     }
 }
 
@@ -83,7 +80,6 @@ impl LineReader {
 
     /// As [`Self::new`] with a chosen longest line (at least 1 byte).
     pub fn with_max_line(mut r: impl Read + Send + 'static, max_line: usize) -> io::Result<Self> {
-        let max_line = max_line.max(1);
         // Peek at the first bytes for the gzip magic.
         let mut head = [0u8; 2];
         let mut n = 0;
@@ -102,19 +98,7 @@ impl LineReader {
         } else {
             Box::new(head.chain(r))
         };
-        let cap = (max_line + 1).max(MIN_BUFFER).next_power_of_two();
-        Ok(Self {
-            src,
-            buf: vec![0; cap],
-            start: 0,
-            end: 0,
-            scanned: 0,
-            eof: false,
-            discarding: false,
-            max_line,
-            truncated: 0,
-            gzip,
-        })
+        Ok(Self { src, split: Splitter::with_buffer(max_line, MIN_BUFFER), eof: false, gzip })
     }
 
     /// Whether the input was gzip-compressed.
@@ -123,64 +107,26 @@ impl LineReader {
     }
 
     pub fn max_line(&self) -> usize {
-        self.max_line
+        self.split.max_line()
     }
 
     /// Lines cut at `max_line` so far.
     pub fn truncated(&self) -> u64 {
-        self.truncated
+        self.split.truncated()
     }
 
     /// The next line without its `\n`, or `None` at the end.
     pub fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
-                let nl = self.scanned + i;
-                let line = self.start..nl;
-                self.start = nl + 1;
-                self.scanned = self.start;
-                if self.discarding {
-                    self.discarding = false;
-                    continue;
-                }
-                if line.len() > self.max_line {
-                    self.truncated += 1;
-                    return Ok(Some(&self.buf[line.start..line.start + self.max_line]));
-                }
-                return Ok(Some(&self.buf[line]));
-            }
-            self.scanned = self.end;
-            if self.end - self.start > self.max_line {
-                // An overlong line: hand out its head once, skip the rest.
-                if self.discarding {
-                    self.start = self.end;
-                    self.scanned = self.end;
-                } else {
-                    self.discarding = true;
-                    self.truncated += 1;
-                    let head = self.start..self.start + self.max_line;
-                    self.start = self.end;
-                    self.scanned = self.end;
-                    return Ok(Some(&self.buf[head]));
-                }
+            if let Some((line, _)) = self.split.next() {
+                return Ok(Some(self.split.slice(line)));
             }
             if self.eof {
-                if self.start < self.end && !self.discarding {
-                    let line = self.start..self.end;
-                    self.start = self.end;
-                    return Ok(Some(&self.buf[line]));
-                }
-                return Ok(None);
+                return Ok(self.split.rest().map(|r| self.split.slice(r)));
             }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.scanned -= self.start;
-                self.start = 0;
-            }
-            match self.src.read(&mut self.buf[self.end..]) {
+            match self.src.read(self.split.spare()) {
                 Ok(0) => self.eof = true,
-                Ok(k) => self.end += k,
+                Ok(k) => self.split.filled(k),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

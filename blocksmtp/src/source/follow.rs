@@ -44,6 +44,8 @@ use std::{
 };
 
 use inotify::{Inotify, WatchMask};
+
+use super::split::Splitter;
 use tokio::io::unix::AsyncFd;
 
 /// One line from a followed file.
@@ -106,17 +108,16 @@ struct Open {
     dev: u64,
     ino: u64,
     offset: u64,
-    partial: Vec<u8>,
-    /// Dropping the rest of an over-long line.
-    discarding: bool,
+    /// Bytes read but not yet a whole line (the shared splitter of every reader).
+    split: Splitter,
 }
 
 impl Open {
-    fn at(path: &Path, at_end: bool) -> io::Result<Self> {
+    fn at(path: &Path, at_end: bool, max_line: usize) -> io::Result<Self> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
         let offset = if at_end { file.seek(SeekFrom::End(0))? } else { 0 };
-        Ok(Self { file, dev: meta.dev(), ino: meta.ino(), offset, partial: Vec::new(), discarding: false })
+        Ok(Self { file, dev: meta.dev(), ino: meta.ino(), offset, split: Splitter::new(max_line) })
     }
 }
 
@@ -129,6 +130,8 @@ struct Tracked {
     /// The inotify watch on the directory, once established.
     dir_watch: Option<inotify::WatchDescriptor>,
     missing_logged: bool,
+    /// "cannot open" repeats on every poll while it lasts (EMFILE, EACCES): once a minute.
+    open_warn: crate::logging::RateLimit,
     lines: u64,
     truncated_lines: u64,
     rotations: u64,
@@ -140,11 +143,8 @@ pub struct Follower {
     opts: FollowOptions,
     inotify: AsyncFd<Inotify>,
     queue: VecDeque<LogLine>,
-    buf: Vec<u8>,
     last_rescan: Instant,
 }
-
-const CHUNK: usize = 64 * 1024;
 
 fn dir_of(path: &Path) -> PathBuf {
     match path.parent() {
@@ -167,7 +167,6 @@ impl Follower {
             // stays open for as long as it is registered.
             inotify: unsafe { AsyncFd::register(inotify) }.map_err(|e| io::Error::other(e.to_string()))?,
             queue: VecDeque::new(),
-            buf: vec![0; CHUNK],
             last_rescan: Instant::now(),
         };
         for path in paths {
@@ -179,6 +178,7 @@ impl Follower {
                 retired: Vec::new(),
                 dir_watch: None,
                 missing_logged: false,
+                open_warn: crate::logging::RateLimit::new(Duration::from_secs(60)),
                 lines: 0,
                 truncated_lines: 0,
                 rotations: 0,
@@ -188,7 +188,7 @@ impl Follower {
         for i in 0..me.files.len() {
             me.watch_dir(i);
             let f = &mut me.files[i];
-            match Open::at(&f.path, at_end) {
+            match Open::at(&f.path, at_end, me.opts.max_line) {
                 Ok(o) => f.cur = Some(o),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     log::warn!("{}: does not exist yet; waiting for it to appear", f.path.display());
@@ -312,7 +312,7 @@ impl Follower {
         let mut k = 0;
         while k < f.retired.len() {
             let (o, last) = &mut f.retired[k];
-            let n = read_chunk(o, &mut self.buf, &f.source, &opts, &mut self.queue, &mut f.lines, &mut f.truncated_lines)?;
+            let n = read_chunk(o, &f.source, &mut self.queue, &mut f.lines, &mut f.truncated_lines)?;
             if n > 0 {
                 *last = now;
                 progress = true;
@@ -330,7 +330,7 @@ impl Follower {
         }
 
         if let Some(o) = f.cur.as_mut() {
-            let n = read_chunk(o, &mut self.buf, &f.source, &opts, &mut self.queue, &mut f.lines, &mut f.truncated_lines)?;
+            let n = read_chunk(o, &f.source, &mut self.queue, &mut f.lines, &mut f.truncated_lines)?;
             if n > 0 {
                 return Ok(true);
             }
@@ -341,7 +341,6 @@ impl Follower {
                 flush_partial(o, &f.source, &mut self.queue, &mut f.lines);
                 o.file.seek(SeekFrom::Start(0))?;
                 o.offset = 0;
-                o.discarding = false;
                 f.rotations += 1;
                 return Ok(true);
             }
@@ -350,7 +349,7 @@ impl Follower {
             Ok(meta) => {
                 let replaced = f.cur.as_ref().is_none_or(|o| (o.dev, o.ino) != (meta.dev(), meta.ino()));
                 if replaced {
-                    match Open::at(&f.path, false) {
+                    match Open::at(&f.path, false, opts.max_line) {
                         Ok(new) => {
                             if let Some(old) = f.cur.take() {
                                 log::info!("{}: rotated; draining the old file, reading the new one", f.path.display());
@@ -364,7 +363,11 @@ impl Follower {
                             progress = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => log::warn!("{}: cannot open: {e}", f.path.display()),
+                        Err(e) => {
+                            if let Some(n) = f.open_warn.hit() {
+                                log::warn!("{}: cannot open: {e}{}", f.path.display(), crate::logging::RateLimit::suffix(n));
+                            }
+                        }
                     }
                 }
             }
@@ -383,66 +386,34 @@ impl Follower {
 /// Read one chunk from `o` and queue the complete lines in it. Returns bytes read.
 fn read_chunk(
     o: &mut Open,
-    buf: &mut [u8],
     source: &Arc<Path>,
-    opts: &FollowOptions,
     queue: &mut VecDeque<LogLine>,
     lines: &mut u64,
-    truncated: &mut u64,
+    truncated_lines: &mut u64,
 ) -> io::Result<usize> {
     let n = loop {
-        match o.file.read(buf) {
+        match o.file.read(o.split.spare()) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     };
     o.offset += n as u64;
-    let mut rest = &buf[..n];
-    while !rest.is_empty() {
-        match memchr(b'\n', rest) {
-            Some(pos) => {
-                if o.discarding {
-                    o.discarding = false;
-                } else {
-                    o.partial.extend_from_slice(&rest[..pos]);
-                    let line = std::mem::take(&mut o.partial);
-                    queue.push_back(LogLine { source: source.clone(), line, truncated: false });
-                    *lines += 1;
-                }
-                rest = &rest[pos + 1..];
-            }
-            None => {
-                if !o.discarding {
-                    o.partial.extend_from_slice(rest);
-                }
-                rest = &[];
-            }
-        }
-        if !o.discarding && o.partial.len() > opts.max_line {
-            let mut line = std::mem::take(&mut o.partial);
-            line.truncate(opts.max_line);
-            queue.push_back(LogLine { source: source.clone(), line, truncated: true });
-            *lines += 1;
-            *truncated += 1;
-            o.discarding = true;
-        }
+    o.split.filled(n);
+    while let Some((r, truncated)) = o.split.next() {
+        queue.push_back(LogLine { source: source.clone(), line: o.split.slice(r).to_vec(), truncated });
+        *lines += 1;
+        *truncated_lines += u64::from(truncated);
     }
     Ok(n)
 }
 
 /// A file is being left: its unterminated last line is a line too.
 fn flush_partial(o: &mut Open, source: &Arc<Path>, queue: &mut VecDeque<LogLine>, lines: &mut u64) {
-    if !o.partial.is_empty() && !o.discarding {
-        queue.push_back(LogLine { source: source.clone(), line: std::mem::take(&mut o.partial), truncated: false });
+    if let Some(r) = o.split.rest() {
+        queue.push_back(LogLine { source: source.clone(), line: o.split.slice(r).to_vec(), truncated: false });
         *lines += 1;
     }
-    o.partial.clear();
-    o.discarding = false;
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
 }
 
 impl std::fmt::Debug for Follower {

@@ -1,67 +1,53 @@
-//! Lines from standard input (`blocksmtp run --log -`, or a pipe from another tool),
-//! and the bounded line reader that [`super::journal`] shares.
+//! Lines from standard input (`blocksmtp run --stdin`, or a pipe from another tool),
+//! and the async line reader that [`super::journal`] shares (both on [`Splitter`]).
 use std::{path::Path, sync::Arc};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::follow::LogLine;
+use super::{follow::LogLine, split::Splitter};
 
 /// Reads `\n`-terminated lines from any async reader, as bytes, cutting lines longer
 /// than `max_line` (the rest up to the newline is dropped and the line is marked
-/// truncated) so that memory stays bounded whatever the input.
+/// truncated) so that memory stays bounded whatever the input. Cancel-safe: the bytes
+/// read so far live in the splitter, not in the future.
 pub struct LineReader<R> {
-    reader: BufReader<R>,
+    reader: R,
+    split: Splitter,
     source: Arc<Path>,
-    max_line: usize,
+    eof: bool,
     lines: u64,
-    truncated_lines: u64,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R, source: impl AsRef<Path>, max_line: usize) -> Self {
-        Self {
-            reader: BufReader::with_capacity(64 * 1024, inner),
-            source: Arc::from(source.as_ref()),
-            max_line: max_line.max(1),
-            lines: 0,
-            truncated_lines: 0,
-        }
+        Self { reader: inner, split: Splitter::new(max_line), source: Arc::from(source.as_ref()), eof: false, lines: 0 }
     }
 
     /// The next line; `None` at end of input. A last line without `\n` is delivered.
     pub async fn next(&mut self) -> std::io::Result<Option<LogLine>> {
-        let mut line = Vec::new();
-        let mut truncated = false;
         loop {
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
-                if line.is_empty() && !truncated {
-                    return Ok(None);
+            let next = match self.split.next() {
+                Some((r, truncated)) => Some((r, truncated)),
+                None if self.eof => self.split.rest().map(|r| (r, false)),
+                None => {
+                    let n = self.reader.read(self.split.spare()).await?;
+                    if n == 0 {
+                        self.eof = true;
+                    }
+                    self.split.filled(n);
+                    continue;
                 }
-                break;
-            }
-            let (take, done) = match buf.iter().position(|b| *b == b'\n') {
-                Some(p) => (p, true),
-                None => (buf.len(), false),
             };
-            let room = self.max_line.saturating_sub(line.len());
-            if take > room {
-                truncated = true;
-            }
-            line.extend_from_slice(&buf[..take.min(room)]);
-            self.reader.consume(if done { take + 1 } else { take });
-            if done {
-                break;
-            }
+            return Ok(next.map(|(r, truncated)| {
+                self.lines += 1;
+                LogLine { source: self.source.clone(), line: self.split.slice(r).to_vec(), truncated }
+            }));
         }
-        self.lines += 1;
-        self.truncated_lines += u64::from(truncated);
-        Ok(Some(LogLine { source: self.source.clone(), line, truncated }))
     }
 
     /// Lines delivered, and how many of them were cut.
     pub fn counts(&self) -> (u64, u64) {
-        (self.lines, self.truncated_lines)
+        (self.lines, self.split.truncated())
     }
 }
 
