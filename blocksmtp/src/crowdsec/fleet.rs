@@ -63,6 +63,11 @@ impl Fleet {
         self.held.get(source).map(|h| format!("crowdsec/{}", h.origin))
     }
 
+    /// The LAPI decision behind `source`'s ban, if LAPI decided it.
+    pub fn held_ban(&self, source: &SourceAddr) -> Option<&Held> {
+        self.held.get(source)
+    }
+
     /// The ban of `source` ended or was lifted here (expiry, `unban`).
     pub fn forget(&mut self, source: &SourceAddr) {
         self.held.remove(source);

@@ -53,7 +53,7 @@ pub enum Pulled {
 }
 
 /// The link as `status` shows it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LinkStatus {
     pub url: String,
     pub pull: bool,

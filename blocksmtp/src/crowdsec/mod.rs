@@ -282,6 +282,111 @@ pub fn to_go_duration(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
 }
 
+/// The daemon's CrowdSec side: the link to LAPI and what was decided through it.
+#[derive(Debug)]
+pub struct Crowdsec {
+    link: link::Link,
+    pub fleet: fleet::Fleet,
+    push: bool,
+    max_unknown: u32,
+    window: Duration,
+}
+
+/// `status`'s view of CrowdSec.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CrowdsecStatus {
+    #[serde(flatten)]
+    pub link: link::LinkStatus,
+    /// Bans held because LAPI decided them.
+    pub held: usize,
+    /// Our own pushes seen coming back (not enforced twice).
+    pub echoes: u64,
+    pub skipped_whitelisted: u64,
+}
+
+impl Crowdsec {
+    /// Start the link if `args` ask for one. `state_file`'s directory keeps the queue.
+    pub fn start(args: &CrowdsecArgs, v6_prefix: u8, max_unknown: u32, window: Duration, state_file: &Path) -> anyhow::Result<Option<Self>> {
+        if !args.enabled() {
+            return Ok(None);
+        }
+        let machine = args.crowdsec_machine_file.as_deref().map(read_machine_file).transpose()?;
+        let url = args
+            .crowdsec_url
+            .clone()
+            .or_else(|| machine.as_ref().and_then(|m| m.url.clone()))
+            .context("no CrowdSec URL: give --crowdsec-url (the machine file names none)")?;
+        let lapi = lapi::Lapi::new(&url, args.crowdsec_ca_file.as_deref())?;
+        let pull = args.crowdsec_bouncer_key_file.as_deref().map(read_bouncer_key).transpose()?.map(|k| (lapi.clone(), k));
+        let push = machine.map(|m| (lapi.clone(), m));
+        let what = match (pull.is_some(), push.is_some()) {
+            (true, true) => "pulling decisions and pushing bans",
+            (true, false) => "pulling decisions",
+            _ => "pushing bans",
+        };
+        log::info!("crowdsec: LAPI {}: {what}, every {}", lapi.base(), args.crowdsec_pull_interval);
+        let has_push = push.is_some();
+        let link = link::Link::start(link::LinkConfig {
+            pull,
+            push,
+            interval: args.crowdsec_pull_interval.0,
+            queue_file: Some(state_file.with_file_name("crowdsec-queue.json")),
+        })?;
+        Ok(Some(Self { link, fleet: fleet::Fleet::new(args, v6_prefix), push: has_push, max_unknown, window }))
+    }
+
+    /// Pulled decisions, for the daemon's loop (taken once: the loop owns it).
+    pub fn take_pulled(&mut self) -> tokio::sync::mpsc::Receiver<link::Pulled> {
+        let (_, dead) = tokio::sync::mpsc::channel(1);
+        std::mem::replace(&mut self.link.pulled, dead)
+    }
+
+    /// Our detection banned a source: tell LAPI (queued; returns at once).
+    pub fn pushed_ban(&mut self, d: &crate::policy::BanDecision) {
+        if !self.push {
+            return;
+        }
+        let evidence = d.evidence.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let message = format!(
+            "{}: {}{}",
+            d.source,
+            d.reason,
+            if evidence.is_empty() { String::new() } else { format!("; tried {evidence}") }
+        );
+        self.link.push(lapi::Alert::for_ban(
+            &d.source,
+            d.duration,
+            d.guesses,
+            d.first_seen,
+            d.last_seen,
+            message,
+            self.max_unknown,
+            self.window,
+        ));
+        self.fleet.pushed(d.source, d.duration);
+    }
+
+    pub fn status(&self) -> CrowdsecStatus {
+        CrowdsecStatus {
+            link: self.link.status(),
+            held: self.fleet.held(),
+            echoes: self.fleet.echoes,
+            skipped_whitelisted: self.fleet.skipped_whitelisted,
+        }
+    }
+}
+
+/// The next pulled decisions, or never when there is no link.
+pub async fn next_pulled(rx: &mut Option<tokio::sync::mpsc::Receiver<link::Pulled>>) -> link::Pulled {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(p) => p,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
