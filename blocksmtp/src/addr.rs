@@ -24,6 +24,11 @@ impl SourceAddr {
         }
     }
 
+    /// A network as it is (host bits cleared): a single address or a prefix.
+    pub fn from_net(net: IpNet) -> Self {
+        Self(net.trunc())
+    }
+
     pub fn net(&self) -> IpNet {
         self.0
     }
@@ -42,7 +47,8 @@ impl fmt::Display for SourceAddr {
     /// `192.0.2.66` for IPv4, `2001:db8::/64` for IPv6 (a single v6 host: `/128`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            IpNet::V4(n) => write!(f, "{}", n.addr()),
+            IpNet::V4(n) if n.prefix_len() == 32 => write!(f, "{}", n.addr()),
+            IpNet::V4(n) => write!(f, "{}/{}", n.network(), n.prefix_len()),
             IpNet::V6(n) => write!(f, "{}/{}", n.network(), n.prefix_len()),
         }
     }

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Read followed files from their beginning instead of their end.
     #[arg(long)]
     pub from_start: bool,
+    /// Read no mail log: only enforce what CrowdSec's LAPI decides (an MX host of a
+    /// fleet whose detection runs on a central log host).
+    #[arg(long, conflicts_with_all = ["log", "journal", "stdin"])]
+    pub no_log: bool,
     /// How bans are enforced.
     #[arg(long, value_enum, default_value = "xdp")]
     pub mode: Mode,
@@ -81,7 +85,8 @@ pub struct RunArgs {
     /// Kill sendmail children sitting in "cmd read" longer than this (0 disables).
     #[arg(long, value_name = "DUR", default_value = "300s")]
     pub cmd_read_timeout: HumanDuration,
-    /// Do not end a banned client's open sendmail sessions.
+    /// Do not end a banned client's open sessions (TCP reset of its connections to the
+    /// protected ports, and sendmail's serving children).
     #[arg(long)]
     pub no_kill_sessions: bool,
     /// The control socket (blocksmtp status, list, ban, unban); root only.
@@ -112,6 +117,8 @@ pub struct RunArgs {
     pub config_origins: std::collections::BTreeMap<String, String>,
     #[command(flatten)]
     pub detect: DetectArgs,
+    #[command(flatten)]
+    pub crowdsec: crate::crowdsec::CrowdsecArgs,
 }
 
 impl RunArgs {
@@ -159,6 +166,12 @@ impl RunArgs {
         }
         if let Err(e) = self.dataplane_config().to_kernel() {
             return Err(at(&["ports", "mailer-ip", "mailer-port"], format!("{e:#}")));
+        }
+        if let Err(e) = self.crowdsec.validate() {
+            return Err(at(&["crowdsec-url", "crowdsec-bouncer-key-file", "crowdsec-pull-interval"], format!("{e:#}")));
+        }
+        if self.no_log && self.crowdsec.crowdsec_bouncer_key_file.is_none() {
+            return Err(at(&["no-log"], "--no-log reads no mail log: it needs --crowdsec-bouncer-key-file, or nothing would ever be banned".into()));
         }
         Ok(())
     }

@@ -89,6 +89,9 @@ pub struct Status {
     /// The xdp mode's attachments as the kernel has them now.
     #[serde(default)]
     pub attachments: Vec<InterfaceStatus>,
+    /// The CrowdSec LAPI link, when configured.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -119,6 +122,9 @@ pub struct BanRow {
     pub expires_in_secs: u64,
     pub dropped: Option<u64>,
     pub manual: bool,
+    /// Where the ban came from: `detected` (this host's detection), `manual`
+    /// (`blocksmtp ban`) or `crowdsec/<origin>` (a LAPI decision).
+    pub origin: String,
     /// Decided but not in force: the enforcer failed and the ban is being retried.
     #[serde(default)]
     pub pending: bool,

@@ -36,10 +36,17 @@ use tokio::{
 pub use crate::cli::{Mode, RunArgs};
 use crate::{
     addr::SourceAddr,
+    crowdsec::{Crowdsec, fleet::Action as CsAction, link::Pulled},
     control::{BanRow, ControlMsg, InterfaceStatus, Request, Response, SourceStatus, Status},
     dataplane::PinDir,
     duration::format_duration,
-    enforce::{Enforcer, dryrun::DryRun, iptables::IptablesEnforcer, xdp::XdpEnforcer},
+    enforce::{
+        Enforcer,
+        dryrun::DryRun,
+        iptables::IptablesEnforcer,
+        sockdiag::{SessionKiller, Support},
+        xdp::XdpEnforcer,
+    },
     logging::RateLimit,
     metrics::Metrics,
     detect::{DetectArgs, Detector},
@@ -95,6 +102,8 @@ struct Daemon {
     /// last scanned for that: a burst of bans costs one scan per sweep tick, a lone ban
     /// is acted on at once.
     pending_kills: Vec<SourceAddr>,
+    /// Resets banned sources' TCP sessions (any MTA); None where the kernel cannot.
+    sessions: Option<SessionKiller>,
     last_kill_scan: Option<Instant>,
     started: Instant,
     /// The offence history changed since it was last saved, and when that was: saved
@@ -110,6 +119,8 @@ struct Daemon {
     reconcile_warn: RateLimit,
     save_warn: RateLimit,
     line_tx: mpsc::Sender<(LogLine, Instant)>,
+    /// The CrowdSec LAPI link, when configured.
+    crowdsec: Option<Crowdsec>,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +175,10 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         None => None,
     };
 
+    let sessions = session_killer(&args);
+    let mut crowdsec =
+        Crowdsec::start(&args.crowdsec, args.detect.v6_prefix, args.detect.max_unknown, args.detect.window.0, &args.state_file)?;
+    let mut pulled = crowdsec.as_mut().map(Crowdsec::take_pulled);
     let mut d = Daemon {
         args,
         argv,
@@ -175,6 +190,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         titles,
         reaper,
         pending_kills: Vec::new(),
+        sessions,
         last_kill_scan: None,
         started: Instant::now(),
         dirty: false,
@@ -186,6 +202,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         reconcile_warn: RateLimit::new(Duration::from_secs(60)),
         save_warn: RateLimit::new(Duration::from_secs(60)),
         line_tx: line_tx.clone(),
+        crowdsec,
     };
     // Restored history of bans that are not in force (lifted at the last stop without
     // --keep-bans, or expired meanwhile) must not hide those sources' new guesses.
@@ -220,6 +237,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
                 let resp = d.on_request(req).await;
                 let _ = reply.send(resp);
             }
+            p = crate::crowdsec::next_pulled(&mut pulled) => d.on_pulled(p),
             _ = sweep.tick() => d.sweep(),
             _ = tick.tick() => d.tick(),
             _ = housekeeping.tick() => d.housekeeping(),
@@ -248,6 +266,21 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     d.enforcer.shutdown(keep)?;
     log::info!("stopped{}", if keep { "; bans kept in force (--keep-bans)" } else { "; bans removed" });
     Ok(())
+}
+
+/// The TCP session killer, if sessions are to be ended and this kernel can destroy
+/// sockets; said once at start when it cannot (sendmail's children are still ended).
+fn session_killer(args: &RunArgs) -> Option<SessionKiller> {
+    if args.no_kill_sessions || args.mode == Mode::DryRun {
+        return None;
+    }
+    match SessionKiller::probe() {
+        Support::Yes => Some(SessionKiller::new(&args.protected_ports())),
+        Support::No(why) => {
+            log::warn!("cannot reset banned sources' TCP sessions: {why}; only sendmail's sessions will be ended");
+            None
+        }
+    }
 }
 
 /// A flood of control connections or many followed files must not run out of file
@@ -318,6 +351,9 @@ fn kernel_allow_list(w: &Whitelist) -> Vec<ipnet::IpNet> {
 
 /// Which sources to read when none is named.
 fn default_sources(args: &RunArgs) -> (Vec<PathBuf>, bool) {
+    if args.no_log {
+        return (vec![], false);
+    }
     if !args.log.is_empty() || args.journal || args.stdin {
         return (args.log.clone(), args.journal);
     }
@@ -342,7 +378,7 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
     if args.stdin {
         out.push(crate::source::spawn(stdin_lines(), tx));
     }
-    if out.is_empty() {
+    if out.is_empty() && !args.no_log {
         bail!("no log source: give --log FILE, --journal or --stdin");
     }
     Ok(out)
@@ -391,7 +427,46 @@ impl Daemon {
         // Reason and guesses stay in the policy's offence history (and the state file).
         self.dirty = true;
         self.save_soon();
+        if let Some(cs) = &mut self.crowdsec {
+            cs.pushed_ban(&d);
+        }
         self.end_sessions(d.source);
+    }
+
+    /// Decisions pulled from CrowdSec's LAPI: enforce the new, lift the deleted.
+    fn on_pulled(&mut self, p: Pulled) {
+        let Some(cs) = &mut self.crowdsec else { return };
+        let actions = cs.fleet.on_pulled(p, &self.whitelist);
+        let now = SystemTime::now();
+        for a in actions {
+            match a {
+                CsAction::Ban { source, duration, origin } => match self.enforcer.ban(&source, duration, false) {
+                    Ok(()) => {
+                        log::warn!("ban {source} for {} ({origin}, from CrowdSec)", format_duration(duration));
+                        self.metrics.banned("crowdsec", Duration::ZERO);
+                        self.end_sessions(source);
+                    }
+                    Err(e) => {
+                        log::error!("ban of {source} ({origin}, from CrowdSec) failed: {e:#}; the next full pull retries it");
+                        self.metrics.ban_failed();
+                    }
+                },
+                CsAction::Unban { source, origin } => {
+                    // A ban our own detection made on the same source stays.
+                    if self.detector.policy().current_offence(&source, now).is_some() {
+                        continue;
+                    }
+                    match self.enforcer.unban(&source) {
+                        Ok(_) => {
+                            log::warn!("unban {source} ({origin}: decision deleted in CrowdSec)");
+                            self.metrics.unbanned("crowdsec");
+                        }
+                        Err(e) => log::error!("unban of {source} ({origin}) failed: {e:#}"),
+                    }
+                }
+            }
+        }
+        self.refresh_gauges();
     }
 
     /// End the banned client's open sendmail sessions (dropped packets alone would
@@ -412,7 +487,19 @@ impl Daemon {
         }
         // Each ended session is logged (pid, client, state). `take`: a burst's list is
         // not kept allocated afterwards.
-        self.titles.kill_sessions_of_any(&std::mem::take(&mut self.pending_kills));
+        let sources = std::mem::take(&mut self.pending_kills);
+        if let Some(k) = &self.sessions {
+            match k.end_sessions_of(&sources) {
+                Ok(ended) => {
+                    for s in ended {
+                        log::info!("reset session of {}:{} to port {}", s.peer, s.peer_port, s.local_port);
+                        self.metrics.session_reset();
+                    }
+                }
+                Err(e) => log::warn!("resetting banned sources' sessions: {e}"),
+            }
+        }
+        self.titles.kill_sessions_of_any(&sources);
         self.last_kill_scan = Some(Instant::now());
     }
 
@@ -505,6 +592,9 @@ impl Daemon {
             }
             Ok(true) => {
                 self.detector.policy_mut().lift(&src);
+                if let Some(cs) = &mut self.crowdsec {
+                    cs.fleet.forget(&src);
+                }
                 self.metrics.unbanned("manual");
                 self.dirty = true;
                 log::warn!("unban {src} (manual, from the control socket)");
@@ -524,9 +614,16 @@ impl Daemon {
             .into_iter()
             .map(|b| {
                 let offence = self.detector.policy().current_offence(&b.source, now);
+                let from_crowdsec = if offence.is_none() && !b.manual { self.crowdsec.as_ref().and_then(|c| c.fleet.held_ban(&b.source)) } else { None };
                 BanRow {
                     source: b.source.to_string(),
+                    origin: match (&from_crowdsec, b.manual) {
+                        (Some(h), _) => format!("crowdsec/{}", h.origin),
+                        (None, true) => "manual".into(),
+                        (None, false) => "detected".into(),
+                    },
                     reason: match offence {
+                        _ if from_crowdsec.is_some() => from_crowdsec.as_ref().map_or(String::new(), |h| h.scenario.clone()),
                         Some(o) if !b.manual => o.reason(),
                         _ if b.manual => "manual".into(),
                         // Set by detection, but its offence is not in the history (lost
@@ -551,6 +648,7 @@ impl Daemon {
                 expires_in_secs: p.until.saturating_duration_since(at).as_secs(),
                 dropped: None,
                 manual: p.manual,
+                origin: if p.manual { "manual".into() } else { "detected".into() },
                 pending: true,
             });
         }
@@ -605,6 +703,7 @@ impl Daemon {
             pending_bans: self.pending.len(),
             repairs_total: self.repairs_total,
             attachments,
+            crowdsec: self.crowdsec.as_ref().map(Crowdsec::status),
         }
     }
 
@@ -621,6 +720,9 @@ impl Daemon {
                     // The enforcer's clock (CLOCK_BOOTTIME) decides; if the wall clock
                     // stepped back, the policy must not think the source still banned.
                     self.detector.policy_mut().lift(s);
+                    if let Some(cs) = &mut self.crowdsec {
+                        cs.fleet.forget(s);
+                    }
                 }
                 self.dirty |= !gone.is_empty();
             }
@@ -634,6 +736,7 @@ impl Daemon {
         let active = self.enforcer.active_count().unwrap_or(0);
         self.metrics.set_active(active as u64);
         self.metrics.set_pending(self.pending.len() as u64);
+        self.metrics.set_crowdsec(self.crowdsec.as_ref().map(|c| c.status().link));
         if self.xdp {
             self.metrics.set_packets(self.enforcer.packet_stats());
             let detached = self.enforcer.attachments().iter().filter(|a| a.attached.is_none()).count();
@@ -818,6 +921,7 @@ impl Daemon {
             ("--metrics-listen", new.metrics_listen != self.args.metrics_listen),
             ("--iptables-chain-name", new.iptables_chain_name != self.args.iptables_chain_name),
             ("--state-file", new.state_file != self.args.state_file),
+            ("--crowdsec-*", new.crowdsec != self.args.crowdsec),
         ] {
             if changed {
                 log::warn!("reload: {what} changed; it takes effect at the next start");

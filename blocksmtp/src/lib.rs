@@ -7,6 +7,7 @@ pub mod addr;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crowdsec;
 pub mod correlate;
 pub mod daemon;
 pub mod detect;

@@ -29,6 +29,8 @@ pub struct Metrics {
     repairs: AtomicU64,
     detached: AtomicU64,
     reaped: AtomicU64,
+    sessions_reset: AtomicU64,
+    crowdsec: Mutex<Option<crate::crowdsec::link::LinkStatus>>,
     lines: Mutex<BTreeMap<String, (u64, u64)>>,
     packets: Mutex<Vec<(&'static str, u64)>>,
     detector: Mutex<Option<DetectorStats>>,
@@ -98,6 +100,16 @@ impl Metrics {
         self.reaped.fetch_add(1, Relaxed);
     }
 
+    /// The CrowdSec link's counters, as of the last refresh.
+    pub fn set_crowdsec(&self, st: Option<crate::crowdsec::link::LinkStatus>) {
+        *self.crowdsec.lock().expect("metrics lock") = st;
+    }
+
+    /// A banned source's TCP session reset (SOCK_DESTROY).
+    pub fn session_reset(&self) {
+        self.sessions_reset.fetch_add(1, Relaxed);
+    }
+
     pub fn set_active(&self, n: u64) {
         self.active.store(n, Relaxed);
     }
@@ -146,6 +158,21 @@ impl Metrics {
         let _ = writeln!(o, "blocksmtp_enforcer_repairs_total {}", self.repairs.load(Relaxed));
         head(&mut o, "blocksmtp_interfaces_detached", "gauge", "Interfaces to protect that have no program attached (xdp mode).");
         let _ = writeln!(o, "blocksmtp_interfaces_detached {}", self.detached.load(Relaxed));
+        if let Some(cs) = self.crowdsec.lock().expect("metrics lock").as_ref() {
+            head(&mut o, "blocksmtp_crowdsec_up", "gauge", "Whether the last call to CrowdSec's LAPI succeeded.");
+            let _ = writeln!(o, "blocksmtp_crowdsec_up {}", u8::from(cs.up));
+            for (name, help, v) in [
+                ("blocksmtp_crowdsec_decisions_pulled_total", "Decisions (new and deleted) pulled from LAPI.", cs.pulled_total),
+                ("blocksmtp_crowdsec_alerts_pushed_total", "Alerts of our own bans pushed to LAPI.", cs.pushed_total),
+                ("blocksmtp_crowdsec_failures_total", "Failed calls to LAPI.", cs.failed_total),
+                ("blocksmtp_crowdsec_alerts_dropped_total", "Alerts dropped from a full queue.", cs.dropped_total),
+            ] {
+                head(&mut o, name, "counter", help);
+                let _ = writeln!(o, "{name} {v}");
+            }
+            head(&mut o, "blocksmtp_crowdsec_alerts_queued", "gauge", "Alerts waiting for LAPI.");
+            let _ = writeln!(o, "blocksmtp_crowdsec_alerts_queued {}", cs.queued);
+        }
         head(&mut o, "blocksmtp_packets_total", "counter", "Packets seen by the XDP/TC program, by verdict (summed over CPUs).");
         for (k, v) in self.packets.lock().expect("metrics lock").iter() {
             let _ = writeln!(o, "blocksmtp_packets_total{{verdict=\"{k}\"}} {v}");
@@ -189,6 +216,8 @@ impl Metrics {
         drop(h);
         head(&mut o, "blocksmtp_reaper_kills_total", "counter", "Stuck sendmail sessions signalled by the reaper.");
         let _ = writeln!(o, "blocksmtp_reaper_kills_total {}", self.reaped.load(Relaxed));
+        head(&mut o, "blocksmtp_sessions_reset_total", "counter", "Banned sources' TCP sessions reset at the ban.");
+        let _ = writeln!(o, "blocksmtp_sessions_reset_total {}", self.sessions_reset.load(Relaxed));
         o
     }
 }

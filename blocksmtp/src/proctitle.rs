@@ -35,7 +35,11 @@ use std::{
 
 use regex::Regex;
 
-use crate::{addr::SourceAddr, correlate::LiveAttribution};
+use crate::{
+    addr::SourceAddr,
+    correlate::LiveAttribution,
+    parse::time::{civil_from_days, days_from_civil},
+};
 
 /// What a sendmail process is doing, as far as its title tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -202,7 +206,7 @@ pub fn decode_queue_id(qid: &str, now: SystemTime) -> Option<(u32, SystemTime)> 
         if (year - 1900).rem_euclid(60) != y60 {
             continue;
         }
-        let t = days_from_civil(year, mon + 1, day) * 86400 + hour * 3600 + min * 60 + sec;
+        let t = days_from_civil(year, (mon + 1) as u32, day as u32) * 86400 + hour * 3600 + min * 60 + sec;
         let dist = (t - now_secs).abs();
         if best.is_none_or(|(_, d)| dist < d) {
             best = Some((t, dist));
@@ -212,26 +216,14 @@ pub fn decode_queue_id(qid: &str, now: SystemTime) -> Option<(u32, SystemTime)> 
     Some((pid, UNIX_EPOCH + Duration::from_secs(u64::try_from(t).ok()?)))
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+/// The queue id sendmail would make at `at` for `pid` (the inverse of
+/// [`decode_queue_id`], in UTC; `seq` is the two sequence characters).
+pub fn encode_queue_id(at: SystemTime, seq: &str, pid: u32) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let s = secs.rem_euclid(86400);
+    let c = |v: i64| QID_CHARS[v as usize] as char;
+    format!("{}{}{}{}{}{}{seq}{pid:06}", c((y - 1900) % 60), c(i64::from(m) - 1), c(i64::from(d)), c(s / 3600), c(s / 60 % 60), c(s % 60))
 }
 
 /// One sendmail process as read from /proc.
@@ -645,14 +637,7 @@ mod tests {
         assert_eq!(pt.client_at(999, "6ARCaTcj000999", now), None);
 
         // `cmd read` without a queue id: pid 200 started 100 s ago.
-        let qid_at = |pid: u32, ago: u64| {
-            let t = now - Duration::from_secs(ago);
-            let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-            let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-            let s = secs.rem_euclid(86400);
-            let c = |v: i64| QID_CHARS[v as usize] as char;
-            format!("{}{}{}{}{}{}aa{:06}", c((y - 1900) % 60), c(m - 1), c(d), c(s / 3600), c(s / 60 % 60), c(s % 60), pid)
-        };
+        let qid_at = |pid: u32, ago: u64| encode_queue_id(now - Duration::from_secs(ago), "aa", pid);
         // Queue id made 50 s ago by pid 200, which has run for 100 s: same process.
         assert_eq!(pt.client_at(200, &qid_at(200, 50), now), Some("192.0.2.66".parse().unwrap()));
         // Queue id made 500 s ago: pid 200 did not exist then — a recycled pid.

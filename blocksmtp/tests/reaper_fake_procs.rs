@@ -6,12 +6,12 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread::sleep,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use blocksmtp::{
     correlate::LiveAttribution,
-    proctitle::{ProcTitles, Role},
+    proctitle::{ProcTitles, Role, encode_queue_id},
     reaper::{ReapAction, Reaper, ReaperConfig},
 };
 
@@ -193,32 +193,7 @@ fn sessions_lookup_kill_and_attribution() {
 
     // Attribution: a queue id made now by this pid → the client; made an hour before
     // the process existed → a recycled pid, refused.
-    let qid = |pid: u32, ago: u64| {
-        const C: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx";
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - ago;
-        // Civil date from days (UTC).
-        let z = (secs / 86400) as i64 + 719468;
-        let era = z.div_euclid(146097);
-        let doe = z - era * 146097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 };
-        let s = secs % 86400;
-        let c = |v: u64| C[v as usize] as char;
-        format!(
-            "{}{}{}{}{}{}AB{:06}",
-            c(((y - 1900) % 60) as u64),
-            c((m - 1) as u64),
-            c(d as u64),
-            c(s / 3600),
-            c(s / 60 % 60),
-            c(s % 60),
-            pid
-        )
-    };
+    let qid = |pid: u32, ago: u64| encode_queue_id(SystemTime::now() - Duration::from_secs(ago), "AB", pid);
     assert_eq!(titles.client_of(v4.pid(), &qid(v4.pid(), 0)), Some("192.0.2.66".parse().unwrap()));
     assert_eq!(titles.client_of(v6.pid(), &qid(v6.pid(), 0)), Some("2001:db8::66".parse().unwrap()));
     assert_eq!(titles.client_of(v4.pid(), &qid(v4.pid(), 3600)), None);

@@ -1,6 +1,7 @@
 //! Support for blocksmtp's end-to-end tests and benchmarks: packet fixtures, private
 //! network namespaces (documentation addresses only), cleanup that runs on failure.
 pub mod bench;
+pub mod crowdsec;
 pub mod daemon;
 pub mod loggen;
 pub mod lab;

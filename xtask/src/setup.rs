@@ -19,7 +19,7 @@ use crate::{cmd, cmd_output};
 /// Debian packages the end-to-end tests and benchmarks drive.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "procps", "kmod", "time", "util-linux",
-    "dpkg-dev", "binutils", "systemd", "man-db", "logrotate",
+    "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec",
 ];
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
@@ -28,6 +28,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     bpf_linker(&mut changed)?;
     bpffs(&mut changed)?;
     if test_deps {
+        crowdsec_offline();
         debian_packages(TEST_PACKAGES, &mut changed)?;
     }
     if changed.is_empty() {
@@ -140,6 +141,16 @@ fn bpffs(changed: &mut Vec<String>) -> anyhow::Result<()> {
         .context("mounting bpffs at /sys/fs/bpf (needs root)")?;
     changed.push("mounted bpffs at /sys/fs/bpf".into());
     Ok(())
+}
+
+/// crowdsec's postinst registers with the online Central API unless credentials for it
+/// exist; the tests run private LAPIs only, so opt out first (a comment line is enough).
+pub fn crowdsec_offline() {
+    let f = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if !f.exists() {
+        let _ = std::fs::create_dir_all("/etc/crowdsec");
+        let _ = std::fs::write(f, "# blocksmtp tests: no Central API\n");
+    }
 }
 
 pub fn debian_packages(pkgs: &[&str], changed: &mut Vec<String>) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use crate::{
 };
 
 pub mod dryrun;
+pub mod sockdiag;
 pub mod iptables;
 pub mod xdp;
 

@@ -14,6 +14,7 @@
 //! Needs root and the `sendmail` package (with m4 and makemap, which it pulls in).
 //! Nothing on the host is written: see `sendmail` for how it is isolated.
 pub mod dns;
+pub mod mta;
 pub mod sendmail;
 pub mod smtp;
 pub mod syslog;

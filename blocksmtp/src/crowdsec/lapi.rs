@@ -1,0 +1,251 @@
+//! The few LAPI calls blocksmtp makes, blocking (they run on the link's own thread):
+//! the bouncer's decision stream, the machine's login and alert push.
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::Stream;
+
+/// What went wrong talking to LAPI, as the link needs to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum LapiError {
+    /// Connection refused, timeout, TLS failure: retry later.
+    #[error("LAPI unreachable: {0}")]
+    Unreachable(String),
+    /// 401: the machine's token is no longer valid (a restarted LAPI signs with a new
+    /// secret): log in again at once.
+    #[error("LAPI refused the token (401)")]
+    Unauthorized,
+    /// 403 and other refusals: a wrong key or password; retrying will not help soon.
+    #[error("LAPI answered {status} to {what}: {body}")]
+    Status { what: &'static str, status: u16, body: String },
+    #[error("LAPI's answer to {what} is not what it should be: {err}")]
+    Bad { what: &'static str, err: String },
+}
+
+/// An HTTP agent for one LAPI base URL.
+#[derive(Clone)]
+pub struct Lapi {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl std::fmt::Debug for Lapi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lapi").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Lapi {
+    /// `base`: `http://HOST:PORT` or `https://…` (a trailing slash is fine); `ca`: a
+    /// PEM file for a private CA.
+    pub fn new(base: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let base = base.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("CrowdSec URL {base:?} must start with http:// or https://");
+        }
+        let mut cfg = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_connect(Some(Duration::from_secs(3)))
+            // Status codes are answers we act on, not transport errors.
+            .http_status_as_error(false)
+            .user_agent(concat!("blocksmtp/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading the CrowdSec CA file {}", ca.display()))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("the CrowdSec CA file {} is not PEM", ca.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("the CrowdSec CA file {} holds no certificate", ca.display());
+            }
+            let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+            cfg = cfg.tls_config(tls);
+        }
+        Ok(Self { agent: cfg.build().new_agent(), base })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET /v1/decisions/stream` with the bouncer key; `startup`: the full set.
+    pub fn stream(&self, key: &str, startup: bool) -> Result<Stream, LapiError> {
+        let what = "the decision stream";
+        let url = self.url(&format!("/v1/decisions/stream?startup={startup}&scopes=ip,range"));
+        let resp = self.agent.get(&url).header("X-Api-Key", key).call().map_err(unreachable)?;
+        let body = read(resp, what)?;
+        serde_json::from_str(&body).map_err(|e| LapiError::Bad { what, err: e.to_string() })
+    }
+
+    /// `POST /v1/watchers/login`: a token and when it expires.
+    pub fn login(&self, login: &str, password: &str) -> Result<Token, LapiError> {
+        let what = "the machine login";
+        #[derive(Serialize)]
+        struct Login<'a> {
+            machine_id: &'a str,
+            password: &'a str,
+            scenarios: [&'a str; 1],
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            token: String,
+            expire: String,
+        }
+        let body = serde_json::to_string(&Login { machine_id: login, password, scenarios: [super::SCENARIO] })
+            .expect("plain data serialises");
+        let resp = self
+            .agent
+            .post(&self.url("/v1/watchers/login"))
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .map_err(unreachable)?;
+        let a: Answer = serde_json::from_str(&read(resp, what)?).map_err(|e| LapiError::Bad { what, err: e.to_string() })?;
+        // Renew a few minutes before the end LAPI names (one hour by default).
+        let left = chrono::DateTime::parse_from_rfc3339(&a.expire)
+            .ok()
+            .and_then(|t| SystemTime::from(t).duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(600));
+        Ok(Token { jwt: a.token, renew_at: Instant::now() + left.saturating_sub(Duration::from_secs(300)).max(Duration::from_secs(30)) })
+    }
+
+    /// `POST /v1/alerts` with the machine's token.
+    pub fn push(&self, token: &Token, alerts: &[Alert]) -> Result<(), LapiError> {
+        let what = "the alert push";
+        let body = serde_json::to_string(alerts).expect("plain data serialises");
+        let resp = self
+            .agent
+            .post(&self.url("/v1/alerts"))
+            .header("Authorization", &format!("Bearer {}", token.jwt))
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .map_err(unreachable)?;
+        read(resp, what).map(drop)
+    }
+}
+
+fn unreachable(e: ureq::Error) -> LapiError {
+    LapiError::Unreachable(e.to_string())
+}
+
+fn read(resp: ureq::http::Response<ureq::Body>, what: &'static str) -> Result<String, LapiError> {
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let text = body.with_config().limit(64 * 1024 * 1024).read_to_string().map_err(|e| LapiError::Bad { what, err: e.to_string() })?;
+    match status {
+        200..=299 => Ok(text),
+        401 => Err(LapiError::Unauthorized),
+        _ => Err(LapiError::Status { what, status, body: text.chars().take(200).collect() }),
+    }
+}
+
+/// A machine's JWT.
+#[derive(Clone)]
+pub struct Token {
+    jwt: String,
+    renew_at: Instant,
+}
+
+impl Token {
+    pub fn fresh(&self) -> bool {
+        Instant::now() < self.renew_at
+    }
+}
+
+/// One alert as LAPI takes it (the required fields, and the ban decision it carries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub scenario: String,
+    pub scenario_hash: String,
+    pub scenario_version: String,
+    pub message: String,
+    pub events_count: u32,
+    pub start_at: String,
+    pub stop_at: String,
+    pub capacity: u32,
+    pub leakspeed: String,
+    pub simulated: bool,
+    pub events: Vec<serde_json::Value>,
+    pub source: AlertSource,
+    pub decisions: Vec<AlertDecision>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertSource {
+    pub scope: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertDecision {
+    pub origin: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub scope: String,
+    pub value: String,
+    pub duration: String,
+    pub scenario: String,
+}
+
+impl Alert {
+    /// The alert for one of our bans: `source` banned for `duration`, with the
+    /// evidence as the message.
+    pub fn for_ban(
+        source: &crate::addr::SourceAddr,
+        duration: Duration,
+        guesses: u32,
+        first_seen: SystemTime,
+        last_seen: SystemTime,
+        message: String,
+        capacity: u32,
+        window: Duration,
+    ) -> Self {
+        use crate::parse::time::format_rfc3339;
+        let net = source.net();
+        let single = net.prefix_len() == net.max_prefix_len();
+        let (scope, value) = if single { ("Ip", net.addr().to_string()) } else { ("Range", net.to_string()) };
+        Alert {
+            scenario: super::SCENARIO.into(),
+            scenario_hash: String::new(),
+            scenario_version: env!("CARGO_PKG_VERSION").into(),
+            message,
+            events_count: guesses.max(1),
+            start_at: format_rfc3339(first_seen),
+            stop_at: format_rfc3339(last_seen),
+            capacity,
+            leakspeed: super::to_go_duration(window),
+            simulated: false,
+            events: Vec::new(),
+            source: AlertSource {
+                scope: scope.into(),
+                value: value.clone(),
+                ip: single.then(|| value.clone()),
+                range: (!single).then(|| value.clone()),
+            },
+            decisions: vec![AlertDecision {
+                origin: super::ORIGIN.into(),
+                kind: "ban".into(),
+                scope: scope.into(),
+                value,
+                duration: super::to_go_duration(duration),
+                scenario: super::SCENARIO.into(),
+            }],
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Two MX hosts share bans through a real CrowdSec LAPI (Debian's crowdsec, private to
+//! the test). One L2 segment (a bridge in a hub namespace) joins the LAPI host, MX1,
+//! MX2 and a client host; each MX runs blocksmtp with its own bouncer key and machine
+//! file, in XDP on its own interface. Every verdict is a real TCP connect from the
+//! client host.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use blocksmtp_tests::{
+    crowdsec::Lapi,
+    daemon::{Daemon, sendmail_harvest},
+    netns::{Netns, connect_from},
+};
+
+const LAPI: &str = "192.0.2.10:8080";
+const MX1: &str = "192.0.2.25";
+const MX2: &str = "192.0.2.26";
+const MX1_RANGE: &str = "198.51.100.25";
+const MX2_RANGE: &str = "198.51.100.26";
+/// Client host addresses.
+const HARVESTER: &str = "192.0.2.66";
+const INNOCENT: &str = "192.0.2.67";
+const CSCLI_IP: &str = "192.0.2.68";
+const LOCAL_DURING_OUTAGE: &str = "192.0.2.69";
+const IN_RANGE: &str = "198.51.100.66";
+const T: Duration = Duration::from_millis(400);
+
+struct Fleet {
+    // Drop order: daemons and LAPI (fields of the test) go first; namespaces last.
+    client: Netns,
+    mx1: Netns,
+    mx2: Netns,
+    lapi: Netns,
+    _hub: Netns,
+}
+
+/// hub: bridge br0; lapi, mx1, mx2, client each joined by a veth.
+fn fleet() -> Fleet {
+    let hub = Netns::new("hub").unwrap();
+    hub.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    hub.ip(&["link", "set", "br0", "up"]).unwrap();
+    let mut hosts = Vec::new();
+    for (tag, addrs) in [
+        ("lapi", vec!["192.0.2.10/24"]),
+        ("mx1", vec!["192.0.2.25/24", "198.51.100.25/24"]),
+        ("mx2", vec!["192.0.2.26/24", "198.51.100.26/24"]),
+        ("cl", vec!["192.0.2.66/24", "192.0.2.67/24", "192.0.2.68/24", "192.0.2.69/24", "198.51.100.66/24"]),
+    ] {
+        let ns = Netns::new(tag).unwrap();
+        let hub_end = format!("h{tag}");
+        hub.ip(&["link", "add", &hub_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]).unwrap();
+        hub.ip(&["link", "set", &hub_end, "master", "br0", "up"]).unwrap();
+        for a in addrs {
+            ns.ip(&["addr", "add", a, "dev", "eth0"]).unwrap();
+        }
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        hosts.push(ns);
+    }
+    let client = hosts.pop().unwrap();
+    let mx2 = hosts.pop().unwrap();
+    let mx1 = hosts.pop().unwrap();
+    let lapi = hosts.pop().unwrap();
+    Fleet { client, mx1, mx2, lapi, _hub: hub }
+}
+
+/// Accept and close connections on port 25 in `ns` until the namespace goes.
+fn serve25(ns: &Netns) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = ns.spawn_in(move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:25").expect("bind :25");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        // Ends with the test process; the namespace's deletion closes the socket.
+        loop {
+            match l.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+fn can_connect(f: &Fleet, src: &str, dst: &str) -> bool {
+    let src: IpAddr = src.parse().unwrap();
+    let dst = SocketAddr::new(dst.parse().unwrap(), 25);
+    f.client.run_in(move || connect_from(src, dst, T)).unwrap()
+}
+
+/// Wait until a connect from `src` to `dst` gives `want`.
+fn until_connect(f: &Fleet, src: &str, dst: &str, want: bool, timeout: Duration, what: &str, logs: &[&Daemon]) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if can_connect(f, src, dst) == want {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs: Vec<String> = logs.iter().map(|d| d.stderr_text()).collect();
+    panic!("{what}: connect {src} -> {dst} never became {want} within {timeout:?}\n{}", logs.join("\n----\n"));
+}
+
+fn mx(f: &Fleet, ns: &Netns, lapi: &Lapi, name: &str) -> Daemon {
+    let dir = lapi.dir.path();
+    let key = dir.join(format!("{name}.key"));
+    let machine = dir.join(format!("{name}.yaml"));
+    lapi.add_bouncer(name, &key).unwrap();
+    lapi.add_machine(name, &format!("{name}-password-0123456789"), &machine).unwrap();
+    let _ = f;
+    Daemon::start(
+        Some(ns),
+        &[
+            "--interface",
+            "eth0",
+            "--max-unknown",
+            "3",
+            "--cmd-read-timeout",
+            "0",
+            "--crowdsec-url",
+            &format!("http://{LAPI}"),
+            "--crowdsec-bouncer-key-file",
+            path(&key),
+            "--crowdsec-machine-file",
+            path(&machine),
+            "--crowdsec-pull-interval",
+            "1s",
+        ],
+    )
+    .unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn row(d: &Daemon, source: &str) -> Option<serde_json::Value> {
+    d.list().ok()?.into_iter().find(|r| r["source"] == source)
+}
+
+#[test]
+fn two_mx_hosts_share_bans_through_lapi() {
+    if !blocksmtp_tests::is_root() {
+        panic!("needs root (namespaces, BPF)");
+    }
+    let f = fleet();
+    let mut lapi = Lapi::start(Some(&f.lapi), LAPI).unwrap();
+    serve25(&f.mx1);
+    serve25(&f.mx2);
+    let mx1 = mx(&f, &f.mx1, &lapi, "mx1");
+    let mx2 = mx(&f, &f.mx2, &lapi, "mx2");
+    let both = [&mx1, &mx2];
+    for dst in [MX1, MX2] {
+        assert!(can_connect(&f, HARVESTER, dst), "nothing banned yet");
+    }
+
+    // A harvest logged on MX1: MX1 bans it, and MX2 drops it within the pull interval
+    // (1 s) + 3 s, while an innocent neighbour still connects.
+    mx1.write_log(&sendmail_harvest(HARVESTER, 18868, 3)).unwrap();
+    until_connect(&f, HARVESTER, MX1, false, Duration::from_secs(5), "MX1 bans what it saw", &both);
+    let took = until_connect(&f, HARVESTER, MX2, false, Duration::from_secs(4), "MX2 drops MX1's ban", &both);
+    eprintln!("MX1's ban enforced on MX2 after {took:?}");
+    assert!(can_connect(&f, INNOCENT, MX2) && can_connect(&f, INNOCENT, MX1), "the innocent neighbour connects");
+    let r2 = row(&mx2, HARVESTER).expect("listed on MX2");
+    assert_eq!(r2["origin"], "crowdsec/blocksmtp", "{r2}");
+    let r1 = row(&mx1, HARVESTER).expect("listed on MX1");
+    assert_eq!(r1["origin"], "detected", "MX1's own ban stays its own: {r1}");
+    assert_eq!(r1["guesses"], 3, "{r1}");
+
+    // cscli decisions of another origin, Ip and Range: both hosts drop them.
+    lapi.cscli(&["decisions", "add", "--ip", CSCLI_IP, "--duration", "1h"]).unwrap();
+    lapi.cscli(&["decisions", "add", "--range", "198.51.100.0/24", "--duration", "1h"]).unwrap();
+    for dst in [MX1, MX2] {
+        until_connect(&f, CSCLI_IP, dst, false, Duration::from_secs(4), "cscli --ip", &both);
+    }
+    for dst in [MX1_RANGE, MX2_RANGE] {
+        until_connect(&f, IN_RANGE, dst, false, Duration::from_secs(4), "cscli --range", &both);
+    }
+    assert_eq!(row(&mx1, CSCLI_IP).expect("listed")["origin"], "crowdsec/cscli");
+    assert!(row(&mx2, "198.51.100.0/24").is_some(), "{:?}", mx2.list());
+    // ... and their deletion lifts them on both.
+    lapi.cscli(&["decisions", "delete", "--ip", CSCLI_IP]).unwrap();
+    lapi.cscli(&["decisions", "delete", "--range", "198.51.100.0/24"]).unwrap();
+    for dst in [MX1, MX2] {
+        until_connect(&f, CSCLI_IP, dst, true, Duration::from_secs(4), "cscli delete --ip", &both);
+    }
+    for dst in [MX1_RANGE, MX2_RANGE] {
+        until_connect(&f, IN_RANGE, dst, true, Duration::from_secs(4), "cscli delete --range", &both);
+    }
+
+    // LAPI down: MX2 goes on banning locally; when LAPI is back the alert is sent
+    // (within 10 s) and MX1 drops that source too.
+    lapi.stop();
+    mx2.wait_for(Duration::from_secs(10), |d| d.status().is_ok_and(|s| s["crowdsec"]["up"] == false))
+        .unwrap_or_else(|| panic!("MX2 never saw LAPI down: {:?}", mx2.status()));
+    mx2.write_log(&sendmail_harvest(LOCAL_DURING_OUTAGE, 18870, 3)).unwrap();
+    until_connect(&f, LOCAL_DURING_OUTAGE, MX2, false, Duration::from_secs(5), "MX2 bans locally while LAPI is down", &both);
+    assert!(mx2.status().unwrap()["crowdsec"]["queued"].as_u64().unwrap() >= 1, "{:?}", mx2.status());
+    lapi.spawn().unwrap();
+    let start = Instant::now();
+    while !lapi.decisions().unwrap_or_default().iter().any(|d| d["value"] == LOCAL_DURING_OUTAGE) {
+        assert!(start.elapsed() < Duration::from_secs(10), "queued alert not in LAPI within 10 s: {:?}", mx2.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    until_connect(&f, LOCAL_DURING_OUTAGE, MX1, false, Duration::from_secs(5), "MX1 drops MX2's outage ban", &both);
+
+    // No echo loop: each harvest was pushed once, by the host that saw it.
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = lapi.alerts("blocksmtp/smtp-harvest").unwrap();
+    let values: Vec<String> = alerts.iter().map(|a| a["source"]["value"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(values.iter().filter(|v| *v == HARVESTER).count(), 1, "{values:?}");
+    assert_eq!(values.iter().filter(|v| *v == LOCAL_DURING_OUTAGE).count(), 1, "{values:?}");
+    assert_eq!(alerts.len(), 2, "{values:?}");
+    for d in both {
+        let st = d.status().unwrap();
+        assert_eq!(st["crowdsec"]["up"], true, "{st}");
+    }
+}
