@@ -213,6 +213,10 @@ struct SourceHandle {
 }
 
 async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
+    // First: a stop asked for during the (slow) eBPF load must still detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     args.validate()?;
     if let Some(p) = &args.config_file {
         log::info!("config: {}", p.display());
@@ -282,9 +286,9 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         d.args.detect.ban_time
     );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    // Interfaces re-created or renamed: re-attach on the link event, else on the tick.
+    let mut link_watch = if d.xdp { Some(crate::dataplane::reconcile::LinkWatch::new()?) } else { None };
+    let mut reattach = tokio::time::interval(Duration::from_secs(1));
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
     // Scan often enough that a session is ended within a fifth of the timeout of it.
@@ -302,6 +306,8 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
             _ = sweep.tick() => d.sweep(),
             _ = housekeeping.tick() => d.housekeeping(),
             _ = reap.tick() => d.reap(),
+            _ = async { link_watch.as_mut().expect("watch").changed().await }, if link_watch.is_some() => d.reconcile_dataplane(),
+            _ = reattach.tick(), if d.xdp => d.reconcile_dataplane(),
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => d.reload(&line_tx).await,
@@ -676,7 +682,18 @@ impl Daemon {
         let Some(x) = crate::enforce::downcast_ref::<XdpEnforcer>(&*self.enforcer) else {
             return (vec![], vec![]);
         };
-        let ifaces = x.attachments().into_iter().map(|(i, a)| (i, a.to_string())).collect();
+        let ifaces = x
+            .attachment_status()
+            .into_iter()
+            .map(|a| {
+                let since = chrono::DateTime::<chrono::Utc>::from(a.since).format("%Y-%m-%d %H:%M:%S UTC");
+                let state = match a.attached {
+                    Some(how) => format!("{how} since {since} ({})", a.detail),
+                    None => format!("DETACHED since {since}: {}", a.detail),
+                };
+                (a.iface, state)
+            })
+            .collect();
         let packets = x
             .stats()
             .map(|s| s.by_verdict.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -711,6 +728,16 @@ impl Daemon {
         {
             self.metrics.set_packets(s.by_verdict.iter().map(|(k, v)| (*k, *v)).collect());
         }
+    }
+
+    /// Re-attach interfaces the kernel lost (deleted and re-created, renamed back).
+    fn reconcile_dataplane(&mut self) {
+        let Some(x) = crate::enforce::downcast_mut::<XdpEnforcer>(&mut *self.enforcer) else { return };
+        match x.reconcile() {
+            Ok(repairs) => repairs.iter().for_each(|r| log::warn!("{r}")),
+            Err(e) => log::error!("checking the interfaces: {e:#}"),
+        }
+        self.metrics.set_attachments(x.attachment_status().into_iter().map(|a| (a.iface, a.attached.map(|h| h.as_str()))).collect());
     }
 
     fn housekeeping(&mut self) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use super::{ActiveBan, Enforcer};
 use crate::{
     addr::SourceAddr,
-    dataplane::{AttachMode, Attached, Dataplane, DataplaneConfig, PinDir, Stats},
+    dataplane::{AttachMode, Attached, Dataplane, DataplaneConfig, PinDir, Stats, reconcile::AttachmentStatus},
 };
 
 pub struct XdpEnforcer {
@@ -39,6 +39,16 @@ impl XdpEnforcer {
 
     pub fn stats(&self) -> anyhow::Result<Stats> {
         self.dp().stats()
+    }
+
+    /// Re-attach interfaces the kernel lost (see `dataplane::reconcile`); one line per repair.
+    pub fn reconcile(&mut self) -> anyhow::Result<Vec<String>> {
+        self.dp_mut().reconcile()
+    }
+
+    /// Every guarded interface: how it is attached now (None: detached), since when, why.
+    pub fn attachment_status(&self) -> Vec<AttachmentStatus> {
+        self.dp().attachment_status()
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
