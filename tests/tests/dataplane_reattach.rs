@@ -11,24 +11,6 @@ fn iface_state(d: &Daemon) -> String {
     d.status().ok().and_then(|s| s["interfaces"][0][1].as_str().map(str::to_string)).unwrap_or_default()
 }
 
-/// Delete the server's veth (its peer goes with it) and make the pair again, same names
-/// and addresses.
-fn delete_iface(topo: &Topology) {
-    topo.server.ip(&["link", "del", "vs0"]).unwrap();
-}
-
-fn recreate_iface(topo: &Topology) {
-    topo.server.ip(&["link", "add", "vs0", "type", "veth", "peer", "name", "vc0", "netns", &topo.client.name]).unwrap();
-    for a in ["192.0.2.25/24", "2001:db8::25/64", "2001:db8:0:1::25/64"] {
-        topo.server.ip(&["addr", "add", a, "dev", "vs0", "nodad"]).unwrap();
-    }
-    for a in ["192.0.2.66/24", "192.0.2.67/24", "2001:db8::66/64", "2001:db8::67/64", "2001:db8:0:1::67/64"] {
-        topo.client.ip(&["addr", "add", a, "dev", "vc0", "nodad"]).unwrap();
-    }
-    topo.server.ip(&["link", "set", "vs0", "up"]).unwrap();
-    topo.client.ip(&["link", "set", "vc0", "up"]).unwrap();
-}
-
 fn reattach_case(attach: &str) {
     if !is_root() {
         eprintln!("SKIP: needs root (namespaces, BPF)");
@@ -43,11 +25,11 @@ fn reattach_case(attach: &str) {
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "banned before");
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
 
-    delete_iface(&topo);
+    topo.delete_link().unwrap();
     let detached = d.wait_for(Duration::from_secs(10), |d| iface_state(d).starts_with("DETACHED"));
     assert!(detached.is_some(), "status while the interface is gone: {:?}\n{}", iface_state(&d), d.stderr_text());
 
-    recreate_iface(&topo);
+    topo.create_link().unwrap();
     let back = d.wait_for(Duration::from_secs(10), |d| iface_state(d).starts_with(&format!("{attach} since")));
     assert!(back.is_some(), "status after re-creation: {:?}\n{}", iface_state(&d), d.stderr_text());
     // The kernel is the judge: the banned address is dropped again (v4 and its /64), others connect.
@@ -63,6 +45,25 @@ fn reattach_case(attach: &str) {
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "an innocent connects");
     assert!(topo.connect("2001:db8:0:1::67", "[2001:db8:0:1::25]:25", T).unwrap(), "another /64 connects");
     assert!(d.stderr_text().contains("vs0: re-attached as"), "the repair is logged:\n{}", d.stderr_text());
+
+    // Renamed away: the name has nothing attached (an error in status); renamed back: enforced again.
+    for (from, to) in [("vs0", "vs0x"), ("vs0x", "vs0")] {
+        topo.server.ip(&["link", "set", from, "down"]).unwrap();
+        topo.server.ip(&["link", "set", from, "name", to]).unwrap();
+        topo.server.ip(&["link", "set", to, "up"]).unwrap();
+        let want = if to == "vs0" { format!("{attach} since") } else { "DETACHED".to_string() };
+        let seen = d.wait_for(Duration::from_secs(10), |d| iface_state(d).starts_with(&want));
+        assert!(seen.is_some(), "after renaming {from} to {to}: {:?}\n{}", iface_state(&d), d.stderr_text());
+    }
+    let mut dropped = false;
+    for _ in 0..20 {
+        if !topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "drops did not resume after the rename back:\n{}", d.stderr_text());
+    assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "an innocent connects");
 }
 
 #[test]

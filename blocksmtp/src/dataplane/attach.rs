@@ -172,14 +172,7 @@ pub const MIN_KERNEL: (u32, u32) = (5, 9);
 /// crash cannot leave an unowned program behind.
 pub fn check_kernel() -> anyhow::Result<()> {
     let Some(v) = kernel_version() else { return Ok(()) };
-    let missing = if v < (5, 8) {
-        Some("the bpf_ktime_get_boot_ns helper (5.8) that ban expiry runs on")
-    } else if v < MIN_KERNEL {
-        Some("XDP through a bpf_link (5.9)")
-    } else {
-        None
-    };
-    match missing {
+    match missing_feature(v) {
         Some(what) => bail!(
             "kernel {}.{} is too old for the eBPF dataplane: it lacks {what}; blocksmtp needs Linux {}.{} or newer \
              (or use --mode iptables)",
@@ -189,6 +182,16 @@ pub fn check_kernel() -> anyhow::Result<()> {
             MIN_KERNEL.1
         ),
         None => Ok(()),
+    }
+}
+
+fn missing_feature(v: (u32, u32)) -> Option<&'static str> {
+    if v < (5, 8) {
+        Some("the bpf_ktime_get_boot_ns helper (5.8) that ban expiry runs on")
+    } else if v < MIN_KERNEL {
+        Some("XDP through a bpf_link (5.9)")
+    } else {
+        None
     }
 }
 
@@ -728,5 +731,23 @@ mod tests {
             assert_eq!(parse_pin_name(&name), Some((Attached::Tc, iface.to_string())));
         }
         assert_eq!(parse_pin_name("bogus@eth0"), None);
+    }
+
+    #[test]
+    fn filter_records_round_trip_and_are_not_link_pins() {
+        let rec = FilterRecord { ifindex: 7, priority: FILTER_PRIORITY, handle: FILTER_HANDLE, own_qdisc: true };
+        let name = rec.name("eth0.100");
+        assert!(!name.contains('.'), "{name}");
+        assert_eq!(FilterRecord::parse(&name), Some(("eth0.100".to_string(), rec)));
+        assert_eq!(parse_pin_name(&name), None, "a record is not taken for a link pin");
+        assert_eq!(FilterRecord::parse("tc@eth0"), None);
+    }
+
+    #[test]
+    fn old_kernels_are_refused_naming_the_feature() {
+        assert!(missing_feature((4, 19)).unwrap().contains("bpf_ktime_get_boot_ns"));
+        assert!(missing_feature((5, 8)).unwrap().contains("bpf_link"));
+        assert_eq!(missing_feature((5, 9)), None);
+        assert_eq!(missing_feature((6, 1)), None);
     }
 }

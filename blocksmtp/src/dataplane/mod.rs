@@ -168,6 +168,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Load the programs with fresh, unpinned maps (tests, benchmarks, replay tools).
     pub fn load_unpinned(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
+        attach::check_kernel()?;
         let ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
         Self::finish_load(ebpf, cfg, None, false)
     }
@@ -175,6 +176,8 @@ impl Dataplane {
     /// Load with maps pinned under `pins`, reusing pinned maps of the same layout
     /// (their bans survive) and refusing mismatched ones.
     pub fn load_pinned(cfg: &DataplaneConfig, pins: PinDir) -> anyhow::Result<Self> {
+        // Before the verifier can fail on an old kernel with something obscure.
+        attach::check_kernel()?;
         pins.create()?;
         let restored = pin::validate_pinned(&pins)?;
         let load = || -> anyhow::Result<Self> {

@@ -143,6 +143,50 @@ fn mode(attach: &str, next: &str, pid: u32) -> bool {
     ok
 }
 
+/// The interface deleted and re-created: re-attached on the link event, drops resume,
+/// status says DETACHED meanwhile.
+fn reattach(attach: &str) -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let _srv = topo.serve(&[25])?;
+        let mut d = Daemon::start(Some(&topo.server), &args(attach, &[]))?;
+        expect_state(&d, attach)?;
+        ensure!(d.ctl(&["ban", "192.0.2.66"])?.status.success(), "manual ban refused");
+        topo.delete_link()?;
+        ensure!(d.wait_for(WAIT, |d| iface_state(d).starts_with("DETACHED")).is_some(), "status while vs0 is gone: {:?}", iface_state(&d));
+        topo.create_link()?;
+        let st = expect_state(&d, attach)?;
+        let mut dropped = false;
+        for _ in 0..10 {
+            if !topo.connect("192.0.2.66", "192.0.2.25:25", T)? {
+                dropped = true;
+                break;
+            }
+        }
+        ensure!(dropped, "drops did not resume on the re-created vs0:\n{}", d.stderr_text());
+        ensure!(topo.connect("192.0.2.67", "192.0.2.25:25", T)?, "192.0.2.67 cannot connect");
+        stop_clean(&topo, &mut d)?;
+        Ok(st)
+    })();
+    report(&format!("{attach}/reattach"), r)
+}
+
+/// --attach auto on a veth (its driver has XDP): xdp-native, and status says why.
+fn auto() -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let _srv = topo.serve(&[25])?;
+        let mut d = Daemon::start(Some(&topo.server), &args("auto", &[]))?;
+        let st = expect_state(&d, "xdp-native")?;
+        ensure!(st.contains("auto: XDP in the driver"), "status does not say why: {st}");
+        ensure!(d.ctl(&["ban", "192.0.2.66"])?.status.success(), "manual ban refused");
+        ensure!(!topo.connect("192.0.2.66", "192.0.2.25:25", T)?, "banned 192.0.2.66 connects");
+        stop_clean(&topo, &mut d)?;
+        Ok(st)
+    })();
+    report("auto/start", r)
+}
+
 /// TC before TCX: with --keep-bans the filter stays after SIGTERM and the next start
 /// replaces its program in place.
 fn tc_keep_bans() -> bool {
@@ -200,6 +244,10 @@ fn main() {
     ok &= mode("xdp-native", "xdp-generic", 30001);
     ok &= mode("xdp-generic", "tc", 30011);
     ok &= mode("tc", "xdp-native", 30021);
+    for m in ["xdp-native", "xdp-generic", "tc"] {
+        ok &= reattach(m);
+    }
+    ok &= auto();
     ok &= tc_keep_bans();
     ok &= iptables();
     println!("BLOCKSMTP-CHECKS-DONE {}", if ok { "all passed" } else { "some failed" });
