@@ -211,6 +211,7 @@ impl LinkWatch {
                 }
             }
         }
+        log::debug!("rtnetlink: link event");
         // Drain what else arrived (a re-created interface sends several messages).
         loop {
             buf.clear();

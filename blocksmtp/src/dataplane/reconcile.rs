@@ -48,13 +48,11 @@ impl Attachment {
     }
 
     fn set(&mut self, ok: bool, detail: String) {
-        if ok != self.ok || (!ok && detail != self.detail) {
-            if ok != self.ok {
-                self.since = SystemTime::now();
-            }
-            self.ok = ok;
-            self.detail = detail;
+        if ok != self.ok {
+            self.since = SystemTime::now();
         }
+        self.ok = ok;
+        self.detail = detail;
     }
 
     pub fn status(&self) -> AttachmentStatus {
@@ -66,76 +64,82 @@ impl super::Dataplane {
     /// Check every wanted interface against the kernel and re-attach where needed; one line per repair.
     pub fn reconcile(&mut self) -> anyhow::Result<Vec<String>> {
         let links_dir = self.pins.as_ref().map(|p| p.links());
+        let Dataplane { ebpf, ifaces, .. } = self;
         let mut repairs = Vec::new();
-        let mut errors = Vec::new();
-        for i in 0..self.ifaces.len() {
-            let Dataplane { ebpf, ifaces, .. } = self;
-            let a = &mut ifaces[i];
-            let now_index = attach::ifindex(&a.iface)?;
-            let was = a.held.as_ref().map(|h| (h.how, h.ifindex));
-            let live = match &a.held {
-                Some(h) => h.live_on(now_index).unwrap_or_else(|e| {
-                    log::debug!("{}: checking the attachment: {e:#}", a.iface);
-                    false
-                }),
-                None => false,
-            };
-            if live {
-                if !a.ok {
-                    let how = a.held.as_ref().map(|h| h.how).expect("held");
-                    repairs.push(format!("{}: {how} attachment in force again (interface back under its name)", a.iface));
-                    let why = a.held.as_ref().map(|h| h.why.clone()).unwrap_or_default();
-                    a.set(true, why);
-                }
-                continue;
+        for a in ifaces.iter_mut() {
+            let (was_ok, was_detail) = (a.ok, a.detail.clone());
+            if let Some(line) = check(ebpf, a, links_dir.as_deref())? {
+                repairs.push(line);
             }
-            // Not in force on the interface of this name. Keep a link the kernel still has on
-            // a renamed device (it is right again once renamed back) unless the name is taken
-            // by another device now.
-            if let Some(h) = &a.held {
-                let elsewhere = h.link_ifindex().is_some_and(|on| on != 0);
-                if now_index == 0 && elsewhere {
-                    a.set(false, format!("interface {} does not exist (renamed or deleted); its program stays on ifindex {}", a.iface, h.ifindex));
-                    continue;
-                }
-                let held = a.held.take().expect("held");
-                if let Err(e) = held.detach(links_dir.as_deref(), &a.iface) {
-                    log::debug!("{}: removing the lost attachment: {e:#}", a.iface);
-                }
+            // Losing an interface is an error, said once per new reason (not every second).
+            if !a.ok && (was_ok || a.detail != was_detail) {
+                log::error!("{}: not protected: {}", a.iface, a.detail);
             }
-            if now_index == 0 {
-                a.set(false, format!("interface {} does not exist; waiting for it to appear", a.iface));
-                continue;
-            }
-            match attach::attach(ebpf, &a.iface, a.mode, links_dir.as_deref()) {
-                Ok(held) => {
-                    let cause = match was {
-                        Some((_, old)) if old != held.ifindex => format!("interface re-created: ifindex {old} → {}", held.ifindex),
-                        Some(_) => "the attachment was removed from the interface".to_string(),
-                        None => "interface appeared".to_string(),
-                    };
-                    repairs.push(format!("{}: re-attached as {} ({cause}; {})", a.iface, held.how, held.why));
-                    a.detail = held.why.clone();
-                    a.held = Some(held);
-                    a.ok = false;
-                    a.set(true, a.detail.clone());
-                }
-                Err(e) => {
-                    let msg = format!("detached: {e:#}");
-                    if msg != a.detail {
-                        errors.push(format!("{}: {msg}", a.iface));
-                    }
-                    a.set(false, msg);
-                }
-            }
-        }
-        for e in errors {
-            log::error!("{e}");
         }
         Ok(repairs)
     }
 
     pub fn attachment_status(&self) -> Vec<AttachmentStatus> {
         self.ifaces.iter().map(Attachment::status).collect()
+    }
+}
+
+/// One interface: in force on the device of its name, or re-attached, or detached with why.
+fn check(ebpf: &mut aya::Ebpf, a: &mut Attachment, links_dir: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let now_index = attach::ifindex(&a.iface)?;
+    let was = a.held.as_ref().map(|h| h.ifindex);
+    let live = match &a.held {
+        Some(h) => h.live_on(now_index).unwrap_or_else(|e| {
+            log::debug!("{}: checking the attachment: {e:#}", a.iface);
+            false
+        }),
+        None => false,
+    };
+    if live {
+        if a.ok {
+            return Ok(None);
+        }
+        let h = a.held.as_ref().expect("held");
+        let line = format!("{}: {} attachment in force again (the interface is back under its name)", a.iface, h.how);
+        let why = h.why.clone();
+        a.set(true, why);
+        return Ok(Some(line));
+    }
+    // Not in force on the device of this name. A program the kernel still has on a renamed
+    // device is kept (right again once renamed back) unless the name is another device's now.
+    if let Some(h) = &a.held {
+        if now_index == 0 && h.link_ifindex().is_some_and(|on| on != 0) {
+            let detail = format!("interface {} does not exist (renamed or deleted); its program stays on ifindex {}", a.iface, h.ifindex);
+            a.set(false, detail);
+            return Ok(None);
+        }
+        let held = a.held.take().expect("held");
+        if let Err(e) = held.detach(links_dir, &a.iface) {
+            log::debug!("{}: removing the lost attachment: {e:#}", a.iface);
+        }
+    }
+    if now_index == 0 {
+        a.set(false, format!("interface {} does not exist; waiting for it to appear", a.iface));
+        return Ok(None);
+    }
+    match attach::attach(ebpf, &a.iface, a.mode, links_dir) {
+        Ok(held) => {
+            let cause = match was {
+                Some(old) if old != held.ifindex => format!("interface re-created: ifindex {old} → {}", held.ifindex),
+                Some(_) => "the attachment was removed from the interface".to_string(),
+                None => "the interface is back".to_string(),
+            };
+            let line = format!("{}: re-attached as {} ({cause}; {})", a.iface, held.how, held.why);
+            // A new attachment, even when the loss came and went between two checks.
+            a.detail = held.why.clone();
+            a.held = Some(held);
+            a.ok = true;
+            a.since = SystemTime::now();
+            Ok(Some(line))
+        }
+        Err(e) => {
+            a.set(false, format!("attaching failed: {e:#}"));
+            Ok(None)
+        }
     }
 }
