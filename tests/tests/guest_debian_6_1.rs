@@ -35,6 +35,8 @@ const CHECKS: &[&str] = &[
     "xdp-generic/reattach",
     "tc/reattach",
     "auto/start",
+    "xdp-native/sigterm-during-load",
+    "tc/sigterm-during-load",
     "tc/keep-bans-restart",
     "iptables/harvest-v4",
     "iptables/harvest-v6",
@@ -60,14 +62,15 @@ RUST_BACKTRACE=1 /bin/guest-kernel-checks
 poweroff -f
 "#;
 
-/// The blocksmtp binary to test: the release build when it is current (xtask test builds
-/// it for the package), else the one built with these tests.
+/// The blocksmtp binary to test: the release build when `cargo xtask test` has just made
+/// it (for the package: BLOCKSMTP_DEB is set) or it is newer than the one built with these
+/// tests, else that one.
 fn blocksmtp_binary() -> PathBuf {
     let debug = blocksmtp_tests::daemon::binary();
-    let release = debug.parent().and_then(|d| d.parent()).map(|t| t.join("release/blocksmtp"));
+    let release = debug.parent().and_then(|d| d.parent()).map(|t| t.join("release/blocksmtp")).filter(|r| r.exists());
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     match release {
-        Some(r) if mtime(&r).is_some() && mtime(&r) >= mtime(&debug) => r,
+        Some(r) if std::env::var_os("BLOCKSMTP_DEB").is_some() || mtime(&r) >= mtime(&debug) => r,
         _ => debug,
     }
 }

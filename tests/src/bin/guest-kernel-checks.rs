@@ -171,6 +171,48 @@ fn reattach(attach: &str) -> bool {
     report(&format!("{attach}/reattach"), r)
 }
 
+/// SIGTERM while the daemon is still loading (the eBPF load takes seconds under TCG):
+/// it must finish starting, then stop cleanly (exit 0), leaving nothing attached.
+fn sigterm_during_load(attach: &str) -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("mail.log");
+        std::fs::write(&log, b"")?;
+        let pin_dir = format!("/sys/fs/bpf/blocksmtp-guest-early-{attach}");
+        let err = std::fs::File::create(dir.path().join("err"))?;
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", topo.server.name))
+            .arg(blocksmtp_tests::daemon::binary())
+            .args(["run", "--log"])
+            .arg(&log)
+            .arg("--control-socket")
+            .arg(dir.path().join("s"))
+            .arg("--state-file")
+            .arg(dir.path().join("state.json"))
+            .args(["--pin-dir", &pin_dir])
+            .args(args(attach, &[]))
+            .stderr(err)
+            .spawn()?;
+        // The pin directory is made just before the eBPF object is loaded.
+        let t = std::time::Instant::now();
+        while !std::path::Path::new(&pin_dir).join("v1").exists() && t.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let at = t.elapsed();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait()?;
+        let text = std::fs::read_to_string(dir.path().join("err"))?;
+        ensure!(status.success(), "exit {status} after an early SIGTERM:\n{text}");
+        ensure!(text.contains("SIGTERM: stopping"), "no clean stop:\n{text}");
+        let left = leftovers(&topo)?;
+        ensure!(left.is_empty(), "{left}");
+        ensure!(!std::path::Path::new(&pin_dir).join("v1").exists(), "pins left in {pin_dir}");
+        Ok(format!("exit 0 after a SIGTERM sent {at:?} after the start, as the pin dir appeared"))
+    })();
+    report(&format!("{attach}/sigterm-during-load"), r)
+}
+
 /// --attach auto on a veth (its driver has XDP): xdp-native, and status says why.
 fn auto() -> bool {
     let r = (|| {
@@ -248,6 +290,8 @@ fn main() {
         ok &= reattach(m);
     }
     ok &= auto();
+    ok &= sigterm_during_load("xdp-native");
+    ok &= sigterm_during_load("tc");
     ok &= tc_keep_bans();
     ok &= iptables();
     println!("BLOCKSMTP-CHECKS-DONE {}", if ok { "all passed" } else { "some failed" });
