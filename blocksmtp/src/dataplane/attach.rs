@@ -196,11 +196,7 @@ fn missing_feature(v: (u32, u32)) -> Option<&'static str> {
 }
 
 /// Whether TC attaches through TCX (a bpf_link, 6.6+) rather than a netlink filter.
-/// `BLOCKSMTP_TC_NETLINK=1` forces the netlink path (tests of pre-6.6 behaviour).
 fn tcx_available() -> bool {
-    if std::env::var_os("BLOCKSMTP_TC_NETLINK").is_some_and(|v| v == "1") {
-        return false;
-    }
     kernel_version().is_none_or(|v| v >= (6, 6))
 }
 
