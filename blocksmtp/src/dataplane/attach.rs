@@ -288,8 +288,10 @@ fn filter_records(links_dir: &Path) -> Vec<(String, FilterRecord, PathBuf)> {
 
 /// What keeps a program attached to an interface.
 pub enum Hold {
-    /// XDP, or TC through TCX: dropping it detaches unless it is pinned.
-    Link(FdLink),
+    /// XDP, or TC through TCX: dropping it detaches unless it is pinned. The second fd is
+    /// ours to query and detach it with (aya's FdLink hides its own), opened from the pin
+    /// (BPF_OBJ_GET needs no CAP_SYS_ADMIN, which the systemd unit does not grant).
+    Link(FdLink, Option<OwnedFd>),
     /// TC before 6.6: a netlink filter (with its record under the pin dir, if any).
     Filter(FilterRecord, Option<PathBuf>),
 }
@@ -310,7 +312,9 @@ impl Held {
             return Ok(false);
         }
         match &self.hold {
-            Hold::Link(l) => Ok(fd_link_info(l)?.ifindex == ifindex),
+            Hold::Link(_, Some(fd)) => Ok(link_info(fd.as_raw_fd())?.ifindex == ifindex),
+            // Cannot look (no fd of our own): the interface index is the same, trust it.
+            Hold::Link(_, None) => Ok(true),
             Hold::Filter(rec, _) => rec.present(),
         }
     }
@@ -318,7 +322,7 @@ impl Held {
     /// The interface the link is on now (0: detached by the kernel, the device went).
     pub fn link_ifindex(&self) -> Option<u32> {
         match &self.hold {
-            Hold::Link(l) => fd_link_info(l).ok().map(|i| i.ifindex),
+            Hold::Link(_, fd) => fd.as_ref().and_then(|fd| link_info(fd.as_raw_fd()).ok()).map(|i| i.ifindex),
             Hold::Filter(..) => None,
         }
     }
@@ -326,8 +330,10 @@ impl Held {
     /// Detach now, removing its pin or record (a clean stop, or a stale attachment).
     pub fn detach(self, links_dir: Option<&Path>, iface: &str) -> anyhow::Result<()> {
         match self.hold {
-            Hold::Link(l) => {
-                let _ = fd_link_detach(&l);
+            Hold::Link(l, fd) => {
+                if let Some(fd) = &fd {
+                    let _ = link_detach(fd.as_raw_fd());
+                }
                 if let Some(dir) = links_dir {
                     let path = link_pin(dir, self.how, iface);
                     match std::fs::remove_file(&path) {
@@ -363,7 +369,8 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, links_dir: Option<
                     Ok(link) => {
                         log::info!("{iface}: took over the pinned {how} link (no gap in enforcement)");
                         let why = format!("{}; taken over from the previous run", explain(mode, how, &[]));
-                        return Ok(Held { how, ifindex, hold: Hold::Link(link), why });
+                        let fd = obj_get(&path).ok();
+                        return Ok(Held { how, ifindex, hold: Hold::Link(link, fd), why });
                     }
                     Err(e) => log::warn!("{iface}: cannot reuse pinned {how} link {}: {e:#}", path.display()),
                 }
@@ -470,9 +477,14 @@ fn attach_new(ebpf: &mut Ebpf, iface: &str, ifindex: u32, how: Attached, links_d
             let pinned = fd_link
                 .pin(link_pin(dir, how, iface))
                 .map_err(|e| anyhow!("pinning the {how} link of {iface}: {e}"))?;
-            Ok(Hold::Link(FdLink::from(pinned)))
+            let fd = obj_get(&link_pin(dir, how, iface)).ok();
+            Ok(Hold::Link(FdLink::from(pinned), fd))
         }
-        None => Ok(Hold::Link(fd_link)),
+        None => {
+            // Unpinned (tests, tools; run as root): reach the link through its id.
+            let fd = fd_link.info().ok().and_then(|i| link_fd_by_id(i.id()).ok());
+            Ok(Hold::Link(fd_link, fd))
+        }
     }
 }
 
@@ -529,9 +541,9 @@ fn replace_filter(ebpf: &mut Ebpf, iface: &str, rec: &FilterRecord) -> anyhow::R
 }
 
 fn replace_pinned(ebpf: &mut Ebpf, how: Attached, path: &Path, ifindex: u32) -> anyhow::Result<FdLink> {
+    let on = link_info(obj_get(path)?.as_raw_fd())?.ifindex;
     let pinned = PinnedLink::from_pin(path)?;
     let fd_link = FdLink::from(pinned);
-    let on = fd_link_info(&fd_link)?.ifindex;
     if on != ifindex {
         bail!("it is on ifindex {on}, the interface is {ifindex} now (re-created)");
     }
@@ -556,10 +568,13 @@ fn replace_pinned(ebpf: &mut Ebpf, how: Attached, path: &Path, ifindex: u32) -> 
 /// dropping the last reference alone detaches only after an RCU grace period, and a start
 /// in another XDP mode right after would fail with EEXIST).
 pub fn unpin_and_detach(path: &Path) -> anyhow::Result<()> {
+    let own = obj_get(path).ok();
     match PinnedLink::from_pin(path) {
         Ok(pinned) => {
             let link = pinned.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-            if let Err(e) = fd_link_detach(&link) {
+            if let Some(fd) = &own
+                && let Err(e) = link_detach(fd.as_raw_fd())
+            {
                 log::debug!("{}: BPF_LINK_DETACH: {e}", path.display());
             }
             drop(link);
@@ -576,7 +591,8 @@ pub fn unpin_and_detach(path: &Path) -> anyhow::Result<()> {
 
 /// A program of ours sits on `ifindex` with nothing of ours holding it (a crash, pins
 /// removed by hand): detach it. Only this namespace's device is looked at (XDP program
-/// ids from rtnetlink; tc filters by name), never another namespace's same ifindex.
+/// ids from rtnetlink), never another namespace's same ifindex. Best effort: walking link
+/// and program ids needs CAP_SYS_ADMIN; without it the attach error stands as it was.
 fn clear_stale(ifindex: u32, how: Attached) -> anyhow::Result<bool> {
     match how {
         Attached::XdpNative | Attached::XdpGeneric => {
@@ -604,6 +620,7 @@ fn clear_stale(ifindex: u32, how: Attached) -> anyhow::Result<bool> {
 
 // ---- bpf(2) for links: info, lookup by id, detach (aya 0.14 exposes none of these) ---
 
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
@@ -641,18 +658,13 @@ fn link_info(fd: i32) -> io::Result<LinkInfo> {
     Ok(LinkInfo { link_type: u32_at(0), prog_id: u32_at(8), ifindex: u32_at(16) })
 }
 
-/// aya's FdLink hides its fd: reach the link again through its id.
-fn fd_link_fd(l: &FdLink) -> io::Result<OwnedFd> {
-    let id = l.info().map_err(io::Error::other)?.id();
-    link_fd_by_id(id)
-}
-
-fn fd_link_info(l: &FdLink) -> io::Result<LinkInfo> {
-    link_info(fd_link_fd(l)?.as_raw_fd())
-}
-
-fn fd_link_detach(l: &FdLink) -> io::Result<()> {
-    link_detach(fd_link_fd(l)?.as_raw_fd())
+/// A new fd for the object pinned at `path` (BPF_OBJ_GET).
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let mut attr = [0u8; 16];
+    attr[0..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn link_detach(fd: i32) -> io::Result<()> {
