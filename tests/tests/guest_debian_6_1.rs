@@ -38,6 +38,7 @@ const CHECKS: &[&str] = &[
     "xdp-native/sigterm-during-load",
     "tc/sigterm-during-load",
     "tc/keep-bans-restart",
+    "tc/foreign-clsact-kept",
     "iptables/harvest-v4",
     "iptables/harvest-v6",
     "iptables/sigterm",

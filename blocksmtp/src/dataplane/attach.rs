@@ -256,7 +256,7 @@ impl FilterRecord {
     /// Remove the filter (and the qdisc if it is ours and now empty) and the record.
     pub fn remove(&self, record: Option<&Path>) -> anyhow::Result<()> {
         netlink::delete_ingress_filter(self.ifindex, self.priority, self.handle)?;
-        if self.own_qdisc && netlink::ingress_filters(self.ifindex)?.is_empty() {
+        if self.own_qdisc && netlink::clsact_unused(self.ifindex)? {
             netlink::delete_clsact(self.ifindex)?;
         }
         if let Some(p) = record {

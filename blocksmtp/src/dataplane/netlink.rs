@@ -100,10 +100,20 @@ fn tc_message(ifindex: u32, parent: TcHandle) -> TcMessage {
 }
 
 const INGRESS_PARENT: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
+const EGRESS_PARENT: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_EGRESS };
 
 /// The filters on `ifindex`'s clsact ingress hook (empty when there is no clsact).
 pub fn ingress_filters(ifindex: u32) -> anyhow::Result<Vec<TcFilter>> {
-    let replies = match request(RouteNetlinkMessage::GetTrafficFilter(tc_message(ifindex, INGRESS_PARENT)), NLM_F_DUMP) {
+    filters(ifindex, INGRESS_PARENT)
+}
+
+/// No filter on either hook of `ifindex`'s clsact: removing the qdisc takes nothing of others'.
+pub fn clsact_unused(ifindex: u32) -> anyhow::Result<bool> {
+    Ok(filters(ifindex, INGRESS_PARENT)?.is_empty() && filters(ifindex, EGRESS_PARENT)?.is_empty())
+}
+
+fn filters(ifindex: u32, parent: TcHandle) -> anyhow::Result<Vec<TcFilter>> {
+    let replies = match request(RouteNetlinkMessage::GetTrafficFilter(tc_message(ifindex, parent)), NLM_F_DUMP) {
         Ok(r) => r,
         // No clsact qdisc (or no such device): no filters.
         Err(e) if matches!(e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => {

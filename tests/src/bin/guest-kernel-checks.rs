@@ -56,7 +56,15 @@ fn leftovers(topo: &Topology) -> anyhow::Result<String> {
     if f.contains("blocksmtp") {
         left.push(format!("tc filter still attached: {}", f.trim()));
     }
+    if clsact(topo)? {
+        left.push("the clsact qdisc blocksmtp added is still there".into());
+    }
     Ok(left.join("; "))
+}
+
+fn clsact(topo: &Topology) -> anyhow::Result<bool> {
+    let q = std::process::Command::new("tc").args(["-n", &topo.server.name, "qdisc", "show", "dev", "vs0"]).output()?;
+    Ok(String::from_utf8_lossy(&q.stdout).contains("clsact"))
 }
 
 fn expect_state(d: &Daemon, attach: &str) -> anyhow::Result<String> {
@@ -213,6 +221,26 @@ fn sigterm_during_load(attach: &str) -> bool {
     report(&format!("{attach}/sigterm-during-load"), r)
 }
 
+/// A clsact qdisc that was there before blocksmtp (another tool's) stays after its stop.
+fn tc_foreign_clsact() -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let _srv = topo.serve(&[25])?;
+        sh(&["tc", "-n", &topo.server.name, "qdisc", "add", "dev", "vs0", "clsact"])?;
+        let mut d = Daemon::start(Some(&topo.server), &args("tc", &[]))?;
+        expect_state(&d, "tc")?;
+        ensure!(d.ctl(&["ban", "192.0.2.66"])?.status.success(), "manual ban refused");
+        ensure!(!topo.connect("192.0.2.66", "192.0.2.25:25", T)?, "banned 192.0.2.66 connects");
+        d.stop()?;
+        ensure!(topo.connect("192.0.2.66", "192.0.2.25:25", T)?, "192.0.2.66 still dropped after the stop");
+        ensure!(clsact(&topo)?, "the clsact qdisc blocksmtp did not add was removed");
+        let f = std::process::Command::new("tc").args(["-n", &topo.server.name, "filter", "show", "dev", "vs0", "ingress"]).output()?;
+        ensure!(!String::from_utf8_lossy(&f.stdout).contains("blocksmtp"), "our filter is left");
+        Ok("our filter removed, the existing clsact kept".into())
+    })();
+    report("tc/foreign-clsact-kept", r)
+}
+
 /// --attach auto on a veth (its driver has XDP): xdp-native, and status says why.
 fn auto() -> bool {
     let r = (|| {
@@ -293,6 +321,7 @@ fn main() {
     ok &= sigterm_during_load("xdp-native");
     ok &= sigterm_during_load("tc");
     ok &= tc_keep_bans();
+    ok &= tc_foreign_clsact();
     ok &= iptables();
     println!("BLOCKSMTP-CHECKS-DONE {}", if ok { "all passed" } else { "some failed" });
 }
