@@ -134,6 +134,10 @@ struct PendingBan {
 }
 
 async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
+    // First: a stop asked for during the (slow) eBPF load must still detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     args.validate()?;
     if let Some(p) = &args.config_file {
         log::info!("config: {}", p.display());
@@ -218,9 +222,8 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
         d.args.detect.ban_time
     );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    // Interfaces re-created or renamed: re-attach on the link event, else on the tick.
+    let mut link_watch = if d.xdp { Some(crate::dataplane::reconcile::LinkWatch::new()?) } else { None };
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,6 +245,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
             _ = tick.tick() => d.tick(),
             _ = housekeeping.tick() => d.housekeeping(),
             _ = reap.tick() => d.reap(),
+            _ = async { link_watch.as_mut().expect("watch").changed().await }, if link_watch.is_some() => d.reconcile_dataplane(),
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
@@ -680,9 +684,16 @@ impl Daemon {
                 detail: a.detail,
             })
             .collect();
+        // `xdp-native since … (why)`, or `DETACHED since …: why` — never a stale mode.
         let interfaces = attachments
             .iter()
-            .map(|a| (a.iface.clone(), a.attached.clone().unwrap_or_else(|| format!("NOT ATTACHED: {}", a.detail))))
+            .map(|a| {
+                let state = match &a.attached {
+                    Some(how) => format!("{how} since {} ({})", a.since, a.detail),
+                    None => format!("DETACHED since {}: {}", a.since, a.detail),
+                };
+                (a.iface.clone(), state)
+            })
             .collect();
         let packets = self.enforcer.packet_stats().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Status {
@@ -739,8 +750,9 @@ impl Daemon {
         self.metrics.set_crowdsec(self.crowdsec.as_ref().map(|c| c.status().link));
         if self.xdp {
             self.metrics.set_packets(self.enforcer.packet_stats());
-            let detached = self.enforcer.attachments().iter().filter(|a| a.attached.is_none()).count();
-            self.metrics.set_detached(detached as u64);
+            let attachments = self.enforcer.attachments();
+            self.metrics.set_detached(attachments.iter().filter(|a| a.attached.is_none()).count() as u64);
+            self.metrics.set_attachments(attachments.into_iter().map(|a| (a.iface, a.attached.map(|h| h.as_str()))).collect());
         }
     }
 
@@ -860,6 +872,13 @@ impl Daemon {
             );
             self.dirty = true;
         }
+    }
+
+    /// A link event: re-check the interfaces at once (re-created, renamed back) rather
+    /// than at the next tick.
+    fn reconcile_dataplane(&mut self) {
+        self.reconcile();
+        self.refresh_gauges();
     }
 
     fn housekeeping(&mut self) {

@@ -35,6 +35,8 @@ pub struct Metrics {
     packets: Mutex<Vec<(&'static str, u64)>>,
     detector: Mutex<Option<DetectorStats>>,
     latency: Mutex<Histogram>,
+    /// (interface, how it is attached now; None: detached).
+    attachments: Mutex<Vec<(String, Option<&'static str>)>>,
 }
 
 #[derive(Default)]
@@ -118,6 +120,10 @@ impl Metrics {
         *self.packets.lock().expect("metrics lock") = p;
     }
 
+    pub fn set_attachments(&self, a: Vec<(String, Option<&'static str>)>) {
+        *self.attachments.lock().expect("metrics lock") = a;
+    }
+
     pub fn set_detector(&self, s: DetectorStats) {
         *self.detector.lock().expect("metrics lock") = Some(s);
     }
@@ -177,6 +183,14 @@ impl Metrics {
         for (k, v) in self.packets.lock().expect("metrics lock").iter() {
             let _ = writeln!(o, "blocksmtp_packets_total{{verdict=\"{k}\"}} {v}");
         }
+        let attachments = self.attachments.lock().expect("metrics lock");
+        if !attachments.is_empty() {
+            head(&mut o, "blocksmtp_interface_attached", "gauge", "1 while the program is attached to the interface, 0 while detached (an error).");
+            for (i, how) in attachments.iter() {
+                let _ = writeln!(o, "blocksmtp_interface_attached{{interface=\"{}\",attach=\"{}\"}} {}", esc(i), how.unwrap_or("none"), u8::from(how.is_some()));
+            }
+        }
+        drop(attachments);
         head(&mut o, "blocksmtp_lines_total", "counter", "Log lines read, by source.");
         let lines = self.lines.lock().expect("metrics lock");
         for (k, (n, _)) in lines.iter() {

@@ -145,6 +145,11 @@ impl Daemon {
         bail!("blocksmtp did not answer on its control socket within 20 s:\n{}", self.stderr_text())
     }
 
+    /// Arguments for the next `spawn` (same files and pin dir: e.g. a restart in another mode).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

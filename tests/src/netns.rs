@@ -107,7 +107,15 @@ impl Topology {
     pub fn new() -> anyhow::Result<Self> {
         let server = Netns::new("s")?;
         let client = Netns::new("c")?;
-        let server_if = "vs0".to_string();
+        let topo = Self { server, client, server_if: "vs0".to_string() };
+        topo.create_link()?;
+        Ok(topo)
+    }
+
+    /// Make the veth pair with its addresses (again, after `delete_link`: an interface
+    /// re-created with the same name, as a NIC reset or ifupdown does).
+    pub fn create_link(&self) -> anyhow::Result<()> {
+        let (server, client) = (&self.server, &self.client);
         server.ip(&["link", "add", "vs0", "type", "veth", "peer", "name", "vc0", "netns", &client.name])?;
         for (ns, ifname, addrs) in [
             (&server, "vs0", &["192.0.2.25/24", "2001:db8::25/64", "2001:db8:0:1::25/64"][..]),
@@ -127,7 +135,12 @@ impl Topology {
             }
             ns.ip(&["link", "set", ifname, "up"])?;
         }
-        Ok(Self { server, client, server_if })
+        Ok(())
+    }
+
+    /// Delete the server's veth (its peer goes with it).
+    pub fn delete_link(&self) -> anyhow::Result<()> {
+        self.server.ip(&["link", "del", "vs0"]).map(drop)
     }
 
     /// Listen on `ports` (IPv4 and IPv6) in the server namespace, accepting and

@@ -20,7 +20,12 @@ use crate::{cmd, cmd_output};
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "procps", "kmod", "time", "util-linux",
     "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec",
+    // tests/tests/guest_debian_6_1.rs: Debian's 6.1 kernel booted in qemu (TCG) with a busybox initramfs.
+    "qemu-system-x86", "busybox-static",
 ];
+
+/// Where the guest test keeps Debian's extracted 6.1 kernel package (tests/src/guest.rs).
+const GUEST_KERNEL_CACHE: &str = "/var/cache/blocksmtp-tests/kernel-6.1";
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     let mut changed = Vec::new();
@@ -30,6 +35,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         crowdsec_offline();
         debian_packages(TEST_PACKAGES, &mut changed)?;
+        guest_kernel(&mut changed)?;
     }
     if changed.is_empty() {
         println!("setup: nothing to do (nightly rust-src, bpf-linker, bpffs{} already in place)", if test_deps { ", test packages" } else { "" });
@@ -151,6 +157,47 @@ pub fn crowdsec_offline() {
         let _ = std::fs::create_dir_all("/etc/crowdsec");
         let _ = std::fs::write(f, "# blocksmtp tests: no Central API\n");
     }
+}
+
+/// Debian 12's own kernel for the qemu guest test: `linux-image-amd64`'s dependency
+/// (linux-image-6.1.0-N-amd64), downloaded and extracted into the cache, never installed.
+fn guest_kernel(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let base = Path::new(GUEST_KERNEL_CACHE);
+    let tree = base.join("tree");
+    let have = std::fs::read_dir(tree.join("boot"))
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")))
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    let deps = cmd_output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let Some(pkg) = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-6.1.") && p.ends_with("-amd64"))
+    else {
+        println!("setup: WARNING: apt offers no linux-image-6.1.*-amd64 (not Debian 12?): the 6.1 guest test will skip");
+        return Ok(());
+    };
+    let dl = base.join("download");
+    std::fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    cmd(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(&dl)).with_context(|| format!("apt-get download {pkg}"))?;
+    let deb = std::fs::read_dir(&dl)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tmp = base.join("tree.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    let version = pkg.trim_start_matches("linux-image-");
+    // The package's postinst would run depmod: the guest test resolves module dependencies from modules.dep.
+    cmd(Command::new("depmod").arg("-b").arg(&tmp).arg(version))?;
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::rename(&tmp, &tree)?;
+    let _ = std::fs::remove_dir_all(&dl);
+    changed.push(format!("extracted {pkg} into {} for the qemu guest test", tree.display()));
+    Ok(())
 }
 
 pub fn debian_packages(pkgs: &[&str], changed: &mut Vec<String>) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, links::FdLink, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict,
@@ -34,8 +34,9 @@ use crate::addr::SourceAddr;
 pub mod attach;
 mod batch;
 pub mod clock;
+pub mod netlink;
 pub mod pin;
-mod reconcile;
+pub mod reconcile;
 
 pub use attach::{AttachMode, Attached};
 pub use pin::{DEFAULT_PIN_ROOT, PinDir};
@@ -156,7 +157,8 @@ pub struct Dataplane {
     expiry_v4: BinaryHeap<Reverse<(u64, [u8; 4])>>,
     expiry_v6: BinaryHeap<Reverse<(u64, [u8; 16])>>,
     pins: Option<PinDir>,
-    links: Vec<(String, Attached, FdLink)>,
+    /// Every interface asked for, attached or not (see `reconcile`).
+    ifaces: Vec<reconcile::Attachment>,
     /// Entries in BANS_V4 / BANS_V6 (expired ones until swept), kept as they change so
     /// counting costs nothing at a million bans.
     entries: [usize; 2],
@@ -167,6 +169,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Load the programs with fresh, unpinned maps (tests, benchmarks, replay tools).
     pub fn load_unpinned(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
+        attach::check_kernel()?;
         let ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
         Self::finish_load(ebpf, cfg, None, false)
     }
@@ -174,6 +177,8 @@ impl Dataplane {
     /// Load with maps pinned under `pins`, reusing pinned maps of the same layout
     /// (their bans survive) and refusing mismatched ones.
     pub fn load_pinned(cfg: &DataplaneConfig, pins: PinDir) -> anyhow::Result<Self> {
+        // Before the verifier can fail on an old kernel with something obscure.
+        attach::check_kernel()?;
         pins.create()?;
         let restored = pin::validate_pinned(&pins)?;
         let load = || -> anyhow::Result<Self> {
@@ -216,7 +221,7 @@ impl Dataplane {
             expiry_v4: BinaryHeap::new(),
             expiry_v6: BinaryHeap::new(),
             pins,
-            links: Vec::new(),
+            ifaces: Vec::new(),
             entries: [0, 0],
             restored,
         };
@@ -248,46 +253,57 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attach to each interface (see `attach::attach`).
+    /// Attach to each interface (see `attach::attach`). The interfaces are remembered:
+    /// `reconcile` re-attaches them when the kernel loses an attachment.
     pub fn attach(&mut self, interfaces: &[String], mode: AttachMode) -> anyhow::Result<Vec<(String, Attached)>> {
         let links_dir = self.pins.as_ref().map(|p| p.links());
         let mut out = Vec::new();
         for iface in interfaces {
-            let (how, link) = attach::attach(&mut self.ebpf, iface, mode, links_dir.as_deref())?;
-            self.links.push((iface.clone(), how, link));
-            out.push((iface.clone(), how));
+            let held = attach::attach(&mut self.ebpf, iface, mode, links_dir.as_deref())?;
+            log::info!("{iface}: attached as {} ({})", held.how, held.why);
+            out.push((iface.clone(), held.how));
+            self.ifaces.retain(|a| &a.iface != iface);
+            self.ifaces.push(reconcile::Attachment::new(iface, mode, held));
         }
         // Pinned links on interfaces no longer asked for would keep enforcing silently.
         if let Some(dir) = &links_dir {
             for (iface, how) in attach::pinned_interfaces(dir) {
                 if !interfaces.contains(&iface) {
-                    log::info!("{iface}: detaching the {how} link of an earlier run (interface not configured now)");
-                    attach::unpin_and_detach(&attach::link_pin(dir, how, &iface))?;
+                    log::info!("{iface}: detaching the {how} attachment of an earlier run (interface not configured now)");
+                    attach::detach_pinned(dir, &iface)?;
                 }
             }
         }
         Ok(out)
     }
 
+    /// The interfaces attached now, and how.
     pub fn attachments(&self) -> Vec<(String, Attached)> {
-        self.links.iter().map(|(i, h, _)| (i.clone(), *h)).collect()
+        self.ifaces.iter().filter_map(|a| Some((a.iface.clone(), a.attached()?))).collect()
     }
 
     /// Detach and, unless `keep_bans`, remove every pin (maps and links).
     /// With `keep_bans`, pinned programs keep enforcing the pinned bans until the next start.
     pub fn shutdown(mut self, keep_bans: bool) -> anyhow::Result<()> {
-        let links = std::mem::take(&mut self.links);
-        match (&self.pins, keep_bans) {
-            (Some(pins), false) => {
-                for (iface, how, _) in &links {
-                    attach::unpin_and_detach(&attach::link_pin(&pins.links(), *how, iface))?;
-                }
-                drop(links);
-                pins.remove_all()?;
-            }
-            _ => drop(links),
+        let ifaces = std::mem::take(&mut self.ifaces);
+        let links_dir = self.pins.as_ref().map(|p| p.links());
+        if keep_bans && self.pins.is_some() {
+            // Links stay pinned, tc filters stay in place with their records.
+            return Ok(());
         }
-        Ok(())
+        let mut first_err = None;
+        for a in ifaces {
+            if let Some(held) = a.held
+                && let Err(e) = held.detach(links_dir.as_deref(), &a.iface)
+            {
+                log::error!("{}: detaching: {e:#}", a.iface);
+                first_err.get_or_insert(e);
+            }
+        }
+        if let (Some(pins), false) = (&self.pins, keep_bans) {
+            pins.remove_all()?;
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     // ---- bans ---------------------------------------------------------------------
@@ -584,6 +600,20 @@ impl Dataplane {
             }
         };
         Ok((r.return_value, r.duration))
+    }
+}
+
+impl Drop for Dataplane {
+    /// Links detach when their last fd closes; a tc filter (pre-6.6) is the kernel's until
+    /// removed, so one with no record under a pin dir (an unpinned dataplane) goes here.
+    fn drop(&mut self) {
+        for a in self.ifaces.drain(..) {
+            if let Some(h) = a.held
+                && matches!(h.hold, attach::Hold::Filter(_, None))
+            {
+                let _ = h.detach(None, &a.iface);
+            }
+        }
     }
 }
 

@@ -73,8 +73,13 @@ impl PinDir {
             match std::fs::read_dir(&dir) {
                 Ok(entries) => {
                     for e in entries.flatten() {
-                        std::fs::remove_file(e.path())
-                            .with_context(|| format!("unpinning {}", e.path().display()))?;
+                        // Directories are records of our tc filters (see `attach`).
+                        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            std::fs::remove_dir(e.path())
+                        } else {
+                            std::fs::remove_file(e.path())
+                        };
+                        r.with_context(|| format!("unpinning {}", e.path().display()))?;
                     }
                     let _ = std::fs::remove_dir(&dir);
                 }

@@ -1,136 +1,145 @@
-//! Checking the attachments against the kernel, and re-attaching where an interface was
-//! deleted and re-created (a NIC reset, a bond or VLAN re-created by ifupdown/networkd).
-//!
-//! This version compares each attached interface's ifindex with what `if_nametoindex`
-//! answers now, on the daemon's tick; an interface that vanished or changed its index
-//! is re-attached with the normal attach code (same mode as before).
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::SystemTime,
+//! Keeping the attachments true: every wanted interface is checked against the kernel
+//! (the link's ifindex, our tc filter's presence) and re-attached when it was lost — an
+//! interface deleted and re-created (a NIC reset, a bond or VLAN rebuilt by ifupdown or
+//! networkd), renamed away and back, or our filter removed by `tc qdisc del`. The
+//! daemon calls `reconcile` on link events (`LinkWatch`) and on a ~1 s tick; `status`
+//! and the metrics read `attachment_status`, so a detached interface shows as an error,
+//! never as the mode it had.
+use std::time::SystemTime;
+
+use super::{
+    AttachMode, Attached, Dataplane,
+    attach::{self, Held},
 };
 
-use super::{AttachMode, Attached, Dataplane, attach};
+pub use super::netlink::LinkWatch;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AttachmentStatus {
     pub iface: String,
     /// How it is attached now, or None when it is not (an error in status and a metric).
-    pub attached: Option<Attached>,
+    pub attached: Option<super::Attached>,
     /// Since when it has been in this state (wall clock).
-    pub since: SystemTime,
+    pub since: std::time::SystemTime,
     /// Why this attach mode, or the error while detached.
     pub detail: String,
 }
 
-/// What reconcile last saw per interface: (ifindex at attach, state, since, detail).
-/// Process-wide: the dataplane's own fields are not ours to extend here.
-struct Seen {
-    ifindex: u32,
-    attached: Option<Attached>,
-    since: SystemTime,
-    detail: String,
+/// One interface the dataplane was asked to guard.
+pub struct Attachment {
+    pub iface: String,
+    pub mode: AttachMode,
+    /// What we hold on it; kept while the kernel still has it somewhere (a renamed
+    /// interface keeps its program, and is right again once renamed back).
+    pub held: Option<Held>,
+    /// Whether `held` is on the interface of this name right now.
+    pub ok: bool,
+    pub since: SystemTime,
+    pub detail: String,
 }
 
-static SEEN: Mutex<Option<HashMap<String, Seen>>> = Mutex::new(None);
+impl Attachment {
+    pub fn new(iface: &str, mode: AttachMode, held: Held) -> Self {
+        Self { iface: iface.to_string(), mode, detail: held.why.clone(), held: Some(held), ok: true, since: SystemTime::now() }
+    }
 
-fn ifindex(iface: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(iface) else { return 0 };
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
+    pub(super) fn attached(&self) -> Option<Attached> {
+        self.held.as_ref().filter(|_| self.ok).map(|h| h.how)
+    }
 
-fn mode_of(how: Attached) -> AttachMode {
-    match how {
-        Attached::XdpNative => AttachMode::XdpNative,
-        Attached::XdpGeneric => AttachMode::XdpGeneric,
-        Attached::Tc => AttachMode::Tc,
+    fn set(&mut self, ok: bool, detail: String) {
+        if ok != self.ok {
+            self.since = SystemTime::now();
+        }
+        self.ok = ok;
+        self.detail = detail;
+    }
+
+    pub fn status(&self) -> AttachmentStatus {
+        AttachmentStatus { iface: self.iface.clone(), attached: self.attached(), since: self.since, detail: self.detail.clone() }
     }
 }
 
-impl Dataplane {
+impl super::Dataplane {
     /// Check every wanted interface against the kernel and re-attach where needed; one line per repair.
     pub fn reconcile(&mut self) -> anyhow::Result<Vec<String>> {
-        let mut repairs = Vec::new();
-        let mut guard = SEEN.lock().expect("reconcile lock");
-        let seen = guard.get_or_insert_with(HashMap::new);
         let links_dir = self.pins.as_ref().map(|p| p.links());
-        // Interfaces wanted: every one attached at start, and any still detached.
-        let mut wanted: Vec<(String, Option<Attached>)> = self.links.iter().map(|(i, h, _)| (i.clone(), Some(*h))).collect();
-        for (i, s) in seen.iter() {
-            if s.attached.is_none() && !wanted.iter().any(|(w, _)| w == i) {
-                wanted.push((i.clone(), None));
+        let Dataplane { ebpf, ifaces, .. } = self;
+        let mut repairs = Vec::new();
+        for a in ifaces.iter_mut() {
+            let (was_ok, was_detail) = (a.ok, a.detail.clone());
+            if let Some(line) = check(ebpf, a, links_dir.as_deref())? {
+                repairs.push(line);
             }
-        }
-        for (iface, how) in wanted {
-            let now_index = ifindex(&iface);
-            let entry = seen.entry(iface.clone()).or_insert_with(|| Seen {
-                ifindex: now_index,
-                attached: how,
-                since: SystemTime::now(),
-                detail: "attached at start".into(),
-            });
-            if entry.attached.is_some() && now_index != 0 && now_index == entry.ifindex {
-                continue;
-            }
-            // Gone or re-created: the old link no longer enforces anything.
-            let mode = how.or(entry.attached).map_or(AttachMode::Auto, mode_of);
-            if let Some(pos) = self.links.iter().position(|(i, _, _)| *i == iface) {
-                let (_, old, link) = self.links.remove(pos);
-                drop(link);
-                if let Some(dir) = &links_dir {
-                    let _ = attach::unpin_and_detach(&attach::link_pin(dir, old, &iface));
-                }
-            }
-            if now_index == 0 {
-                if entry.attached.is_some() {
-                    entry.attached = None;
-                    entry.since = SystemTime::now();
-                    entry.detail = format!("interface {iface} does not exist; waiting for it");
-                    repairs.push(format!("{iface}: interface gone; detached, re-attaching when it is back"));
-                }
-                continue;
-            }
-            match attach::attach(&mut self.ebpf, &iface, mode, links_dir.as_deref()) {
-                Ok((how, link)) => {
-                    self.links.push((iface.clone(), how, link));
-                    *entry = Seen { ifindex: now_index, attached: Some(how), since: SystemTime::now(), detail: "re-attached after the interface was re-created".into() };
-                    repairs.push(format!("{iface}: re-attached as {how} (ifindex {now_index})"));
-                }
-                Err(e) => {
-                    if entry.attached.is_some() || entry.detail != format!("{e:#}") {
-                        repairs.push(format!("{iface}: re-attaching failed: {e:#}"));
-                    }
-                    entry.attached = None;
-                    entry.since = SystemTime::now();
-                    entry.detail = format!("{e:#}");
-                }
+            // Losing an interface is an error, said once per new reason (not every second).
+            if !a.ok && (was_ok || a.detail != was_detail) {
+                log::error!("{}: not protected: {}", a.iface, a.detail);
             }
         }
         Ok(repairs)
     }
 
     pub fn attachment_status(&self) -> Vec<AttachmentStatus> {
-        let guard = SEEN.lock().expect("reconcile lock");
-        let mut out: Vec<AttachmentStatus> = self
-            .links
-            .iter()
-            .map(|(iface, how, _)| {
-                let s = guard.as_ref().and_then(|m| m.get(iface));
-                AttachmentStatus {
-                    iface: iface.clone(),
-                    attached: Some(*how),
-                    since: s.map_or_else(SystemTime::now, |s| s.since),
-                    detail: s.map_or_else(|| "attached at start".into(), |s| s.detail.clone()),
-                }
-            })
-            .collect();
-        if let Some(m) = guard.as_ref() {
-            for (iface, s) in m {
-                if s.attached.is_none() && !out.iter().any(|a| a.iface == *iface) {
-                    out.push(AttachmentStatus { iface: iface.clone(), attached: None, since: s.since, detail: s.detail.clone() });
-                }
-            }
+        self.ifaces.iter().map(Attachment::status).collect()
+    }
+}
+
+/// One interface: in force on the device of its name, or re-attached, or detached with why.
+fn check(ebpf: &mut aya::Ebpf, a: &mut Attachment, links_dir: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let now_index = attach::ifindex(&a.iface)?;
+    let was = a.held.as_ref().map(|h| h.ifindex);
+    let live = match &a.held {
+        Some(h) => h.live_on(now_index).unwrap_or_else(|e| {
+            log::debug!("{}: checking the attachment: {e:#}", a.iface);
+            false
+        }),
+        None => false,
+    };
+    if live {
+        if a.ok {
+            return Ok(None);
         }
-        out
+        let h = a.held.as_ref().expect("held");
+        let line = format!("{}: {} attachment in force again (the interface is back under its name)", a.iface, h.how);
+        let why = h.why.clone();
+        a.set(true, why);
+        return Ok(Some(line));
+    }
+    // Not in force on the device of this name. A program the kernel still has on a renamed
+    // device is kept (right again once renamed back) unless the name is another device's now.
+    if let Some(h) = &a.held {
+        if now_index == 0 && h.link_ifindex().is_some_and(|on| on != 0) {
+            let detail = format!("interface {} does not exist (renamed or deleted); its program stays on ifindex {}", a.iface, h.ifindex);
+            a.set(false, detail);
+            return Ok(None);
+        }
+        let held = a.held.take().expect("held");
+        if let Err(e) = held.detach(links_dir, &a.iface) {
+            log::debug!("{}: removing the lost attachment: {e:#}", a.iface);
+        }
+    }
+    if now_index == 0 {
+        a.set(false, format!("interface {} does not exist; waiting for it to appear", a.iface));
+        return Ok(None);
+    }
+    match attach::attach(ebpf, &a.iface, a.mode, links_dir) {
+        Ok(held) => {
+            let cause = match was {
+                Some(old) if old != held.ifindex => format!("interface re-created: ifindex {old} → {}", held.ifindex),
+                Some(_) => "the attachment was removed from the interface".to_string(),
+                None => "the interface is back".to_string(),
+            };
+            let line = format!("{}: re-attached as {} ({cause}; {})", a.iface, held.how, held.why);
+            // A new attachment, even when the loss came and went between two checks.
+            a.detail = held.why.clone();
+            a.held = Some(held);
+            a.ok = true;
+            a.since = SystemTime::now();
+            Ok(Some(line))
+        }
+        Err(e) => {
+            a.set(false, format!("attaching failed: {e:#}"));
+            Ok(None)
+        }
     }
 }
