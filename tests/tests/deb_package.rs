@@ -32,7 +32,7 @@ Nov 27 12:36:04 mx sm-mta[18868]: 6ARCZkEp018868: from=<a@example.net>, size=0, 
 /// Files the package must install, with a check of their content.
 const EXPECTED: &[(&str, &str)] = &[
     ("/usr/sbin/blocksmtp", ""),
-    ("/lib/systemd/system/blocksmtp.service", "ExecStart=/usr/sbin/blocksmtp run\n"),
+    ("/usr/lib/systemd/system/blocksmtp.service", "ExecStart=/usr/sbin/blocksmtp run\n"),
     ("/etc/blocksmtp/blocksmtp.toml", "\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"),
     ("/etc/blocksmtp/whitelist", "# /etc/blocksmtp/whitelist"),
     ("/usr/share/man/man1/blocksmtp.1.gz", ""),
@@ -215,8 +215,8 @@ fn deb_installs_works_and_purges_cleanly() {
     let template = ok("/usr/sbin/blocksmtp", &["config"]);
     let shipped = std::fs::read_to_string("/etc/blocksmtp/blocksmtp.toml").unwrap();
     let active: Vec<&str> = shipped.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
-    assert_eq!(active, vec!["white-list = \"/etc/blocksmtp/whitelist\""], "active settings in the shipped config");
-    for line in template.lines().filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.starts_with("# white-list ")) {
+    assert_eq!(active, vec!["keep-bans = true", "white-list = \"/etc/blocksmtp/whitelist\""], "active settings in the shipped config");
+    for line in template.lines().filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.starts_with("# white-list ") && !l.starts_with("# keep-bans ")) {
         assert!(shipped.contains(line), "shipped config lacks {line:?}");
     }
     assert!(
@@ -227,7 +227,7 @@ fn deb_installs_works_and_purges_cleanly() {
     daemon_accepts_shipped_config(dir.path());
 
     if run("systemd-analyze", &["--version"]).status.success() {
-        let o = run("systemd-analyze", &["verify", "/lib/systemd/system/blocksmtp.service"]);
+        let o = run("systemd-analyze", &["verify", "/usr/lib/systemd/system/blocksmtp.service"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "systemd-analyze verify failed:\n{err}");
         assert!(!err.contains("blocksmtp.service:"), "systemd-analyze verify complains about the unit:\n{err}");

@@ -2,9 +2,11 @@
 //!
 //! Layout (see packaging/README.Debian for the why):
 //! - /usr/sbin/blocksmtp (stripped; the eBPF object is embedded in it);
-//! - /lib/systemd/system/blocksmtp.service;
+//! - /usr/lib/systemd/system/blocksmtp.service (where debhelper puts units for trixie, and what
+//!   bookworm's merged /usr and systemd read as well);
 //! - /etc/blocksmtp/blocksmtp.toml (conffile): `blocksmtp config` from the built binary,
-//!   with `white-list` pointed at /etc/blocksmtp/whitelist; /etc/blocksmtp/whitelist
+//!   with `white-list` pointed at /etc/blocksmtp/whitelist and `keep-bans = true` (restarts
+//!   and upgrades keep the bans in force; prerm detaches on removal); /etc/blocksmtp/whitelist
 //!   (conffile, comments only);
 //! - man pages and bash/zsh/fish completions from `blocksmtp generate`;
 //! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright, changelog.gz;
@@ -30,6 +32,10 @@ const PKG: &str = "blocksmtp";
 /// The line of `blocksmtp config` that the shipped config uncomments.
 const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"FILE\"   (not set)";
 const WHITELIST_SHIPPED_LINE: &str = "white-list = \"/etc/blocksmtp/whitelist\"";
+/// The keep-bans line of `blocksmtp config`, and what the package ships instead: a
+/// restart or an upgrade (postinst restarts the unit) must not lift the bans.
+const KEEP_BANS_DEFAULT_LINE: &str = "# keep-bans = false";
+const KEEP_BANS_SHIPPED_LINE: &str = "keep-bans = true";
 
 /// Build the package; returns its path.
 pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
@@ -72,7 +78,7 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     write(&stage.join("etc/blocksmtp/blocksmtp.toml"), config.as_bytes(), 0o644)?;
     install(&packaging.join("whitelist"), &stage.join("etc/blocksmtp/whitelist"), 0o644)?;
 
-    install(&packaging.join("blocksmtp.service"), &stage.join("lib/systemd/system/blocksmtp.service"), 0o644)?;
+    install(&packaging.join("blocksmtp.service"), &stage.join("usr/lib/systemd/system/blocksmtp.service"), 0o644)?;
 
     // Man pages and completions, generated from the CLI definition.
     let gen_dir = out_dir.join("generated");
@@ -191,20 +197,20 @@ fn changelog_head(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((version, ts))
 }
 
-/// `blocksmtp config` with the whitelist line uncommented: the file ships, so use it.
+/// `blocksmtp config` with the whitelist and keep-bans lines switched on: the whitelist
+/// file ships, and bans must survive restarts and upgrades.
 fn shipped_config(template: &str) -> anyhow::Result<String> {
-    let n = template.lines().filter(|l| *l == WHITELIST_DEFAULT_LINE).count();
-    ensure!(
-        n == 1,
-        "`blocksmtp config` has {n} lines `{WHITELIST_DEFAULT_LINE}` (expected one): update xtask/src/deb.rs"
-    );
+    for line in [WHITELIST_DEFAULT_LINE, KEEP_BANS_DEFAULT_LINE] {
+        let n = template.lines().filter(|l| *l == line).count();
+        ensure!(n == 1, "`blocksmtp config` has {n} lines `{line}` (expected one): update xtask/src/deb.rs");
+    }
     let mut out = String::new();
     for line in template.lines() {
-        if line == WHITELIST_DEFAULT_LINE {
-            out.push_str(WHITELIST_SHIPPED_LINE);
-        } else {
-            out.push_str(line);
-        }
+        out.push_str(match line {
+            WHITELIST_DEFAULT_LINE => WHITELIST_SHIPPED_LINE,
+            KEEP_BANS_DEFAULT_LINE => KEEP_BANS_SHIPPED_LINE,
+            l => l,
+        });
         out.push('\n');
     }
     Ok(out)
@@ -334,11 +340,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shipped_config_uncomments_the_whitelist_only() {
-        let t = "# header\n\n# Whitelist file.\n# white-list = \"FILE\"   (not set)\n\n# max-unknown = 5\n";
+    fn shipped_config_switches_on_the_whitelist_and_keep_bans_only() {
+        let t = "# header\n\n# Whitelist file.\n# white-list = \"FILE\"   (not set)\n\n# keep-bans = false\n# max-unknown = 5\n";
         let c = shipped_config(t).unwrap();
         assert!(c.contains("\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"), "{c}");
-        assert!(!c.contains(WHITELIST_DEFAULT_LINE), "{c}");
+        assert!(c.contains("\nkeep-bans = true\n"), "{c}");
+        assert!(!c.contains(WHITELIST_DEFAULT_LINE) && !c.contains(KEEP_BANS_DEFAULT_LINE), "{c}");
         assert!(c.contains("# max-unknown = 5\n"), "{c}");
         assert!(shipped_config("# max-unknown = 5\n").is_err(), "a template without the line is an error");
     }

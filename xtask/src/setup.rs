@@ -19,7 +19,7 @@ use crate::{cmd, cmd_output};
 /// Debian packages the end-to-end tests and benchmarks drive.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "procps", "kmod", "time", "util-linux",
-    "dpkg-dev", "binutils", "systemd", "man-db",
+    "dpkg-dev", "binutils", "systemd", "man-db", "systemd-container", "debootstrap",
 ];
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
