@@ -256,9 +256,17 @@ impl Container {
         c.nspawn = Some(child);
         c.leader = c.find_leader();
         // Booted: every unit settled (running, or degraded if some unrelated unit failed).
-        let o = c.exec(&["timeout", "120", "systemctl", "is-system-running", "--wait"]);
-        let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        assert!(state == "running" || state == "degraded", "container boot: {state:?}\n{}", c.diagnostics());
+        // `--wait` fails at once while the bus socket is not there yet: poll.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let o = c.exec(&["timeout", "60", "systemctl", "is-system-running", "--wait"]);
+            let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "container boot: {state:?} {}\n{}", text(&o), c.diagnostics());
+            std::thread::sleep(Duration::from_millis(200));
+        }
         c
     }
 
@@ -282,7 +290,9 @@ impl Container {
                     .lines()
                     .find_map(|l| l.strip_prefix("NSpid:"))
                     .is_some_and(|v| v.split_whitespace().nth(1) == Some("1"));
-                if inner_pid_1 {
+                // nspawn's own child has pid 1 there too until it execs systemd.
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if inner_pid_1 && comm.trim() == "systemd" {
                     return pid;
                 }
             }
@@ -316,8 +326,19 @@ impl Container {
 
     /// Run inside with `input` on stdin.
     fn feed(&self, args: &[&str], input: &str) {
+        self.feed_and_linger(args, input, Duration::ZERO)
+    }
+
+    /// Like `feed`, keeping stdin open for `linger` after the input: the process is still
+    /// alive when journald reads its /proc entry (_EXE, _COMM), as an MTA process that
+    /// goes on with its session is.
+    fn feed_and_linger(&self, args: &[&str], input: &str, linger: Duration) {
         let mut child = self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(linger);
+        drop(stdin);
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{args:?} in the container failed ({}):\n{}", o.status, text(&o));
     }
@@ -446,14 +467,17 @@ fn package_on_debian_12_systemd() {
     assert!(fs::read_dir(c.bpffs.as_ref().unwrap().path().join("blocksmtp")).is_ok(), "no pins under /sys/fs/bpf/blocksmtp");
 
     // A harvest logged through the journal by sendmail (its binary, as root).
-    c.feed(&[SENDMAIL_EXE, "-t", "sm-mta", "--id=4242"], &sendmail_harvest("6B1B0AAa004242", JOURNAL_HARVESTER));
+    let linger = Duration::from_millis(1500);
+    c.feed_and_linger(&[SENDMAIL_EXE, "-t", "sm-mta", "--id=4242"], &sendmail_harvest("6B1B0AAa004242", JOURNAL_HARVESTER), linger);
     c.wait_banned(JOURNAL_HARVESTER, "journal harvest");
     assert!(c.connects(INNOCENT), "the innocent client is dropped too");
 
-    // Forged: the same lines with sendmail's tag, from logger as root and as nobody.
-    // Neither is sendmail's binary; a genuine harvest logged after them is banned, so
-    // they were read and refused.
-    c.feed(&["logger", "-t", "sm-mta", "--id=4243"], &sendmail_harvest("6B1B0AAb004243", FORGED));
+    // Forged: the same lines with sendmail's tag, from logger as root (alive while
+    // journald reads its _EXE, and exiting at once so that journald finds no _EXE) and
+    // as nobody. None is sendmail's binary; a genuine harvest logged after them is
+    // banned, so they were read and refused.
+    c.feed_and_linger(&["logger", "-t", "sm-mta", "--id=4243"], &sendmail_harvest("6B1B0AAb004243", FORGED), linger);
+    c.feed(&["logger", "-t", "sm-mta", "--id=4249"], &sendmail_harvest("6B1B0AAg004249", FORGED));
     c.feed(
         &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "logger", "-t", "sm-mta", "--id=4244"],
         &sendmail_harvest("6B1B0AAc004244", FORGED),
@@ -469,7 +493,7 @@ fn package_on_debian_12_systemd() {
             })
             .collect::<String>(),
     );
-    c.feed(&[SENDMAIL_EXE, "-t", "sm-mta", "--id=4246"], &sendmail_harvest("6B1B0AAd004246", JOURNAL_HARVESTER_2));
+    c.feed_and_linger(&[SENDMAIL_EXE, "-t", "sm-mta", "--id=4246"], &sendmail_harvest("6B1B0AAd004246", JOURNAL_HARVESTER_2), linger);
     c.wait_banned(JOURNAL_HARVESTER_2, "journal harvest after the forged lines");
     assert!(c.connects(FORGED), "a forged journal line banned {FORGED}\n{}", c.listed());
     assert!(!c.listed().contains(FORGED), "a forged journal line banned {FORGED}:\n{}", c.listed());
@@ -551,7 +575,13 @@ fn package_on_debian_12_systemd() {
         assert!(!c.exec(&["test", "-L", p]).status.success(), "{p} left after apt purge (a symlink)");
     }
     assert_eq!(c.attached(), "", "programs attached after apt purge");
-    let left: Vec<_> = fs::read_dir(c.bpffs.as_ref().unwrap().path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    // maps.debug and progs.debug are the kernel's own (bpf_preload) on every bpffs mount.
+    let left: Vec<_> = fs::read_dir(c.bpffs.as_ref().unwrap().path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "maps.debug" && n != "progs.debug")
+        .collect();
     assert!(left.is_empty(), "bpffs not empty after apt purge: {left:?}");
     drop(c);
 }

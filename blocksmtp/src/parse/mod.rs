@@ -167,7 +167,8 @@ impl MailerFilter {
 /// the sending process (a client cannot set them): `_UID` must be one of `uids` (when
 /// journald recorded it); `_EXE` one of `exes` (an entry ending in `/` takes every
 /// program under that directory); where journald could not read `_EXE` (the process
-/// had exited), `_COMM` one of `comms`; with neither, the uid decides. An entry with
+/// had exited), `_COMM` one of `comms`; with neither, only a non-root uid of `uids` (a
+/// user only the MTA runs as: postfix, Debian-exim) vouches for it. An entry with
 /// no `_UID` at all was not received by journald from a local process (hand-written
 /// JSON fed to replay or stdin) and is judged by its tag alone.
 ///
@@ -225,7 +226,9 @@ impl JournalTrust {
         }
         match &o.comm {
             Some(c) => self.comms.iter().any(|t| t == c),
-            None => true,
+            // Only a dedicated MTA user's uid vouches on its own: root runs everything
+            // (`logger` that exits at once leaves journald neither _EXE nor _COMM).
+            None => uid != 0,
         }
     }
 }
@@ -405,6 +408,7 @@ mod tests {
             // journald could not read /proc (the process had exited): the name, then the uid.
             (format!(r#"{{{pf},"_UID":"107","_COMM":"smtpd"}}"#), "postfix:guess"),
             (format!(r#"{{{pf},"_UID":"107"}}"#), "postfix:guess"),
+            (format!(r#"{{{msg},"_UID":"0"}}"#), "foreign"),
             // Forged with logger: by root, by nobody, by postfix's uid running another program.
             (format!(r#"{{{msg},"_UID":"0","_EXE":"/usr/bin/logger","_COMM":"logger"}}"#), "foreign"),
             (format!(r#"{{{msg},"_UID":"65534","_EXE":"/usr/lib/sm.bin/sendmail"}}"#), "foreign"),
