@@ -57,7 +57,7 @@ pub enum Mode {
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     /// Follow this log file (repeatable). Default: /var/log/mail.log if present, else
-    /// /var/log/maillog, else the journal.
+    /// /var/log/maillog, and /var/log/exim4/mainlog if present; with none of them, the journal.
     #[arg(long = "log", visible_alias = "syslog-msgs-file", value_name = "FILE")]
     pub log: Vec<PathBuf>,
     /// Read the systemd journal (journalctl -f -o json).
@@ -377,15 +377,22 @@ fn kernel_allow_list(w: &Whitelist) -> Vec<ipnet::IpNet> {
     w.nets().iter().copied().filter(|n| !lo4.contains(n) && !lo6.contains(n)).collect()
 }
 
+const EXIM4_MAINLOG: &str = "/var/log/exim4/mainlog";
+
 /// Which sources to read when none is named.
 fn default_sources(args: &RunArgs) -> (Vec<PathBuf>, bool) {
     if !args.log.is_empty() || args.journal || args.stdin {
         return (args.log.clone(), args.journal);
     }
-    for p in ["/var/log/mail.log", "/var/log/maillog"] {
-        if Path::new(p).exists() {
-            return (vec![PathBuf::from(p)], false);
-        }
+    // The syslog mail log, and Debian exim4's own main log (Exim writes there, not to
+    // syslog), each when present.
+    let mut files: Vec<PathBuf> =
+        ["/var/log/mail.log", "/var/log/maillog"].into_iter().find(|p| Path::new(p).exists()).map(PathBuf::from).into_iter().collect();
+    if Path::new(EXIM4_MAINLOG).exists() {
+        files.push(EXIM4_MAINLOG.into());
+    }
+    if !files.is_empty() {
+        return (files, false);
     }
     (vec![], true)
 }
