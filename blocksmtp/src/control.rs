@@ -71,7 +71,19 @@ pub struct SourceStatus {
     pub position: Option<u64>,
     pub lines: u64,
     pub open: bool,
+    /// Whether the source says who wrote each line: the journal does (journald's _UID,
+    /// _EXE, _COMM; only the MTA's processes count); a syslog file or a pipe does not
+    /// (any local program may log with the MTA's tag).
+    #[serde(default)]
+    pub trusted: bool,
+    /// How the source's lines are vouched for, in a few words.
+    #[serde(default)]
+    pub trust: String,
 }
+
+pub const TRUST_JOURNAL: &str = "journald's _UID/_EXE/_COMM: only the MTA's processes count";
+pub const TRUST_FILE: &str =
+    "untrusted: any local program can log with the MTA's tag (see README.Debian: rsyslog, or journal mode)";
 
 /// One row of `blocksmtp list`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,6 +162,9 @@ fn print_human(req: &Request, data: &serde_json::Value) {
                 for src in &s.sources {
                     let pos = src.position.map(|p| format!(" at byte {p}")).unwrap_or_default();
                     println!("  {}{pos}, {} lines{}", src.name, src.lines, if src.open { "" } else { " (waiting for it)" });
+                    if !src.trust.is_empty() {
+                        println!("    {}", src.trust);
+                    }
                 }
                 println!("lines: {} read, {} skipped; guesses: {}", s.lines, s.skipped, s.guesses);
                 println!("bans: {} active, {} set, {} lifted; stuck sessions reaped: {}", s.active_bans, s.bans_total, s.unbans_total, s.reaped_total);

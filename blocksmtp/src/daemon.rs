@@ -425,6 +425,8 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
                             position: Some(p.offset),
                             lines: p.lines,
                             open: p.open,
+                            trusted: false,
+                            trust: crate::control::TRUST_FILE.into(),
                         }).collect());
                     }
                 }
@@ -454,7 +456,14 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
                         }
                     },
                     Some(reply) = prx.recv() => {
-                        let _ = reply.send(vec![SourceStatus { name: "journal".into(), position: None, lines, open: true }]);
+                        let _ = reply.send(vec![SourceStatus {
+                            name: "journal".into(),
+                            position: None,
+                            lines,
+                            open: true,
+                            trusted: true,
+                            trust: crate::control::TRUST_JOURNAL.into(),
+                        }]);
                     }
                 }
             }
@@ -487,7 +496,14 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
                         }
                     },
                     Some(reply) = prx.recv() => {
-                        let _ = reply.send(vec![SourceStatus { name: "stdin".into(), position: None, lines, open }]);
+                        let _ = reply.send(vec![SourceStatus {
+                            name: "stdin".into(),
+                            position: None,
+                            lines,
+                            open,
+                            trusted: false,
+                            trust: crate::control::TRUST_FILE.into(),
+                        }]);
                     }
                 }
             }
@@ -657,7 +673,14 @@ impl Daemon {
                 sources.extend(v);
                 continue;
             }
-            sources.push(SourceStatus { name: s.name.clone(), position: None, lines: 0, open: false });
+            sources.push(SourceStatus {
+                name: s.name.clone(),
+                position: None,
+                lines: 0,
+                open: false,
+                trusted: s.name == "journal",
+                trust: String::new(),
+            });
         }
         let stats = self.detector.stats();
         let (interfaces, packets) = self.dataplane_status();
