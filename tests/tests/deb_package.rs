@@ -35,8 +35,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/usr/lib/systemd/system/blocksmtp.service", "ExecStart=/usr/sbin/blocksmtp run\n"),
     ("/etc/blocksmtp/blocksmtp.toml", "\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"),
     ("/etc/blocksmtp/whitelist", "# /etc/blocksmtp/whitelist"),
-    ("/usr/share/man/man1/blocksmtp.1.gz", ""),
-    ("/usr/share/man/man1/blocksmtp-run.1.gz", ""),
+    ("/usr/share/man/man8/blocksmtp.8.gz", "\n.SH FILES\n"),
+    ("/usr/share/man/man8/blocksmtp-run.8.gz", "\n.SH SIGNALS\n"),
+    ("/usr/share/man/man5/blocksmtp.toml.5.gz", "max\\-unknown"),
+    ("/usr/share/man/man5/blocksmtp-whitelist.5.gz", ".TH blocksmtp\\-whitelist 5"),
     ("/usr/share/bash-completion/completions/blocksmtp", "blocksmtp"),
     ("/usr/share/zsh/vendor-completions/_blocksmtp", "#compdef blocksmtp"),
     ("/usr/share/fish/vendor_completions.d/blocksmtp.fish", "complete -c blocksmtp"),
@@ -201,8 +203,11 @@ fn deb_installs_works_and_purges_cleanly() {
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/usr/sbin/blocksmtp").unwrap().permissions());
     assert_eq!(mode & 0o7777, 0o755, "/usr/sbin/blocksmtp mode");
-    let man = gunzip("/usr/share/man/man1/blocksmtp.1.gz");
-    assert!(man.contains(".TH blocksmtp 1"), "blocksmtp.1 is not a man page:\n{}", &man[..man.len().min(400)]);
+    let man = gunzip("/usr/share/man/man8/blocksmtp.8.gz");
+    assert!(man.contains(".TH blocksmtp 8"), "blocksmtp.8 is not a section-8 man page:\n{}", &man[..man.len().min(400)]);
+    for section in ["EXIT STATUS", "FILES", "SIGNALS", "EXAMPLES", "SEE ALSO"] {
+        assert!(man.contains(&format!(".SH \"{section}\"")) || man.contains(&format!(".SH {section}\n")), "blocksmtp.8 lacks {section}");
+    }
     if run("man", &["--version"]).status.success() {
         let page = ok("man", &["-P", "cat", "blocksmtp"]);
         assert!(page.contains("blocksmtp"), "man blocksmtp renders nothing useful");

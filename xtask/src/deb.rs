@@ -8,7 +8,8 @@
 //!   with `white-list` pointed at /etc/blocksmtp/whitelist and `keep-bans = true` (restarts
 //!   and upgrades keep the bans in force; prerm detaches on removal); /etc/blocksmtp/whitelist
 //!   (conffile, comments only);
-//! - man pages and bash/zsh/fish completions from `blocksmtp generate`;
+//! - man pages (section 8 for the commands, 5 for the config file and the whitelist) and
+//!   bash/zsh/fish completions from `blocksmtp generate`;
 //! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright, changelog.gz;
 //! - DEBIAN/: control (Depends from dpkg-shlibdeps), conffiles, md5sums, maintainer
 //!   scripts from packaging/.
@@ -86,17 +87,21 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
         fs::remove_dir_all(&gen_dir)?;
     }
     cmd(Command::new(&sbin).arg("generate").arg(&gen_dir))?;
-    let man1 = stage.join("usr/share/man/man1");
-    fs::create_dir_all(&man1)?;
     let mut pages: Vec<PathBuf> = fs::read_dir(gen_dir.join("man"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     pages.sort();
-    ensure!(pages.iter().any(|p| p.file_name() == Some("blocksmtp.1".as_ref())), "blocksmtp generate wrote no blocksmtp.1");
+    for want in ["blocksmtp.8", "blocksmtp-run.8", "blocksmtp.toml.5", "blocksmtp-whitelist.5"] {
+        ensure!(pages.iter().any(|p| p.file_name() == Some(want.as_ref())), "blocksmtp generate wrote no {want}");
+    }
     for page in &pages {
         let name = page.file_name().expect("a file").to_string_lossy().into_owned();
-        ensure!(name.ends_with(".1"), "unexpected file {name} among the man pages");
-        gzip_to(page, &man1.join(format!("{name}.gz")))?;
+        // /usr/sbin: section 8 (lintian: manual-page-for-system-command); file formats: 5.
+        let section = match name.rsplit_once('.') {
+            Some((_, s @ ("8" | "5"))) => s,
+            _ => bail!("unexpected file {name} among the man pages"),
+        };
+        gzip_to(page, &stage.join(format!("usr/share/man/man{section}/{name}.gz")))?;
     }
     let comp = gen_dir.join("completions");
     install(&comp.join("blocksmtp.bash"), &stage.join("usr/share/bash-completion/completions/blocksmtp"), 0o644)?;
