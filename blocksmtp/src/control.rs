@@ -49,7 +49,8 @@ pub struct Status {
     pub pid: u32,
     pub mode: String,
     pub uptime_secs: u64,
-    /// (interface, attachment) for the xdp mode.
+    /// (interface, attachment) for the xdp mode; JSON: `{"eth0": "xdp-native"}`.
+    #[serde(with = "pairs_as_object")]
     pub interfaces: Vec<(String, String)>,
     pub sources: Vec<SourceStatus>,
     pub lines: u64,
@@ -59,9 +60,67 @@ pub struct Status {
     pub bans_total: u64,
     pub unbans_total: u64,
     pub reaped_total: u64,
-    /// Packet counters of the dataplane, by verdict (xdp mode).
-    #[serde(default)]
+    /// Packet counters of the dataplane, by verdict (xdp mode); JSON: `{"drop": 12, …}`.
+    #[serde(default, with = "pairs_as_object")]
     pub packets: Vec<(String, u64)>,
+}
+
+/// `[(name, value)]` as a JSON object, in order (a reader wants `packets.drop`, not
+/// `packets[3][1]`); the older `[[name, value]]` form is still read.
+mod pairs_as_object {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeMap as _};
+
+    pub fn serialize<S: Serializer, V: Serialize>(pairs: &[(String, V)], s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(pairs.len()))?;
+        for (k, v) in pairs {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+
+    struct PairsVisitor<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for PairsVisitor<V> {
+        type Value = Vec<(String, V)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or an array of [name, value] pairs")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(kv) = m.next_entry()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(kv) = s.next_element()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<Vec<(String, V)>, D::Error> {
+        d.deserialize_any(PairsVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The reply to `ban` / `unban`: what was done, to what, for how long.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BanReply {
+    /// `banned` or `unbanned`.
+    pub action: String,
+    /// The address or IPv6 prefix, as the daemon reads it (`2001:db8::/64`).
+    pub source: String,
+    /// Seconds the ban lasts (`ban` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<u64>,
+    /// The same in words, for people.
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,6 +153,41 @@ pub struct BanRow {
     pub expires_in_secs: u64,
     pub dropped: Option<u64>,
     pub manual: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counters_are_objects_and_old_pairs_still_read() {
+        let st = Status {
+            version: "0.1.0".into(),
+            pid: 1,
+            mode: "xdp".into(),
+            uptime_secs: 2,
+            interfaces: vec![("vs0".into(), "xdp-native".into())],
+            sources: vec![],
+            lines: 0,
+            skipped: 0,
+            guesses: 0,
+            active_bans: 0,
+            bans_total: 0,
+            unbans_total: 0,
+            reaped_total: 0,
+            packets: vec![("pass".into(), 3), ("drop".into(), 12)],
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["interfaces"]["vs0"], "xdp-native", "{v}");
+        assert_eq!(v["packets"]["drop"], 12, "{v}");
+        let back: Status = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back.packets, st.packets, "order kept");
+        let mut old = serde_json::to_value(&st).unwrap();
+        old["packets"] = serde_json::json!([["drop", 5]]);
+        old["interfaces"] = serde_json::json!([["vs0", "tc"]]);
+        let back: Status = serde_json::from_value(old).unwrap();
+        assert_eq!((back.packets, back.interfaces), (vec![("drop".to_string(), 5)], vec![("vs0".to_string(), "tc".to_string())]));
+    }
 }
 
 /// Send one request to the daemon and wait for its reply.
@@ -178,28 +272,41 @@ fn print_human(req: &Request, data: &serde_json::Value) {
         Request::List => match serde_json::from_value::<Vec<BanRow>>(data.clone()) {
             Ok(rows) if rows.is_empty() => println!("no active bans"),
             Ok(rows) => {
-                println!("{:<28} {:>7} {:>10} {:>9}  REASON", "SOURCE", "GUESSES", "EXPIRES IN", "DROPPED");
-                for r in rows {
-                    let dropped = r.dropped.map_or("-".to_string(), |d| d.to_string());
-                    let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
-                    println!(
-                        "{:<28} {:>7} {:>10} {:>9}  {}",
-                        r.source,
-                        r.guesses,
-                        crate::duration::format_duration(Duration::from_secs(r.expires_in_secs)),
-                        dropped,
-                        reason
-                    );
+                // Columns as wide as their widest cell: an IPv6 prefix or `6d23h59m59s` is
+                // never cut or run into the next column.
+                let cells: Vec<[String; 5]> = rows
+                    .into_iter()
+                    .map(|r| {
+                        let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
+                        [
+                            r.source,
+                            r.guesses.to_string(),
+                            crate::duration::format_duration(Duration::from_secs(r.expires_in_secs)),
+                            r.dropped.map_or("-".to_string(), |d| d.to_string()),
+                            reason,
+                        ]
+                    })
+                    .collect();
+                let head = ["SOURCE", "GUESSES", "EXPIRES IN", "DROPPED", "REASON"];
+                let mut w = head.map(str::len);
+                for row in &cells {
+                    for (w, c) in w.iter_mut().zip(row) {
+                        *w = (*w).max(c.chars().count());
+                    }
+                }
+                let print = |c: [&str; 5]| {
+                    println!("{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}", c[0], c[1], c[2], c[3], c[4], w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]);
+                };
+                print(head);
+                for row in &cells {
+                    print([&row[0], &row[1], &row[2], &row[3], &row[4]]);
                 }
             }
             Err(_) => println!("{data}"),
         },
-        Request::Ban { .. } | Request::Unban { .. } => {
-            if let Some(msg) = data.as_str() {
-                println!("{msg}");
-            } else {
-                println!("{data}");
-            }
-        }
+        Request::Ban { .. } | Request::Unban { .. } => match serde_json::from_value::<BanReply>(data.clone()) {
+            Ok(r) => println!("{}", r.message),
+            Err(_) => println!("{}", data.as_str().map_or_else(|| data.to_string(), str::to_string)),
+        },
     }
 }

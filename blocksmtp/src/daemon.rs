@@ -613,7 +613,12 @@ impl Daemon {
                 self.dirty = true;
                 self.end_sessions(src);
                 self.refresh_gauges();
-                Response::ok(format!("banned {src} for {}", format_duration(d)))
+                Response::ok(crate::control::BanReply {
+                    action: "banned".into(),
+                    source: src.to_string(),
+                    secs: Some(d.as_secs()),
+                    message: format!("banned {src} for {}", format_duration(d)),
+                })
             }
             Err(e) => Response::err(format!("ban of {src} failed: {e:#}")),
         }
@@ -631,7 +636,12 @@ impl Daemon {
                 self.dirty = true;
                 log::warn!("unban {src} (manual, from the control socket)");
                 self.refresh_gauges();
-                Response::ok(format!("unbanned {src}"))
+                Response::ok(crate::control::BanReply {
+                    action: "unbanned".into(),
+                    source: src.to_string(),
+                    secs: None,
+                    message: format!("unbanned {src}"),
+                })
             }
             Ok(false) => Response::err(format!("{src} is not banned")),
             Err(e) => Response::err(format!("unban of {src} failed: {e:#}")),
