@@ -226,6 +226,10 @@ pub struct ClientArgs {
 /// Run a client command; prints the result. Exit code 0 on success, 1 when the daemon
 /// refused, 2 when it could not be reached.
 pub fn client_main(args: &ClientArgs, req: Request) -> std::process::ExitCode {
+    if let Request::Ban { secs: Some(0), .. } = req {
+        eprintln!("blocksmtp ban: --for 0 would ban for no time: give a duration (30s, 10m, 1h), or `blocksmtp unban` to lift a ban");
+        return std::process::ExitCode::from(2);
+    }
     let resp = match request(&args.control_socket, &req) {
         Ok(r) => r,
         Err(e) => {

@@ -331,6 +331,14 @@ fn load_whitelist(detect: &DetectArgs) -> anyhow::Result<Whitelist> {
 }
 
 fn start_enforcer(args: &RunArgs, whitelist: &Whitelist) -> anyhow::Result<Box<dyn Enforcer>> {
+    // Not root: say so, rather than a BPF or netfilter EPERM with a tc/iptables hint.
+    if args.mode != Mode::DryRun && unsafe { libc::geteuid() } != 0 {
+        let needs = if args.mode == Mode::Xdp { "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON" } else { "CAP_NET_ADMIN" };
+        bail!(
+            "{} mode: run as root (needs {needs}); `--mode dry-run` or `blocksmtp replay` need no privileges",
+            if args.mode == Mode::Xdp { "xdp" } else { "iptables" }
+        );
+    }
     Ok(match args.mode {
         Mode::Xdp => {
             let interfaces = if args.interfaces.is_empty() {
