@@ -32,7 +32,7 @@ pub enum WhitelistError {
     // `err`, not `source`: the message already says it, an error chain must not repeat it.
     #[error("whitelist {}: {err}", path.display())]
     Io { path: PathBuf, err: std::io::Error },
-    #[error("whitelist {}:{line}: {entry:?} is not an IP address, CIDR prefix or address/netmask", path.display())]
+    #[error("{}:{line}: {entry:?} is not an IP address, CIDR prefix or address/netmask", path.display())]
     BadEntry { path: PathBuf, line: usize, entry: String },
 }
 
@@ -215,7 +215,7 @@ mod tests {
             assert!(msg.starts_with(&format!("/etc/blocksmtp/white-list:{line}: ")), "{msg}");
         }
         let e = Whitelist::load("/nonexistent/blocksmtp-wl").unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/blocksmtp-wl: "), "{e}");
+        assert!(e.to_string().starts_with("whitelist /nonexistent/blocksmtp-wl: "), "{e}");
     }
 
     #[test]
