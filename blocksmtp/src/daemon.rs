@@ -758,6 +758,7 @@ impl Daemon {
             && let Ok(s) = x.stats()
         {
             self.metrics.set_packets(s.by_verdict.iter().map(|(k, v)| (*k, *v)).collect());
+            self.metrics.set_ban_capacity(blocksmtp_common::MAX_BANS.into());
         }
     }
 
