@@ -221,6 +221,9 @@ fn deb_installs_works_and_purges_cleanly() {
     let shipped = std::fs::read_to_string("/etc/blocksmtp/blocksmtp.toml").unwrap();
     let active: Vec<&str> = shipped.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
     assert_eq!(active, vec!["keep-bans = true", "white-list = \"/etc/blocksmtp/whitelist\""], "active settings in the shipped config");
+    // Regenerating the config (`blocksmtp config > /etc/blocksmtp/blocksmtp.toml`) keeps the
+    // shipped whitelist on.
+    assert!(template.lines().any(|l| l == "white-list = \"/etc/blocksmtp/whitelist\""), "blocksmtp config drops the whitelist:\n{template}");
     for line in template.lines().filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.starts_with("# white-list ") && !l.starts_with("# keep-bans ")) {
         assert!(shipped.contains(line), "shipped config lacks {line:?}");
     }

@@ -31,7 +31,7 @@ use crate::{cmd, cmd_output};
 
 const PKG: &str = "blocksmtp";
 /// The line of `blocksmtp config` that the shipped config uncomments.
-const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"FILE\"   (not set)";
+const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"/etc/blocksmtp/whitelist\"   # not set; for example";
 const WHITELIST_SHIPPED_LINE: &str = "white-list = \"/etc/blocksmtp/whitelist\"";
 /// The keep-bans line of `blocksmtp config`, and what the package ships instead: a
 /// restart or an upgrade (postinst restarts the unit) must not lift the bans.
@@ -205,12 +205,18 @@ fn changelog_head(path: &Path) -> anyhow::Result<(String, u64)> {
 /// `blocksmtp config` with the whitelist and keep-bans lines switched on: the whitelist
 /// file ships, and bans must survive restarts and upgrades.
 fn shipped_config(template: &str) -> anyhow::Result<String> {
-    for line in [WHITELIST_DEFAULT_LINE, KEEP_BANS_DEFAULT_LINE] {
-        let n = template.lines().filter(|l| *l == line).count();
-        ensure!(n == 1, "`blocksmtp config` has {n} lines `{line}` (expected one): update xtask/src/deb.rs");
-    }
+    // On a build host where the package is installed, `blocksmtp config` already has the
+    // whitelist on (the file exists): the same result.
+    let count = |line: &str| template.lines().filter(|l| *l == line).count();
+    let wl = count(WHITELIST_DEFAULT_LINE) + count(WHITELIST_SHIPPED_LINE);
+    ensure!(wl == 1, "`blocksmtp config` has {wl} lines `{WHITELIST_DEFAULT_LINE}` or `{WHITELIST_SHIPPED_LINE}` (expected one): update xtask/src/deb.rs");
+    let kb = count(KEEP_BANS_DEFAULT_LINE);
+    ensure!(kb == 1, "`blocksmtp config` has {kb} lines `{KEEP_BANS_DEFAULT_LINE}` (expected one): update xtask/src/deb.rs");
     let mut out = String::new();
     for line in template.lines() {
+        if line.starts_with("# (on: /etc/blocksmtp/whitelist exists)") {
+            continue;
+        }
         out.push_str(match line {
             WHITELIST_DEFAULT_LINE => WHITELIST_SHIPPED_LINE,
             KEEP_BANS_DEFAULT_LINE => KEEP_BANS_SHIPPED_LINE,
@@ -346,13 +352,15 @@ mod tests {
 
     #[test]
     fn shipped_config_switches_on_the_whitelist_and_keep_bans_only() {
-        let t = "# header\n\n# Whitelist file.\n# white-list = \"FILE\"   (not set)\n\n# keep-bans = false\n# max-unknown = 5\n";
+        let t = "# header\n\n# Whitelist file.\n# white-list = \"/etc/blocksmtp/whitelist\"   # not set; for example\n\n# keep-bans = false\n# max-unknown = 5\n";
         let c = shipped_config(t).unwrap();
         assert!(c.contains("\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"), "{c}");
         assert!(c.contains("\nkeep-bans = true\n"), "{c}");
         assert!(!c.contains(WHITELIST_DEFAULT_LINE) && !c.contains(KEEP_BANS_DEFAULT_LINE), "{c}");
         assert!(c.contains("# max-unknown = 5\n"), "{c}");
         assert!(shipped_config("# max-unknown = 5\n").is_err(), "a template without the line is an error");
+        let on = "# (on: /etc/blocksmtp/whitelist exists)\nwhite-list = \"/etc/blocksmtp/whitelist\"\n# keep-bans = false\n";
+        assert_eq!(shipped_config(on).unwrap(), "white-list = \"/etc/blocksmtp/whitelist\"\nkeep-bans = true\n");
     }
 
     #[test]
