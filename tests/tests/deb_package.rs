@@ -169,6 +169,7 @@ fn deb_installs_works_and_purges_cleanly() {
     for field in ["Depends: libc6", "Recommends: iptables", "Suggests: sendmail-bin | postfix | exim4", "Section: mail"] {
         assert!(control.contains(field), "control lacks {field:?}:\n{control}");
     }
+    assert!(!control.contains("example.invalid"), "placeholder in the control file:\n{control}");
 
     ok("dpkg", &["-i", deb]);
     assert!(installed(), "dpkg -i did not leave {PKG} installed");
@@ -201,6 +202,12 @@ fn deb_installs_works_and_purges_cleanly() {
         let text = if path.ends_with(".gz") { gunzip(path) } else { std::fs::read_to_string(path).unwrap() };
         assert!(text.contains(needle), "{path} lacks {needle:?}");
     }
+    // Every bundled crate's licence, from Cargo.lock; no placeholder anywhere.
+    let copyright = std::fs::read_to_string("/usr/share/doc/blocksmtp/copyright").unwrap();
+    for needle in ["\nFiles: crates/aya-0.", "\nFiles: crates/tokio-", "\nFiles: crates/aya-ebpf-", "\nLicense: MIT\n ", "\nLicense: Apache-2.0\n "] {
+        assert!(copyright.contains(needle), "copyright lacks {needle:?}");
+    }
+    assert!(!copyright.contains("example.invalid") && !gunzip("/usr/share/doc/blocksmtp/changelog.gz").contains("example.invalid"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/usr/sbin/blocksmtp").unwrap().permissions());
     assert_eq!(mode & 0o7777, 0o755, "/usr/sbin/blocksmtp mode");
     let man = gunzip("/usr/share/man/man8/blocksmtp.8.gz");

@@ -10,7 +10,8 @@
 //!   (conffile, comments only);
 //! - man pages (section 8 for the commands, 5 for the config file and the whitelist) and
 //!   bash/zsh/fish completions from `blocksmtp generate`;
-//! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright, changelog.gz;
+//! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright (every bundled crate's
+//!   licence, see `copyright`), changelog.gz;
 //! - DEBIAN/: control (Depends from dpkg-shlibdeps), conffiles, md5sums, maintainer
 //!   scripts from packaging/.
 //!
@@ -53,7 +54,12 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     }
 
     let version = cargo_version(&root)?;
-    let (cl_version, timestamp) = changelog_head(&packaging.join("changelog"))?;
+    fs::create_dir_all(crate::target_dir().join("debian"))?;
+    // The changelog with the packager filled in (Maintainer and the entries' trailers).
+    let maintainer = maintainer(&root)?;
+    let changelog = crate::target_dir().join("debian/changelog");
+    fs::write(&changelog, fs::read_to_string(packaging.join("changelog"))?.replace("@MAINTAINER@", &maintainer))?;
+    let (cl_version, timestamp) = changelog_head(&changelog)?;
     ensure!(
         cl_version == version,
         "packaging/changelog's latest entry is {cl_version}, Cargo.toml says {version}: add a changelog entry \
@@ -111,9 +117,9 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     let doc = stage.join("usr/share/doc").join(PKG);
     install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
     install(&packaging.join("README.Debian"), &doc.join("README.Debian"), 0o644)?;
-    install(&packaging.join("copyright"), &doc.join("copyright"), 0o644)?;
+    install(&crate::copyright::current(&root, &out_dir)?, &doc.join("copyright"), 0o644)?;
     fs::create_dir_all(&doc)?;
-    gzip_to(&packaging.join("changelog"), &doc.join("changelog.gz"))?;
+    gzip_to(&changelog, &doc.join("changelog.gz"))?;
 
     // DEBIAN/
     let debian = stage.join("DEBIAN");
@@ -133,6 +139,7 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
         .replace("@VERSION@", &version)
         .replace("@ARCH@", &arch)
         .replace("@DEPENDS@", &depends)
+        .replace("@MAINTAINER@", &maintainer)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
     if let Some(p) = placeholder(&control) {
         bail!("packaging/control has an unknown placeholder {p}");
@@ -172,6 +179,36 @@ fn need_tools() -> anyhow::Result<()> {
         crate::setup::debian_packages(&pkgs, &mut changed)?;
     }
     Ok(())
+}
+
+/// Who builds the package, `Name <email>`: DEBFULLNAME and DEBEMAIL (as dch reads them;
+/// DEBEMAIL may be `Name <email>` itself), else git's user.name and user.email, else the
+/// last commit's author. No made-up address goes into a package.
+fn maintainer(root: &Path) -> anyhow::Result<String> {
+    let env = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(mail) = env("DEBEMAIL") {
+        if mail.contains('<') {
+            return Ok(mail);
+        }
+        if let Some(name) = env("DEBFULLNAME") {
+            return Ok(format!("{name} <{mail}>"));
+        }
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    if let (Some(n), Some(m)) = (git(&["config", "user.name"]), git(&["config", "user.email"])) {
+        return Ok(format!("{n} <{m}>"));
+    }
+    git(&["log", "-1", "--format=%an <%ae>"])
+        .context("no maintainer: set DEBFULLNAME and DEBEMAIL (or git's user.name and user.email)")
 }
 
 /// The workspace's package version, from `cargo metadata`-free parsing of Cargo.toml.
