@@ -444,7 +444,9 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
         out.push(SourceHandle { name, positions: ptx, task });
     }
     if journal {
-        let mut j = Journal::spawn(&JournalOptions::default()).context("reading the journal")?;
+        // journalctl already leaves out other users' entries (the parser checks again).
+        let opts = JournalOptions { uids: args.detect.journal_trust().uids, ..JournalOptions::default() };
+        let mut j = Journal::spawn(&opts).context("reading the journal")?;
         let (ptx, mut prx) = mpsc::channel::<oneshot::Sender<Vec<SourceStatus>>>(4);
         let tx = tx.clone();
         let task = tokio::spawn(async move {

@@ -213,6 +213,25 @@ impl JournalTrust {
         }
     }
 
+    /// The defaults, with `users` (names or uids) and `exes` replacing theirs where given.
+    /// A user that does not exist here is skipped (root is always trusted).
+    pub fn configured(users: &[String], exes: &[String]) -> Self {
+        let mut t = Self::mta_defaults();
+        if !users.is_empty() {
+            let mut uids: Vec<u32> = users.iter().filter_map(|u| u.parse().ok().or_else(|| user_uid(u))).collect();
+            if !uids.contains(&0) {
+                uids.insert(0, 0);
+            }
+            uids.sort_unstable();
+            uids.dedup();
+            t.uids = uids;
+        }
+        if !exes.is_empty() {
+            t.exes = exes.to_vec();
+        }
+        t
+    }
+
     /// Whether an entry with these trusted fields came from the MTA.
     pub fn trusts(&self, o: &journald::Origin<'_>) -> bool {
         let Some(uid) = o.uid else { return true };
@@ -424,6 +443,8 @@ mod tests {
             assert_eq!(kind(line.as_bytes(), &d), *want, "{line}");
         }
         assert_eq!(user_uid("root"), Some(0));
+        let c = JournalTrust::configured(&["107".into(), "no-such-user-here".into()], &["/opt/mta/bin/".into()]);
+        assert_eq!((c.uids, c.exes), (vec![0, 107], vec!["/opt/mta/bin/".to_string()]));
         assert!(JournalTrust::mta_defaults().uids.contains(&0));
     }
 
