@@ -51,8 +51,9 @@ pub struct DetectArgs {
     /// _UID). Default: root, postfix, Debian-exim, exim, mail.
     #[arg(long, value_name = "USER")]
     pub journal_trusted_user: Vec<String>,
-    /// ... and of these programs (repeatable; journald's _EXE; a path ending in / takes
-    /// the programs under it). Default: sendmail's, Postfix's and Exim's usual paths.
+    /// Journal lines count only from these programs (repeatable; journald's _EXE; a path
+    /// ending in / takes the programs under it). Default: sendmail's, Postfix's and Exim's
+    /// usual paths (/usr/lib/sm.bin/, /usr/lib/postfix/, /usr/sbin/exim4, …).
     #[arg(long, value_name = "PATH")]
     pub journal_trusted_exe: Vec<String>,
 }

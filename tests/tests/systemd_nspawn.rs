@@ -50,9 +50,14 @@ const FORGED: &str = "192.0.2.68";
 const JOURNAL_HARVESTER_2: &str = "192.0.2.69";
 const FILE_HARVESTER: &str = "192.0.2.70";
 const UPGRADE_HARVESTER: &str = "192.0.2.71";
+const POSTFIX_HARVESTER: &str = "192.0.2.72";
+const EXIM_HARVESTER: &str = "192.0.2.73";
 /// Where Debian's sendmail binary lives (`/usr/sbin/sendmail-mta` links to it): the path
 /// journald records as _EXE for sendmail's lines.
 const SENDMAIL_EXE: &str = "/usr/lib/sm.bin/sendmail";
+/// Postfix's smtpd and Debian's Exim, likewise.
+const POSTFIX_SMTPD_EXE: &str = "/usr/lib/postfix/sbin/smtpd";
+const EXIM_EXE: &str = "/usr/sbin/exim4";
 
 fn output(c: &mut Command) -> Output {
     c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
@@ -196,7 +201,16 @@ impl Container {
         server.ip(&["link", "set", "vs0", "up"]).unwrap();
         // The daemon attaches to the default route's interface.
         server.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "vs0"]).unwrap();
-        for a in [JOURNAL_HARVESTER, INNOCENT, FORGED, JOURNAL_HARVESTER_2, FILE_HARVESTER, UPGRADE_HARVESTER] {
+        for a in [
+            JOURNAL_HARVESTER,
+            INNOCENT,
+            FORGED,
+            JOURNAL_HARVESTER_2,
+            FILE_HARVESTER,
+            UPGRADE_HARVESTER,
+            POSTFIX_HARVESTER,
+            EXIM_HARVESTER,
+        ] {
             client.ip(&["addr", "add", &format!("{a}/24"), "dev", "vc0"]).unwrap();
         }
         client.ip(&["link", "set", "vc0", "up"]).unwrap();
@@ -235,8 +249,11 @@ impl Container {
         )
         .unwrap();
         // sendmail, as journald sees it: a program at sendmail's path, run as root.
-        fs::create_dir_all(r.join("usr/lib/sm.bin")).unwrap();
-        fs::copy(r.join("usr/bin/logger"), r.join(SENDMAIL_EXE.trim_start_matches('/'))).unwrap();
+        for exe in [SENDMAIL_EXE, POSTFIX_SMTPD_EXE, EXIM_EXE] {
+            let to = r.join(exe.trim_start_matches('/'));
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(r.join("usr/bin/logger"), to).unwrap();
+        }
         c.root = Some(root);
 
         let console = fs::File::create(&c.log).unwrap();
@@ -460,6 +477,12 @@ fn package_on_debian_12_systemd() {
     // Protects out of the box: active, never restarted, xdp mode, a program attached.
     assert_eq!(c.unit("ActiveState"), "active", "{}", c.diagnostics());
     assert_eq!(c.unit("NRestarts"), "0", "the unit restarted\n{}", c.diagnostics());
+    // The sandbox and limits as systemd 252 reads them.
+    assert_eq!(c.unit("StartLimitBurst"), "5");
+    assert_eq!(c.unit("StartLimitIntervalUSec"), "5min");
+    assert_eq!(c.unit("SystemCallErrorNumber"), "1", "SystemCallErrorNumber=EPERM");
+    assert!(c.unit("ExecReload").contains("path=/usr/sbin/blocksmtp ; argv[]=/usr/sbin/blocksmtp reload"), "{}", c.unit("ExecReload"));
+    assert_eq!(c.unit("ProtectKernelTunables"), "no");
     let status: serde_json::Value = serde_json::from_str(&c.ok(&["blocksmtp", "status", "--json"])).unwrap();
     assert_eq!(status["data"]["mode"], "xdp", "{status}");
     // No mail log in the container: the journal, whose lines say who wrote them.
@@ -498,6 +521,27 @@ fn package_on_debian_12_systemd() {
     );
     c.feed_and_linger(&[SENDMAIL_EXE, "-t", "sm-mta", "--id=4246"], &sendmail_harvest("6B1B0AAd004246", JOURNAL_HARVESTER_2), linger);
     c.wait_banned(JOURNAL_HARVESTER_2, "journal harvest after the forged lines");
+
+    // Postfix's submission service (`-o syslog_name=postfix/submission`) and Exim with
+    // its own timestamp in the message: read from the journal as well.
+    let postfix: String = (1..=6)
+        .map(|i| {
+            format!(
+                "NOQUEUE: reject: RCPT from unknown[{POSTFIX_HARVESTER}]: 550 5.1.1 <p{i}@example.com>: Recipient address \
+                 rejected: User unknown in local recipient table; from=<> to=<p{i}@example.com> proto=ESMTP helo=<x>\n"
+            )
+        })
+        .collect();
+    c.feed_and_linger(&[POSTFIX_SMTPD_EXE, "-t", "postfix/submission/smtpd", "--id=4250"], &postfix, linger);
+    c.wait_banned(POSTFIX_HARVESTER, "postfix/submission/smtpd harvest in the journal");
+    let exim: String = (1..=12)
+        .map(|i| {
+            let reason = if i <= 10 { "Unrouteable address".to_string() } else { format!("REJECT [{EXIM_HARVESTER}]: bad recipient count high [{i}]") };
+            format!("2026-12-01 11:00:{i:02} H=(x) [{EXIM_HARVESTER}]:4{i:04} I=[{SERVER}]:25 F=<> rejected RCPT <e{i}@example.com>: {reason}\n")
+        })
+        .collect();
+    c.feed_and_linger(&[EXIM_EXE, "-t", "exim", "--id=4251"], &exim, linger);
+    c.wait_banned(EXIM_HARVESTER, "exim harvest in the journal");
     assert!(c.connects(FORGED), "a forged journal line banned {FORGED}\n{}", c.listed());
     assert!(!c.listed().contains(FORGED), "a forged journal line banned {FORGED}:\n{}", c.listed());
 
