@@ -491,6 +491,10 @@ fn package_on_debian_12_systemd() {
     let attached = c.attached();
     assert!(attached.contains("xdp:") || attached.contains("tc"), "nothing attached to vs0 after install: {attached:?}");
     assert!(fs::read_dir(c.bpffs.as_ref().unwrap().path().join("blocksmtp")).is_ok(), "no pins under /sys/fs/bpf/blocksmtp");
+    if attached.contains("xdp:") {
+        let link = ok(Command::new("ip").args(["-n", &c.server.name, "-d", "link", "show", "dev", "vs0"]));
+        assert!(link.contains("prog/xdp"), "ip link does not show the XDP program:\n{link}");
+    }
 
     // A harvest logged through the journal by sendmail (its binary, as root).
     let linger = Duration::from_millis(1500);
@@ -600,6 +604,8 @@ fn package_on_debian_12_systemd() {
     // apt remove: nothing attached any more, nothing dropped, no pins; config kept.
     c.ok(&["apt-get", "remove", "-y", "blocksmtp"]);
     assert_eq!(c.attached(), "", "programs still attached after apt remove");
+    let link = ok(Command::new("ip").args(["-n", &c.server.name, "-d", "link", "show", "dev", "vs0"]));
+    assert!(!link.contains("prog/xdp") && !link.contains(" xdp"), "XDP still on vs0 after apt remove:\n{link}");
     assert!(c.connects(JOURNAL_HARVESTER), "{JOURNAL_HARVESTER} still dropped after apt remove");
     assert!(!c.bpffs.as_ref().unwrap().path().join("blocksmtp").exists(), "pins left after apt remove");
     assert!(c.exec(&["test", "-f", "/etc/blocksmtp/blocksmtp.toml"]).status.success(), "apt remove must keep the config");
