@@ -601,6 +601,31 @@ fn package_on_debian_12_systemd() {
     }
     assert!(!c.connects(JOURNAL_HARVESTER), "{JOURNAL_HARVESTER} connects after the reload");
 
+    // A broken config: the restart fails at once (no restart loop), and the bans stay in
+    // force meanwhile (keep-bans: the pinned program goes on dropping).
+    let config = c.ok(&["cat", "/etc/blocksmtp/blocksmtp.toml"]);
+    c.feed(&["sh", "-c", "cat >> /etc/blocksmtp/blocksmtp.toml"], "max-unknown = \"many\"\n");
+    let _ = c.exec(&["systemctl", "restart", "blocksmtp.service"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.unit("ActiveState") != "failed" {
+        assert!(Instant::now() < deadline, "a broken config did not fail the unit:\n{}", c.diagnostics());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(c.unit("ActiveState"), "failed", "the unit restarted on a config error\n{}", c.diagnostics());
+    assert_eq!(c.unit("NRestarts"), "0", "the unit restarted on a config error\n{}", c.diagnostics());
+    let journal = c.ok(&["journalctl", "--no-pager", "-u", "blocksmtp", "-n", "20"]);
+    assert!(journal.contains("key `max-unknown`"), "the journal does not name the bad key:\n{journal}");
+    assert!(!c.connects(JOURNAL_HARVESTER), "{JOURNAL_HARVESTER} let in while the daemon is down");
+    c.feed(&["sh", "-c", "cat > /etc/blocksmtp/blocksmtp.toml"], &config);
+    c.ok(&["systemctl", "start", "blocksmtp.service"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.exec(&["blocksmtp", "status"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the fixed config does not start:\n{}", c.diagnostics());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(c.listed().contains(JOURNAL_HARVESTER), "bans not taken over after the failed start:\n{}", c.listed());
+
     // apt remove: nothing attached any more, nothing dropped, no pins; config kept.
     c.ok(&["apt-get", "remove", "-y", "blocksmtp"]);
     assert_eq!(c.attached(), "", "programs still attached after apt remove");
