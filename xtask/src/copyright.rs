@@ -132,7 +132,8 @@ fn generate(root: &Path) -> anyhow::Result<String> {
         (about(root, "blocksmtp-ebpf/Cargo.toml", Some("bpfel-unknown-none"))?, "the eBPF object inside /usr/sbin/blocksmtp"),
     ];
     // (name, version) -> (package, published expression, licences used here, where).
-    let mut crates: BTreeMap<(String, String), (Package, String, BTreeSet<String>, BTreeSet<&str>)> = BTreeMap::new();
+    type Bundled<'a> = (Package, String, BTreeSet<String>, BTreeSet<&'a str>);
+    let mut crates: BTreeMap<(String, String), Bundled<'_>> = BTreeMap::new();
     let mut texts: BTreeMap<String, String> = BTreeMap::new();
     for (a, place) in &runs {
         for c in &a.crates {
