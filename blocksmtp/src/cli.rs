@@ -32,7 +32,7 @@ pub enum Mode {
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     /// Follow this log file (repeatable). Default: /var/log/mail.log if present, else
-    /// /var/log/maillog, else the journal.
+    /// /var/log/maillog, and /var/log/exim4/mainlog if present; with none of them, the journal.
     #[arg(long = "log", visible_alias = "syslog-msgs-file", value_name = "FILE")]
     pub log: Vec<PathBuf>,
     /// Read the systemd journal (journalctl -f -o json).
@@ -225,8 +225,7 @@ pub enum Command {
     },
     /// Print a config file with every option of `run` at its default, commented out.
     Config,
-    /// Write the man page and shell completions into DIR (used for packaging).
-    #[command(hide = true)]
+    /// Write the man pages (sections 8 and 5) and bash, zsh and fish completions into DIR (for packagers).
     Generate { dir: std::path::PathBuf },
 }
 
@@ -284,19 +283,167 @@ pub enum CliError {
     Config(anyhow::Error),
 }
 
-/// Write `blocksmtp.1` (+ one page per subcommand) and completions for bash, zsh, fish.
+/// Write the man pages — `blocksmtp.8` and one `blocksmtp-CMD.8` per subcommand (the
+/// binary is in /usr/sbin: section 8), `blocksmtp.toml.5` (the config file) and
+/// `blocksmtp-whitelist.5` — into DIR/man, and completions for bash, zsh and fish into
+/// DIR/completions, `--interface` completing the host's interface names.
 pub fn generate(dir: &std::path::Path) -> anyhow::Result<()> {
     let man = dir.join("man");
     let comp = dir.join("completions");
     std::fs::create_dir_all(&man)?;
     std::fs::create_dir_all(&comp)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let write_page = |c: &clap::Command, extra: &str| -> anyhow::Result<()> {
+        let page = clap_mangen::Man::new(c.clone()).section("8").manual("System Administration");
+        let mut out = Vec::new();
+        page.render(&mut out)?;
+        for part in [MAN_EXIT, MAN_FILES, extra, MAN_SEE_ALSO] {
+            out.extend_from_slice(part.as_bytes());
+        }
+        std::fs::write(man.join(page.get_filename()), out).context("writing man pages")?;
+        Ok(())
+    };
+    write_page(&cmd, MAN_MAIN_EXTRA)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let extra = match sub.get_name() {
+            "run" => MAN_RUN_EXTRA,
+            "replay" => MAN_REPLAY_EXTRA,
+            _ => MAN_CLIENT_EXTRA,
+        };
+        write_page(sub, extra)?;
+    }
+    let run_cmd = cmd.find_subcommand("run").expect("run subcommand");
+    std::fs::write(man.join("blocksmtp.toml.5"), config_page(run_cmd)).context("writing blocksmtp.toml.5")?;
+    std::fs::write(man.join("blocksmtp-whitelist.5"), MAN_WHITELIST).context("writing blocksmtp-whitelist.5")?;
+
     let cmd = Cli::command();
-    clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
     for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), "blocksmtp", &comp).context("writing completions")?;
+        let path = clap_complete::generate_to(shell, &mut cmd.clone(), "blocksmtp", &comp).context("writing completions")?;
+        let text = std::fs::read_to_string(&path)?;
+        let fixed = complete_interfaces(shell, &text)
+            .with_context(|| format!("{}: no --interface completion to adjust (clap_complete changed its output?)", path.display()))?;
+        std::fs::write(&path, fixed)?;
     }
     Ok(())
 }
+
+/// `--interface` completes interface names (clap has no value hint for them).
+fn complete_interfaces(shell: clap_complete::Shell, text: &str) -> Option<String> {
+    let (from, to) = match shell {
+        clap_complete::Shell::Bash => (
+            "                --interface)\n                    COMPREPLY=($(compgen -f \"${cur}\"))",
+            "                --interface)\n                    COMPREPLY=($(compgen -W \"$(ls /sys/class/net 2>/dev/null)\" -- \"${cur}\"))",
+        ),
+        clap_complete::Shell::Zsh => (":IFACE:_default'", ":IFACE:_net_interfaces'"),
+        clap_complete::Shell::Fish => ("-l interface -d ", "-l interface -f -a \"(__fish_print_interfaces)\" -d "),
+        _ => return Some(text.to_string()),
+    };
+    text.contains(from).then(|| text.replacen(from, to, 1))
+}
+
+/// roff: escape backslashes and leading dots/quotes of a text line, hyphens as `\-`.
+fn roff_text(s: &str) -> String {
+    let s = s.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') { format!("\\&{s}") } else { s }
+}
+
+/// blocksmtp.toml(5): the format, then every key with its help and default, from the
+/// same definition as `blocksmtp config`.
+fn config_page(run_cmd: &clap::Command) -> String {
+    let mut out = String::from(MAN_CONFIG_HEAD);
+    out.push_str(".SH KEYS\n");
+    // The template gives each key's help first, then `# key = default`.
+    let mut help = Vec::new();
+    for line in crate::config::template(run_cmd).lines() {
+        let Some(text) = line.strip_prefix("# ") else {
+            help.clear();
+            continue;
+        };
+        if text.starts_with("blocksmtp configuration:") || text.starts_with("Uncomment to change.") {
+            continue;
+        }
+        if text.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && !k.contains(' ')) {
+            out.push_str(&format!(".TP\n\\fB{}\\fR\n", roff_text(text)));
+            for h in help.drain(..) {
+                out.push_str(&format!("{}\n", roff_text(h)));
+            }
+        } else {
+            help.push(text);
+        }
+    }
+    out.push_str(MAN_CONFIG_TAIL);
+    out
+}
+
+const MAN_SEE_ALSO: &str = ".SH \"SEE ALSO\"\n\\fBblocksmtp\\fR(8), \\fBblocksmtp\\-run\\fR(8), \\fBblocksmtp\\-replay\\fR(8), \
+\\fBblocksmtp.toml\\fR(5), \\fBblocksmtp\\-whitelist\\fR(5), \\fBjournalctl\\fR(1), \\fBsystemctl\\fR(1), \\fBiptables\\fR(8), \
+\\fBbpftool\\fR(8), /usr/share/doc/blocksmtp/README.Debian\n";
+
+const MAN_FILES: &str = ".SH FILES\n\
+.TP\n/etc/blocksmtp/blocksmtp.toml\nSettings: every long option of \\fBrun\\fR as a key (see \\fBblocksmtp.toml\\fR(5)); \\fBreplay\\fR reads its detection keys too.\n\
+.TP\n/etc/blocksmtp/whitelist\nHosts never banned (see \\fBblocksmtp\\-whitelist\\fR(5)).\n\
+.TP\n/var/lib/blocksmtp/state.json\nOffence history and ban details, kept across restarts.\n\
+.TP\n/run/blocksmtp/control.sock\nControl socket of the running daemon (root only): \\fBstatus\\fR, \\fBlist\\fR, \\fBban\\fR, \\fBunban\\fR.\n\
+.TP\n/sys/fs/bpf/blocksmtp/\nPinned maps and links (xdp mode); removing the link pins detaches the programs.\n\
+.TP\n/var/log/mail.log, /var/log/maillog, /var/log/exim4/mainlog\nThe logs followed when none is named; with none of them, the systemd journal.\n";
+
+const MAN_EXIT: &str = ".SH \"EXIT STATUS\"\n\
+.TP\n0\nSuccess (\\fBrun\\fR: a clean stop).\n\
+.TP\n1\nFailure: the daemon could not start or stopped on an error; the control command was refused (the reason is printed).\n\
+.TP\n2\nBad arguments, a bad config file or whitelist (the message names file, line and key), unreadable input, or no daemon on the control socket.\n";
+
+const MAN_MAIN_EXTRA: &str = concat!(
+    ".SH SIGNALS\n",
+    ".TP\nSIGTERM, SIGINT\nClean stop: the daemon detaches its programs and removes its pins (or its iptables chain), unless \\fBkeep\\-bans\\fR is set.\n",
+    ".TP\nSIGHUP\nRe\\-read the config file and the whitelist and reopen the logs; a rejected config is logged and the old one kept (\\fBsystemctl reload\\fR reports the reason).\n",
+    ".SH EXAMPLES\n",
+    "Dry run over the current and the last rotated mail log, as any user:\n.PP\n.RS\nblocksmtp replay /var/log/mail.log /var/log/mail.log.1\n.RE\n.PP\n",
+    "The running daemon, its bans, a ban and its lifting by hand:\n.PP\n.RS\nblocksmtp status\n.br\nblocksmtp list\n.br\nblocksmtp ban 192.0.2.66 \\-\\-for 1h\n.br\nblocksmtp unban 192.0.2.66\n.RE\n.PP\n",
+    "A fresh config file with every option at its default:\n.PP\n.RS\nblocksmtp config > /tmp/blocksmtp.toml\n.RE\n",
+);
+
+const MAN_RUN_EXTRA: &str = concat!(
+    ".SH SIGNALS\n",
+    ".TP\nSIGTERM, SIGINT\nClean stop: detach the programs and remove the pins (or the iptables chain), unless \\fBkeep\\-bans\\fR is set.\n",
+    ".TP\nSIGHUP\nRe\\-read the config file and the whitelist and reopen the logs.\n",
+    ".SH EXAMPLES\n",
+    "Under systemd the unit runs \\fBblocksmtp run\\fR with /etc/blocksmtp/blocksmtp.toml. By hand, iptables mode following one log:\n.PP\n.RS\nblocksmtp run \\-\\-mode iptables \\-\\-log /var/log/mail.log\n.RE\n.PP\n",
+    "XDP on two interfaces, the bans kept in force across restarts:\n.PP\n.RS\nblocksmtp run \\-\\-interface eth0 \\-\\-interface eth1 \\-\\-keep\\-bans\n.RE\n",
+);
+
+const MAN_REPLAY_EXTRA: &str = concat!(
+    ".SH EXAMPLES\n",
+    "Rotated logs, compressed or not, in any order (they are read oldest first):\n.PP\n.RS\nblocksmtp replay /var/log/mail.log /var/log/mail.log.1 /var/log/mail.log.2.gz\n.RE\n.PP\n",
+    "The journal, as JSON, with a stricter threshold than the config file's:\n.PP\n.RS\njournalctl \\-o json \\-\\-since today | blocksmtp replay \\-\\-json \\-\\-max\\-unknown 3 \\-\n.RE\n",
+);
+
+const MAN_CLIENT_EXTRA: &str = ".SH EXAMPLES\n.RS\nblocksmtp status \\-\\-json\n.br\nblocksmtp list\n.br\nblocksmtp ban 2001:db8::/64 \\-\\-for 7d\n.RE\n";
+
+const MAN_CONFIG_HEAD: &str = ".TH blocksmtp.toml 5 \"\" \"blocksmtp\" \"File Formats\"\n\
+.SH NAME\nblocksmtp.toml \\- settings of the blocksmtp daemon\n\
+.SH SYNOPSIS\n/etc/blocksmtp/blocksmtp.toml\n\
+.SH DESCRIPTION\nA TOML file of \\fIkey\\fR = \\fIvalue\\fR lines, one per option of \\fBblocksmtp run\\fR: the key is the long option's name \
+(\\fBmax\\-unknown\\fR, or \\fBmax_unknown\\fR), the value a string, number, boolean, or an array for repeatable options. \
+The command line wins over the file. Values go through the same checks as the command line; an unknown key or a bad value is an \
+error naming the file, the line and the key, and the daemon does not start (or, on reload, keeps its old settings). \
+\\fBblocksmtp replay\\fR reads the detection keys of the same file. \\fBblocksmtp config\\fR prints every key at its default, commented out.\n";
+
+const MAN_CONFIG_TAIL: &str = ".SH EXAMPLE\n.RS\nwhite\\-list = \"/etc/blocksmtp/whitelist\"\n.br\nkeep\\-bans = true\n.br\nmax\\-unknown = 5\n.br\nwindow = \"10m\"\n.br\nlog = [\"/var/log/mail.log\"]\n.RE\n\
+.SH \"SEE ALSO\"\n\\fBblocksmtp\\fR(8), \\fBblocksmtp\\-run\\fR(8), \\fBblocksmtp\\-whitelist\\fR(5)\n";
+
+const MAN_WHITELIST: &str = ".TH blocksmtp\\-whitelist 5 \"\" \"blocksmtp\" \"File Formats\"\n\
+.SH NAME\nblocksmtp\\-whitelist \\- hosts blocksmtp never bans\n\
+.SH SYNOPSIS\n/etc/blocksmtp/whitelist (the config key \\fBwhite\\-list\\fR names the file)\n\
+.SH DESCRIPTION\nOne entry per line: an IPv4 or IPv6 address, a CIDR prefix, or an IPv4 address with a netmask. \
+A \\fB#\\fR in column zero starts a comment; blank lines are allowed; blanks around an entry are ignored. \
+A bad entry is an error naming the file and the line: the daemon does not start, or on reload keeps the old list. \
+Loopback (127.0.0.0/8, ::1) is always whitelisted.\n.PP\n\
+Guesses from a whitelisted address are not counted. A source is not banned when the whitelist overlaps it in any way: \
+an IPv6 source is banned per prefix (\\fBv6\\-prefix\\fR, /64 by default), and a prefix holding one whitelisted host is not banned.\n\
+.SH EXAMPLE\n.nf\n# our own relays\n192.0.2.25\n198.51.100.0/24\n192.0.2.0/255.255.255.0\n2001:db8::/48\n.fi\n\
+.SH FILES\n/etc/blocksmtp/whitelist\n\
+.SH \"SEE ALSO\"\n\\fBblocksmtp\\fR(8), \\fBblocksmtp.toml\\fR(5)\n";
 
 #[cfg(test)]
 mod tests {
@@ -362,6 +509,26 @@ mod tests {
         let cli = Cli::try_parse_from(argv(&["blocksmtp", "run", "--mailer-port", "0"])).unwrap();
         let Command::Run(r) = cli.command else { panic!("not run") };
         assert_eq!(r.validate().unwrap_err().to_string(), "--mailer-port must be a TCP port (1-65535), not 0");
+    }
+
+    #[test]
+    fn generate_writes_section_8_and_5_pages_and_interface_completion() {
+        let d = tempfile::tempdir().unwrap();
+        generate(d.path()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        let main = read("man/blocksmtp.8");
+        assert!(main.starts_with(".ie") || main.contains(".TH blocksmtp 8"), "{}", &main[..200]);
+        for s in [".SH \"EXIT STATUS\"", ".SH FILES", ".SH SIGNALS", ".SH EXAMPLES", ".SH \"SEE ALSO\""] {
+            assert!(main.contains(s), "blocksmtp.8 lacks {s}");
+        }
+        assert!(read("man/blocksmtp-run.8").contains(".TH blocksmtp-run 8"));
+        let toml = read("man/blocksmtp.toml.5");
+        assert!(toml.contains(".TH blocksmtp.toml 5") && toml.contains("\\fBmax\\-unknown = 5\\fR"), "{toml}");
+        assert!(read("man/blocksmtp-whitelist.5").contains("column zero"));
+        assert!(!d.path().join("man/blocksmtp.1").exists());
+        assert!(read("completions/blocksmtp.bash").contains("/sys/class/net"));
+        assert!(read("completions/_blocksmtp").contains(":IFACE:_net_interfaces"));
+        assert!(read("completions/blocksmtp.fish").contains("-l interface -f -a \"(__fish_print_interfaces)\""));
     }
 
     #[test]

@@ -143,16 +143,51 @@ pub fn template(run_cmd: &Command) -> String {
         let value = match (arg.get_action(), defaults.as_slice()) {
             (ArgAction::SetTrue, _) => "false".to_string(),
             (_, []) if multi => "[]".to_string(),
-            (_, []) => {
-                let example = arg.get_value_names().and_then(|v| v.first()).map_or("…".to_string(), |v| v.to_string());
-                format!("\"{example}\"   (not set)")
-            }
+            (_, []) => match example_value(run_cmd, arg) {
+                // The package's whitelist file is there: keep it on in a regenerated
+                // config (`blocksmtp config > /etc/blocksmtp/blocksmtp.toml`).
+                Some(v) if long == "white-list" && Path::new(PACKAGE_WHITELIST).exists() => {
+                    out.push_str(&format!("# (on: {PACKAGE_WHITELIST} exists)\n{long} = {v}\n"));
+                    continue;
+                }
+                Some(v) => format!("{v}   # not set; for example"),
+                None => {
+                    let name = arg.get_value_names().and_then(|v| v.first()).map_or("VALUE".to_string(), |v| v.to_string());
+                    out.push_str(&format!("# {long}: not set (takes {name})\n"));
+                    continue;
+                }
+            },
             (_, d) if multi => format!("[{}]", d.join(", ")),
             (_, d) => d.join(", "),
         };
         out.push_str(&format!("# {long} = {value}\n"));
     }
     out
+}
+
+/// The whitelist file the Debian package ships.
+pub const PACKAGE_WHITELIST: &str = "/etc/blocksmtp/whitelist";
+
+/// An example value for an option that has no default, as a TOML literal, that the
+/// option's own parser accepts (so the line works when uncommented).
+fn example_value(run_cmd: &Command, arg: &clap::Arg) -> Option<String> {
+    let long = arg.get_long()?;
+    let name = arg.get_value_names().and_then(|v| v.first()).map(|v| v.to_string()).unwrap_or_default();
+    let candidates: &[&str] = match (long, name.as_str()) {
+        ("white-list", _) => &[PACKAGE_WHITELIST],
+        (_, "ADDR:PORT") => &["127.0.0.1:9325"],
+        (_, "N") => &["1"],
+        (_, "NAME" | "HOST") => &["mx"],
+        (_, "IP") => &["192.0.2.25"],
+        (_, "IFACE") => &["eth0"],
+        (_, "DUR") => &["1h"],
+        (_, "FILE" | "PATH") => &["/etc/blocksmtp/FILE"],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .find(|v| run_cmd.clone().no_binary_name(true).try_get_matches_from([format!("--{long}={v}")]).is_ok())
+        .map(|v| toml_literal(v))
 }
 
 fn toml_literal(s: &str) -> String {
@@ -227,5 +262,29 @@ mod tests {
         assert!(t.contains("# keep-bans = false"), "{t}");
         assert!(t.contains("old name: --syslog-msgs-file"), "{t}");
         assert!(!t.contains("config ="), "{t}");
+    }
+
+    /// Every example line of the real template is valid when uncommented: the file
+    /// made of them is accepted by the overlay (the same check as the daemon's).
+    #[test]
+    fn uncommented_examples_are_valid() {
+        use clap::CommandFactory as _;
+        let cli = crate::cli::Cli::command();
+        let run = cli.find_subcommand("run").unwrap().clone();
+        let t = template(&run);
+        assert!(!t.contains("(not set)"), "{t}");
+        assert!(t.contains("# metrics-listen = \"127.0.0.1:9325\"   # not set; for example\n"), "{t}");
+        assert!(t.contains("# debug = 1   # not set; for example\n"), "{t}");
+        let uncommented: String = t
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // `journal` and `stdin` alone are contradictory only for the daemon, not for the file.
+        let m = run.clone().no_binary_name(true).try_get_matches_from(Vec::<String>::new()).unwrap();
+        let f = file(&uncommented);
+        let args = overlay(&run, &m, f.path()).unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
+        assert!(args.iter().any(|a| a == "--metrics-listen=127.0.0.1:9325"), "{args:?}");
     }
 }

@@ -66,7 +66,8 @@ pub struct Status {
     pub pid: u32,
     pub mode: String,
     pub uptime_secs: u64,
-    /// (interface, attachment) for the xdp mode.
+    /// (interface, attachment) for the xdp mode; JSON: `{"eth0": "xdp-native"}`.
+    #[serde(with = "pairs_as_object")]
     pub interfaces: Vec<(String, String)>,
     pub sources: Vec<SourceStatus>,
     pub lines: u64,
@@ -76,8 +77,8 @@ pub struct Status {
     pub bans_total: u64,
     pub unbans_total: u64,
     pub reaped_total: u64,
-    /// Packet counters of the dataplane, by verdict (xdp mode).
-    #[serde(default)]
+    /// Packet counters of the dataplane, by verdict (xdp mode); JSON: `{"drop": 12, …}`.
+    #[serde(default, with = "pairs_as_object")]
     pub packets: Vec<(String, u64)>,
     /// Bans decided but not (yet) in force: the enforcer failed; retried with backoff.
     #[serde(default)]
@@ -104,6 +105,64 @@ pub struct InterfaceStatus {
     pub detail: String,
 }
 
+/// `[(name, value)]` as a JSON object, in order (a reader wants `packets.drop`, not
+/// `packets[3][1]`); the older `[[name, value]]` form is still read.
+mod pairs_as_object {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeMap as _};
+
+    pub fn serialize<S: Serializer, V: Serialize>(pairs: &[(String, V)], s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(pairs.len()))?;
+        for (k, v) in pairs {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+
+    struct PairsVisitor<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for PairsVisitor<V> {
+        type Value = Vec<(String, V)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or an array of [name, value] pairs")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(kv) = m.next_entry()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(kv) = s.next_element()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<Vec<(String, V)>, D::Error> {
+        d.deserialize_any(PairsVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The reply to `ban` / `unban`: what was done, to what, for how long.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BanReply {
+    /// `banned` or `unbanned`.
+    pub action: String,
+    /// The address or IPv6 prefix, as the daemon reads it (`2001:db8::/64`).
+    pub source: String,
+    /// Seconds the ban lasts (`ban` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<u64>,
+    /// The same in words, for people.
+    pub message: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceStatus {
     pub name: String,
@@ -111,7 +170,19 @@ pub struct SourceStatus {
     pub position: Option<u64>,
     pub lines: u64,
     pub open: bool,
+    /// Whether the source says who wrote each line: the journal does (journald's _UID,
+    /// _EXE, _COMM; only the MTA's processes count); a syslog file or a pipe does not
+    /// (any local program may log with the MTA's tag).
+    #[serde(default)]
+    pub trusted: bool,
+    /// How the source's lines are vouched for, in a few words.
+    #[serde(default)]
+    pub trust: String,
 }
+
+pub const TRUST_JOURNAL: &str = "journald's _UID/_EXE/_COMM: only the MTA's processes count";
+pub const TRUST_FILE: &str =
+    "untrusted: any local program can log with the MTA's tag (see README.Debian: rsyslog, or journal mode)";
 
 /// One row of `blocksmtp list`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,6 +199,45 @@ pub struct BanRow {
     /// Decided but not in force: the enforcer failed and the ban is being retried.
     #[serde(default)]
     pub pending: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counters_are_objects_and_old_pairs_still_read() {
+        let st = Status {
+            version: "0.1.0".into(),
+            pid: 1,
+            mode: "xdp".into(),
+            uptime_secs: 2,
+            interfaces: vec![("vs0".into(), "xdp-native".into())],
+            sources: vec![],
+            lines: 0,
+            skipped: 0,
+            guesses: 0,
+            active_bans: 0,
+            bans_total: 0,
+            unbans_total: 0,
+            reaped_total: 0,
+            packets: vec![("pass".into(), 3), ("drop".into(), 12)],
+            pending_bans: 0,
+            repairs_total: 0,
+            attachments: vec![],
+            crowdsec: None,
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["interfaces"]["vs0"], "xdp-native", "{v}");
+        assert_eq!(v["packets"]["drop"], 12, "{v}");
+        let back: Status = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back.packets, st.packets, "order kept");
+        let mut old = serde_json::to_value(&st).unwrap();
+        old["packets"] = serde_json::json!([["drop", 5]]);
+        old["interfaces"] = serde_json::json!([["vs0", "tc"]]);
+        let back: Status = serde_json::from_value(old).unwrap();
+        assert_eq!((back.packets, back.interfaces), (vec![("drop".to_string(), 5)], vec![("vs0".to_string(), "tc".to_string())]));
+    }
 }
 
 /// Send one request to the daemon and wait for its reply.
@@ -166,6 +276,10 @@ pub struct ClientArgs {
 /// Run a client command; prints the result. Exit code 0 on success, 1 when the daemon
 /// refused, 2 when it could not be reached.
 pub fn client_main(args: &ClientArgs, req: Request) -> std::process::ExitCode {
+    if let Request::Ban { secs: Some(0), .. } = req {
+        eprintln!("blocksmtp ban: --for 0 would ban for no time: give a duration (30s, 10m, 1h), or `blocksmtp unban` to lift a ban");
+        return std::process::ExitCode::from(2);
+    }
     let resp = match request(&args.control_socket, &req) {
         Ok(r) => r,
         Err(e) => {
@@ -204,6 +318,9 @@ fn print_human(req: &Request, data: &serde_json::Value) {
                 for src in &s.sources {
                     let pos = src.position.map(|p| format!(" at byte {p}")).unwrap_or_default();
                     println!("  {}{pos}, {} lines{}", src.name, src.lines, if src.open { "" } else { " (waiting for it)" });
+                    if !src.trust.is_empty() {
+                        println!("    {}", src.trust);
+                    }
                 }
                 println!("lines: {} read, {} skipped; guesses: {}", s.lines, s.skipped, s.guesses);
                 println!("bans: {} active, {} set, {} lifted; stuck sessions reaped: {}", s.active_bans, s.bans_total, s.unbans_total, s.reaped_total);
@@ -223,30 +340,45 @@ fn print_human(req: &Request, data: &serde_json::Value) {
         Request::List => match serde_json::from_value::<Vec<BanRow>>(data.clone()) {
             Ok(rows) if rows.is_empty() => println!("no active bans"),
             Ok(rows) => {
-                println!("{:<28} {:>7} {:>10} {:>9}  REASON", "SOURCE", "GUESSES", "EXPIRES IN", "DROPPED");
-                for r in rows {
-                    let dropped = r.dropped.map_or("-".to_string(), |d| d.to_string());
-                    let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
-                    let reason = if r.pending { format!("PENDING (not in force yet; retrying): {reason}") } else { reason };
-                    println!(
-                        "{:<28} {:>7} {:>10} {:>9}  {}",
-                        r.source,
-                        r.guesses,
-                        crate::duration::format_duration(Duration::from_secs(r.expires_in_secs)),
-                        dropped,
-                        reason
-                    );
+                // Columns as wide as their widest cell: an IPv6 prefix or `6d23h59m59s` is
+                // never cut or run into the next column.
+                let cells: Vec<[String; 5]> = rows
+                    .into_iter()
+                    .map(|r| {
+                        let reason = if r.manual && r.reason.is_empty() { "manual".to_string() } else { r.reason };
+                        let reason = if r.origin.starts_with("crowdsec/") { format!("{}: {reason}", r.origin) } else { reason };
+                        let reason = if r.pending { format!("PENDING (not in force yet; retrying): {reason}") } else { reason };
+                        [
+                            r.source,
+                            r.guesses.to_string(),
+                            crate::duration::format_duration(Duration::from_secs(r.expires_in_secs)),
+                            r.dropped.map_or("-".to_string(), |d| d.to_string()),
+                            reason,
+                        ]
+                    })
+                    .collect();
+                let head = ["SOURCE", "GUESSES", "EXPIRES IN", "DROPPED", "REASON"];
+                let mut w = head.map(str::len);
+                for row in &cells {
+                    for (w, c) in w.iter_mut().zip(row) {
+                        *w = (*w).max(c.chars().count());
+                    }
+                }
+                let print = |c: [&str; 5]| {
+                    println!("{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}", c[0], c[1], c[2], c[3], c[4], w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]);
+                };
+                print(head);
+                for row in &cells {
+                    print([&row[0], &row[1], &row[2], &row[3], &row[4]]);
                 }
             }
             Err(_) => println!("{data}"),
         },
-        Request::Ban { .. } | Request::Unban { .. } | Request::Reload => {
-            if let Some(msg) = data.as_str() {
-                println!("{msg}");
-            } else {
-                println!("{data}");
-            }
-        }
+        Request::Reload => println!("{}", data.as_str().map_or_else(|| data.to_string(), str::to_string)),
+        Request::Ban { .. } | Request::Unban { .. } => match serde_json::from_value::<BanReply>(data.clone()) {
+            Ok(r) => println!("{}", r.message),
+            Err(_) => println!("{}", data.as_str().map_or_else(|| data.to_string(), str::to_string)),
+        },
     }
 }
 

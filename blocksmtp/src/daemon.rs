@@ -307,6 +307,14 @@ fn load_whitelist(detect: &DetectArgs) -> anyhow::Result<Whitelist> {
 }
 
 fn start_enforcer(args: &RunArgs, whitelist: &Whitelist) -> anyhow::Result<Box<dyn Enforcer>> {
+    // Not root: say so, rather than a BPF or netfilter EPERM with a tc/iptables hint.
+    if args.mode != Mode::DryRun && unsafe { libc::geteuid() } != 0 {
+        let needs = if args.mode == Mode::Xdp { "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON" } else { "CAP_NET_ADMIN" };
+        bail!(
+            "{} mode: run as root (needs {needs}); `--mode dry-run` or `blocksmtp replay` need no privileges",
+            if args.mode == Mode::Xdp { "xdp" } else { "iptables" }
+        );
+    }
     Ok(match args.mode {
         Mode::Xdp => {
             let interfaces = if args.interfaces.is_empty() {
@@ -353,6 +361,8 @@ fn kernel_allow_list(w: &Whitelist) -> Vec<ipnet::IpNet> {
     w.nets().iter().copied().filter(|n| !lo4.contains(n) && !lo6.contains(n)).collect()
 }
 
+const EXIM4_MAINLOG: &str = "/var/log/exim4/mainlog";
+
 /// Which sources to read when none is named.
 fn default_sources(args: &RunArgs) -> (Vec<PathBuf>, bool) {
     if args.no_log {
@@ -361,10 +371,15 @@ fn default_sources(args: &RunArgs) -> (Vec<PathBuf>, bool) {
     if !args.log.is_empty() || args.journal || args.stdin {
         return (args.log.clone(), args.journal);
     }
-    for p in ["/var/log/mail.log", "/var/log/maillog"] {
-        if Path::new(p).exists() {
-            return (vec![PathBuf::from(p)], false);
-        }
+    // The syslog mail log, and Debian exim4's own main log (Exim writes there, not to
+    // syslog), each when present.
+    let mut files: Vec<PathBuf> =
+        ["/var/log/mail.log", "/var/log/maillog"].into_iter().find(|p| Path::new(p).exists()).map(PathBuf::from).into_iter().collect();
+    if Path::new(EXIM4_MAINLOG).exists() {
+        files.push(EXIM4_MAINLOG.into());
+    }
+    if !files.is_empty() {
+        return (files, false);
     }
     (vec![], true)
 }
@@ -377,7 +392,9 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
         out.push(crate::source::spawn(Follower::new(files, opts).context("following the log files")?, tx));
     }
     if journal {
-        out.push(crate::source::spawn(Journal::spawn(&JournalOptions::default()).context("reading the journal")?, tx));
+        // journalctl already leaves out other users' entries (the parser checks again).
+        let opts = JournalOptions { uids: args.detect.journal_trust().uids, ..JournalOptions::default() };
+        out.push(crate::source::spawn(Journal::spawn(&opts).context("reading the journal")?, tx));
     }
     if args.stdin {
         out.push(crate::source::spawn(stdin_lines(), tx));
@@ -572,7 +589,12 @@ impl Daemon {
                 self.dirty = true;
                 self.end_sessions(src);
                 self.refresh_gauges();
-                Response::ok(format!("banned {src} for {}", format_duration(d)))
+                Response::ok(crate::control::BanReply {
+                    action: "banned".into(),
+                    source: src.to_string(),
+                    secs: Some(d.as_secs()),
+                    message: format!("banned {src} for {}", format_duration(d)),
+                })
             }
             Err(e) => Response::err(format!("ban of {src} failed: {e:#}")),
         }
@@ -603,7 +625,12 @@ impl Daemon {
                 self.dirty = true;
                 log::warn!("unban {src} (manual, from the control socket)");
                 self.refresh_gauges();
-                Response::ok(format!("unbanned {src}"))
+                Response::ok(crate::control::BanReply {
+                    action: "unbanned".into(),
+                    source: src.to_string(),
+                    secs: None,
+                    message: format!("unbanned {src}"),
+                })
             }
             Ok(false) => Response::err(format!("{src} is not banned")),
             Err(e) => Response::err(format!("unban of {src} failed: {e:#}")),
@@ -670,7 +697,14 @@ impl Daemon {
                 sources.extend(v);
                 continue;
             }
-            sources.push(SourceStatus { name: s.name.clone(), position: None, lines: 0, open: false });
+            sources.push(SourceStatus {
+                name: s.name.clone(),
+                position: None,
+                lines: 0,
+                open: false,
+                trusted: s.name == "journal",
+                trust: String::new(),
+            });
         }
         let stats = self.detector.stats();
         let attachments: Vec<InterfaceStatus> = self
@@ -750,6 +784,7 @@ impl Daemon {
         self.metrics.set_crowdsec(self.crowdsec.as_ref().map(|c| c.status().link));
         if self.xdp {
             self.metrics.set_packets(self.enforcer.packet_stats());
+            self.metrics.set_ban_capacity(blocksmtp_common::MAX_BANS.into());
             let attachments = self.enforcer.attachments();
             self.metrics.set_detached(attachments.iter().filter(|a| a.attached.is_none()).count() as u64);
             self.metrics.set_attachments(attachments.into_iter().map(|a| (a.iface, a.attached.map(|h| h.as_str()))).collect());

@@ -47,6 +47,15 @@ pub struct DetectArgs {
     /// Only lines logged by this host count (for central log servers).
     #[arg(long, value_name = "NAME")]
     pub mailer_syslog_host: Option<String>,
+    /// Journal lines count only from processes of these users (repeatable; journald's
+    /// _UID). Default: root, postfix, Debian-exim, exim, mail.
+    #[arg(long, value_name = "USER")]
+    pub journal_trusted_user: Vec<String>,
+    /// Journal lines count only from these programs (repeatable; journald's _EXE; a path
+    /// ending in / takes the programs under it). Default: sendmail's, Postfix's and Exim's
+    /// usual paths (/usr/lib/sm.bin/, /usr/lib/postfix/, /usr/sbin/exim4, …).
+    #[arg(long, value_name = "PATH")]
+    pub journal_trusted_exe: Vec<String>,
 }
 
 impl Default for DetectArgs {
@@ -60,6 +69,8 @@ impl Default for DetectArgs {
             white_list: None,
             mailer_syslog_name: Vec::new(),
             mailer_syslog_host: None,
+            journal_trusted_user: Vec::new(),
+            journal_trusted_exe: Vec::new(),
         }
     }
 }
@@ -115,7 +126,12 @@ impl DetectArgs {
 
     /// The line filter part of these settings.
     pub fn mailer_filter(&self) -> MailerFilter {
-        MailerFilter::new(&self.mailer_syslog_name, self.mailer_syslog_host.as_deref())
+        MailerFilter::new(&self.mailer_syslog_name, self.mailer_syslog_host.as_deref()).with_trust(self.journal_trust())
+    }
+
+    /// Which journal entries count as the MTA's (see [`crate::parse::JournalTrust`]).
+    pub fn journal_trust(&self) -> crate::parse::JournalTrust {
+        crate::parse::JournalTrust::configured(&self.journal_trusted_user, &self.journal_trusted_exe)
     }
 }
 

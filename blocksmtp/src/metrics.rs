@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -31,7 +31,10 @@ pub struct Metrics {
     reaped: AtomicU64,
     sessions_reset: AtomicU64,
     crowdsec: Mutex<Option<crate::crowdsec::link::LinkStatus>>,
-    lines: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Per source: lines, skipped lines, unix time of the last line (0: none yet).
+    lines: Mutex<BTreeMap<String, (u64, u64, f64)>>,
+    /// Entries each ban map (v4, v6) holds (xdp mode); 0: no ban map.
+    ban_capacity: AtomicU64,
     packets: Mutex<Vec<(&'static str, u64)>>,
     detector: Mutex<Option<DetectorStats>>,
     latency: Mutex<Histogram>,
@@ -57,6 +60,12 @@ impl Metrics {
         if skipped {
             e.1 += 1;
         }
+        e.2 = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    }
+
+    /// The ban maps' size (xdp mode), for the fill level.
+    pub fn set_ban_capacity(&self, entries: u64) {
+        self.ban_capacity.store(entries, Relaxed);
     }
 
     /// A ban was set; `reason`: the MTA whose log proved it, or "manual".
@@ -146,8 +155,23 @@ impl Metrics {
         let head = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        head(&mut o, "blocksmtp_build_info", "gauge", "The running blocksmtp: its version (always 1).");
+        let _ = writeln!(o, "blocksmtp_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         head(&mut o, "blocksmtp_bans_active", "gauge", "Bans in force.");
-        let _ = writeln!(o, "blocksmtp_bans_active {}", self.active.load(Relaxed));
+        let active = self.active.load(Relaxed);
+        let _ = writeln!(o, "blocksmtp_bans_active {active}");
+        let cap = self.ban_capacity.load(Relaxed);
+        if cap > 0 {
+            head(&mut o, "blocksmtp_ban_map_capacity", "gauge", "Entries each ban map (IPv4, IPv6) holds; a full map refuses new bans.");
+            let _ = writeln!(o, "blocksmtp_ban_map_capacity {cap}");
+            head(
+                &mut o,
+                "blocksmtp_ban_map_fill_ratio",
+                "gauge",
+                "Bans in force over one map's capacity: each map is at most this full (exactly, when the bans are of one family).",
+            );
+            let _ = writeln!(o, "blocksmtp_ban_map_fill_ratio {}", active as f64 / cap as f64);
+        }
         head(&mut o, "blocksmtp_bans_total", "counter", "Bans set, by reason (the MTA whose log proved the harvest, or manual).");
         for (k, v) in self.bans.lock().expect("metrics lock").iter() {
             let _ = writeln!(o, "blocksmtp_bans_total{{reason=\"{}\"}} {v}", esc(k));
@@ -193,12 +217,21 @@ impl Metrics {
         drop(attachments);
         head(&mut o, "blocksmtp_lines_total", "counter", "Log lines read, by source.");
         let lines = self.lines.lock().expect("metrics lock");
-        for (k, (n, _)) in lines.iter() {
+        for (k, (n, _, _)) in lines.iter() {
             let _ = writeln!(o, "blocksmtp_lines_total{{source=\"{}\"}} {n}", esc(k));
         }
         head(&mut o, "blocksmtp_lines_skipped_total", "counter", "Log lines of no known shape, by source.");
-        for (k, (_, s)) in lines.iter() {
+        for (k, (_, s, _)) in lines.iter() {
             let _ = writeln!(o, "blocksmtp_lines_skipped_total{{source=\"{}\"}} {s}", esc(k));
+        }
+        head(
+            &mut o,
+            "blocksmtp_source_last_line_timestamp_seconds",
+            "gauge",
+            "When each source last gave a line (unix time): a source gone silent shows here.",
+        );
+        for (k, (_, _, t)) in lines.iter() {
+            let _ = writeln!(o, "blocksmtp_source_last_line_timestamp_seconds{{source=\"{}\"}} {t}", esc(k));
         }
         drop(lines);
         if let Some(d) = *self.detector.lock().expect("metrics lock") {
@@ -282,4 +315,30 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> anyhow::Result<tokio::t
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_fill_level_and_last_line_time() {
+        let m = Metrics::default();
+        let r = m.render();
+        assert!(r.contains(&format!("blocksmtp_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))), "{r}");
+        assert!(!r.contains("blocksmtp_ban_map_fill_ratio"), "no ban map, no fill level: {r}");
+        m.set_ban_capacity(1000);
+        m.set_active(250);
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        m.line("/var/log/mail.log", false);
+        let r = m.render();
+        assert!(r.contains("blocksmtp_ban_map_capacity 1000\n") && r.contains("blocksmtp_ban_map_fill_ratio 0.25\n"), "{r}");
+        let t: f64 = r
+            .lines()
+            .find_map(|l| l.strip_prefix("blocksmtp_source_last_line_timestamp_seconds{source=\"/var/log/mail.log\"} "))
+            .unwrap_or_else(|| panic!("{r}"))
+            .parse()
+            .unwrap();
+        assert!(t >= before.floor(), "{t} {before}");
+    }
 }

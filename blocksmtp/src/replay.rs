@@ -18,9 +18,15 @@
 //! while it would have been banned; `guesses_at_ban` only the former. The top-level
 //! `guesses` counts every guess attributed to a source (whitelisted ones excluded).
 //! Exit status: 0 on success, 2 on bad arguments or unreadable input.
+//!
+//! Settings: the detection options of /etc/blocksmtp/blocksmtp.toml (or `--config`),
+//! as the daemon reads them, so that replay's verdicts are the daemon's; the command
+//! line wins. Files are read oldest first, by modification time (rotated logs given
+//! newest first, as `mail.log mail.log.1` is, would otherwise change the result).
 use std::{
+    ffi::OsString,
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -41,6 +47,13 @@ pub struct ReplayArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Read the detection settings from this config file (default:
+    /// /etc/blocksmtp/blocksmtp.toml if it exists); the command line wins.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ignore the config file.
+    #[arg(long, conflicts_with = "config")]
+    pub no_config: bool,
     #[command(flatten)]
     pub detect: DetectArgs,
 }
@@ -159,6 +172,28 @@ fn report(stats: DetectorStats, bans: Vec<ReportedBan>, truncated: u64) -> Repor
     }
 }
 
+/// Up to three samples, whole, within 60 characters (at least one, however long), and
+/// `…` when some were left out: an address cut in the middle reads as another address.
+fn samples_cell(samples: &[String]) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    for s in samples.iter().take(3) {
+        let add = if out.is_empty() { s.chars().count() } else { s.chars().count() + 2 };
+        if shown > 0 && out.chars().count() + add > 60 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(s);
+        shown += 1;
+    }
+    if shown < samples.len() {
+        out.push_str(", …");
+    }
+    out
+}
+
 /// Write the human-readable report.
 pub fn write_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     if r.bans.is_empty() {
@@ -168,7 +203,7 @@ pub fn write_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             .bans
             .iter()
             .map(|b| {
-                let samples = b.samples.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+                let samples = samples_cell(&b.samples);
                 [
                     b.source.clone(),
                     b.guesses.to_string(),
@@ -183,13 +218,14 @@ pub fn write_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         let head = ["SOURCE", "GUESSES", "FIRST SEEN", "LAST SEEN", "BAN", "SAMPLES", "REASON"];
         let mut width = head.map(str::len);
         for row in &rows {
-            for (w, c) in width.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count().min(60));
+            for (i, (w, c)) in width.iter_mut().zip(row).enumerate() {
+                *w = (*w).max(if i == 5 { c.chars().count() } else { c.chars().count().min(60) });
             }
         }
         let line = |cells: &[String], out: &mut dyn Write| -> std::io::Result<()> {
             for (i, c) in cells.iter().enumerate() {
-                let c: String = c.chars().take(60).collect();
+                // Samples are whole addresses already (samples_cell); others cut at 60.
+                let c: String = if i == 5 { c.clone() } else { c.chars().take(60).collect() };
                 if i + 1 == cells.len() {
                     writeln!(out, "{c}")?;
                 } else if i == 1 {
@@ -231,12 +267,111 @@ pub fn write_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn main(args: ReplayArgs) -> ExitCode {
+/// Duration unit words: `--window 10 minutes` leaves `minutes` among the files.
+const UNIT_WORDS: &[&str] = &[
+    "s", "sec", "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes", "h", "hour", "hours", "d", "day",
+    "days", "w", "week", "weeks",
+];
+
+/// `argv` with the config file's detection settings inserted after `replay` (the
+/// daemon's own reading of the file, then only the keys replay knows; the command
+/// line's settings win); `None` when no config file applies.
+fn with_config(args: &ReplayArgs, argv: &[OsString]) -> anyhow::Result<Option<Vec<OsString>>> {
+    use clap::CommandFactory as _;
+    if args.no_config {
+        return Ok(None);
+    }
+    let Some(path) = crate::config::config_path(args.config.as_deref())? else { return Ok(None) };
+    let cli = crate::cli::Cli::command();
+    let run_cmd = cli.find_subcommand("run").expect("run subcommand").clone();
+    let replay_cmd = cli.find_subcommand("replay").expect("replay subcommand").clone();
+    let run_matches = run_cmd.clone().no_binary_name(true).try_get_matches_from(Vec::<OsString>::new())?;
+    let from_file = crate::config::overlay(&run_cmd, &run_matches, &path)?;
+    let argv = crate::cli::normalize_argv(argv.to_vec());
+    let pos = argv.iter().position(|a| a == "replay").ok_or_else(|| anyhow::anyhow!("no `replay` in the command line"))?;
+    let replay_matches = replay_cmd.clone().no_binary_name(true).try_get_matches_from(&argv[pos + 1..])?;
+    let mut extra = Vec::new();
+    for a in from_file {
+        let text = a.to_string_lossy();
+        let long = text.trim_start_matches("--").split('=').next().unwrap_or_default().to_string();
+        let Some(arg) = replay_cmd.get_arguments().find(|x| x.get_long() == Some(long.as_str())) else { continue };
+        if ["files", "json", "config", "no_config"].contains(&arg.get_id().as_str()) {
+            continue;
+        }
+        if replay_matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        extra.push(a);
+    }
+    let mut full = argv[..=pos].to_vec();
+    full.extend(extra);
+    full.extend_from_slice(&argv[pos + 1..]);
+    Ok(Some(full))
+}
+
+/// The inputs oldest first: files by modification time (stable for equal times),
+/// standard input where it was given. Returns whether the order changed.
+fn time_order(inputs: &mut [Input]) -> std::io::Result<bool> {
+    if inputs.iter().any(|i| matches!(i, Input::Stdin)) {
+        return Ok(false);
+    }
+    let mut keyed = Vec::with_capacity(inputs.len());
+    for (n, i) in inputs.iter().enumerate() {
+        let Input::File(p) = i else { unreachable!() };
+        let m = std::fs::metadata(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+        keyed.push((m.modified()?, n, i.clone()));
+    }
+    keyed.sort_by_key(|(t, n, _)| (*t, *n));
+    let changed = keyed.iter().enumerate().any(|(i, (_, n, _))| i != *n);
+    for (slot, (_, _, i)) in inputs.iter_mut().zip(keyed) {
+        *slot = i;
+    }
+    Ok(changed)
+}
+
+pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
+    let args = match with_config(&args, &argv) {
+        Ok(None) => args,
+        Ok(Some(full)) => match <crate::cli::Cli as clap::Parser>::try_parse_from(&full).map(|c| c.command) {
+            Ok(crate::cli::Command::Replay(a)) => a,
+            Ok(_) => unreachable!("replay stays replay"),
+            Err(e) => {
+                eprintln!("blocksmtp replay: with the config file's settings: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("blocksmtp replay: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = args.detect.validate() {
         eprintln!("blocksmtp replay: {e}");
         return ExitCode::from(2);
     }
-    let inputs: Vec<Input> = args.files.iter().map(|p| Input::from_arg(p)).collect();
+    for f in &args.files {
+        if let Some(word) = f.to_str()
+            && UNIT_WORDS.contains(&word.to_ascii_lowercase().as_str())
+            && !Path::new(word).exists()
+        {
+            eprintln!(
+                "blocksmtp replay: `{word}` is not a log file: a duration is one word (--window 10m, or --window '10 {word}')"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let mut inputs: Vec<Input> = args.files.iter().map(|p| Input::from_arg(p)).collect();
+    match time_order(&mut inputs) {
+        Ok(true) => eprintln!(
+            "blocksmtp replay: reading oldest first (by modification time): {}",
+            inputs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("blocksmtp replay: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let report = match run(&args.detect, &inputs) {
         Ok(r) => r,
         Err(e) => {
@@ -259,5 +394,66 @@ pub fn main(args: ReplayArgs) -> ExitCode {
             eprintln!("blocksmtp replay: writing the report: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(argv: &[&str]) -> (ReplayArgs, Vec<OsString>) {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        match <crate::cli::Cli as clap::Parser>::try_parse_from(&argv).unwrap().command {
+            crate::cli::Command::Replay(a) => (a, argv),
+            _ => panic!("not replay"),
+        }
+    }
+
+    #[test]
+    fn config_detection_keys_apply_and_the_command_line_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("b.toml");
+        std::fs::write(&cfg, "mode = \"iptables\"\nmax-unknown = 10\nwindow = \"2m\"\nkeep-bans = true\n").unwrap();
+        let c = cfg.to_str().unwrap();
+        let (a, argv) = args_of(&["blocksmtp", "replay", "--config", c, "--window", "7m", "x.log"]);
+        let full = with_config(&a, &argv).unwrap().unwrap();
+        let full: Vec<String> = full.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert!(full.contains(&"--max-unknown=10".to_string()), "{full:?}");
+        assert!(!full.iter().any(|s| s.starts_with("--window=")), "the command line's --window wins: {full:?}");
+        assert!(!full.iter().any(|s| s.starts_with("--mode") || s.starts_with("--keep-bans")), "daemon-only keys: {full:?}");
+        let (a, argv) = args_of(&["blocksmtp", "replay", "--no-config", "x.log"]);
+        assert!(with_config(&a, &argv).unwrap().is_none());
+        std::fs::write(&cfg, "max-unknown = \"x\"\n").unwrap();
+        let (a, argv) = args_of(&["blocksmtp", "replay", "--config", c, "x.log"]);
+        let e = with_config(&a, &argv).unwrap_err().to_string();
+        assert!(e.contains("b.toml:1: key `max-unknown`"), "{e}");
+    }
+
+    #[test]
+    fn files_are_read_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("mail.log");
+        let old = d.path().join("mail.log.1");
+        std::fs::write(&new, "").unwrap();
+        std::fs::write(&old, "").unwrap();
+        let f = std::fs::File::options().write(true).open(&old).unwrap();
+        f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)).unwrap();
+        let mut inputs = vec![Input::File(new.clone()), Input::File(old.clone())];
+        assert!(time_order(&mut inputs).unwrap());
+        assert_eq!(inputs, vec![Input::File(old.clone()), Input::File(new.clone())]);
+        assert!(!time_order(&mut inputs).unwrap(), "already in order");
+        let mut with_stdin = vec![Input::File(new), Input::Stdin];
+        assert!(!time_order(&mut with_stdin).unwrap(), "standard input keeps the given order");
+    }
+
+    #[test]
+    fn samples_are_whole_addresses() {
+        let s: Vec<String> = ["<tpwjzbwb15@example.com>", "<alice@example.com>", "<bob-the-builder@example.com>"].map(String::from).to_vec();
+        let c = samples_cell(&s);
+        assert_eq!(c, "<tpwjzbwb15@example.com>, <alice@example.com>, …");
+        assert_eq!(samples_cell(&s[..1]), "<tpwjzbwb15@example.com>");
+        let long = vec!["<".to_string() + &"x".repeat(70) + "@example.com>"];
+        assert_eq!(samples_cell(&long), long[0], "one sample is shown whole however long");
+        assert_eq!(samples_cell(&[]), "");
     }
 }

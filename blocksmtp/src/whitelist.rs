@@ -29,8 +29,9 @@ pub struct Whitelist {
 /// A whitelist that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WhitelistError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // `err`, not `source`: the message already says it, an error chain must not repeat it.
+    #[error("whitelist {}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}:{line}: {entry:?} is not an IP address, CIDR prefix or address/netmask", path.display())]
     BadEntry { path: PathBuf, line: usize, entry: String },
 }
@@ -84,7 +85,7 @@ impl Whitelist {
     /// Read a whitelist file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, WhitelistError> {
         let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|source| WhitelistError::Io { path: path.into(), source })?;
+        let text = std::fs::read(path).map_err(|err| WhitelistError::Io { path: path.into(), err })?;
         Self::parse(&String::from_utf8_lossy(&text), path)
     }
 
@@ -214,7 +215,7 @@ mod tests {
             assert!(msg.starts_with(&format!("/etc/blocksmtp/white-list:{line}: ")), "{msg}");
         }
         let e = Whitelist::load("/nonexistent/blocksmtp-wl").unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/blocksmtp-wl: "), "{e}");
+        assert!(e.to_string().starts_with("whitelist /nonexistent/blocksmtp-wl: "), "{e}");
     }
 
     #[test]

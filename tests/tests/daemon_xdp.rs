@@ -66,7 +66,7 @@ fn harvest_is_cut_off_and_the_ban_expires_v4_and_v6() {
     d.wait_for(Duration::from_secs(3), |d| d.list().map(|l| l.is_empty()).unwrap_or(false)).expect("swept");
     let st = d.status().unwrap();
     assert_eq!(st["mode"], "xdp");
-    assert_eq!(st["interfaces"][0][0], "vs0");
+    assert!(st["interfaces"]["vs0"].is_string(), "{st}");
     assert_eq!(st["bans_total"], 2);
     assert_eq!(st["unbans_total"], 2);
 }

@@ -8,7 +8,7 @@ use blocksmtp_tests::{daemon::Daemon, is_root, netns::Topology};
 const T: Duration = Duration::from_millis(500);
 
 fn iface_state(d: &Daemon) -> String {
-    d.status().ok().and_then(|s| s["interfaces"][0][1].as_str().map(str::to_string)).unwrap_or_default()
+    d.status().ok().and_then(|s| s["interfaces"]["vs0"].as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// `GET /metrics` from the daemon in the server namespace.

@@ -32,11 +32,13 @@ Nov 27 12:36:04 mx sm-mta[18868]: 6ARCZkEp018868: from=<a@example.net>, size=0, 
 /// Files the package must install, with a check of their content.
 const EXPECTED: &[(&str, &str)] = &[
     ("/usr/sbin/blocksmtp", ""),
-    ("/lib/systemd/system/blocksmtp.service", "ExecStart=/usr/sbin/blocksmtp run\n"),
+    ("/usr/lib/systemd/system/blocksmtp.service", "ExecStart=/usr/sbin/blocksmtp run\n"),
     ("/etc/blocksmtp/blocksmtp.toml", "\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"),
     ("/etc/blocksmtp/whitelist", "# /etc/blocksmtp/whitelist"),
-    ("/usr/share/man/man1/blocksmtp.1.gz", ""),
-    ("/usr/share/man/man1/blocksmtp-run.1.gz", ""),
+    ("/usr/share/man/man8/blocksmtp.8.gz", "\n.SH FILES\n"),
+    ("/usr/share/man/man8/blocksmtp-run.8.gz", "\n.SH SIGNALS\n"),
+    ("/usr/share/man/man5/blocksmtp.toml.5.gz", "max\\-unknown"),
+    ("/usr/share/man/man5/blocksmtp-whitelist.5.gz", ".TH blocksmtp\\-whitelist 5"),
     ("/usr/share/bash-completion/completions/blocksmtp", "blocksmtp"),
     ("/usr/share/zsh/vendor-completions/_blocksmtp", "#compdef blocksmtp"),
     ("/usr/share/fish/vendor_completions.d/blocksmtp.fish", "complete -c blocksmtp"),
@@ -167,6 +169,7 @@ fn deb_installs_works_and_purges_cleanly() {
     for field in ["Depends: libc6", "Recommends: iptables", "Suggests: sendmail-bin | postfix | exim4", "Section: mail"] {
         assert!(control.contains(field), "control lacks {field:?}:\n{control}");
     }
+    assert!(!control.contains("example.invalid"), "placeholder in the control file:\n{control}");
 
     ok("dpkg", &["-i", deb]);
     assert!(installed(), "dpkg -i did not leave {PKG} installed");
@@ -199,10 +202,19 @@ fn deb_installs_works_and_purges_cleanly() {
         let text = if path.ends_with(".gz") { gunzip(path) } else { std::fs::read_to_string(path).unwrap() };
         assert!(text.contains(needle), "{path} lacks {needle:?}");
     }
+    // Every bundled crate's licence, from Cargo.lock; no placeholder anywhere.
+    let copyright = std::fs::read_to_string("/usr/share/doc/blocksmtp/copyright").unwrap();
+    for needle in ["\nFiles: crates/aya-0.", "\nFiles: crates/tokio-", "\nFiles: crates/aya-ebpf-", "\nLicense: MIT\n ", "\nLicense: Apache-2.0\n "] {
+        assert!(copyright.contains(needle), "copyright lacks {needle:?}");
+    }
+    assert!(!copyright.contains("example.invalid") && !gunzip("/usr/share/doc/blocksmtp/changelog.gz").contains("example.invalid"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/usr/sbin/blocksmtp").unwrap().permissions());
     assert_eq!(mode & 0o7777, 0o755, "/usr/sbin/blocksmtp mode");
-    let man = gunzip("/usr/share/man/man1/blocksmtp.1.gz");
-    assert!(man.contains(".TH blocksmtp 1"), "blocksmtp.1 is not a man page:\n{}", &man[..man.len().min(400)]);
+    let man = gunzip("/usr/share/man/man8/blocksmtp.8.gz");
+    assert!(man.contains(".TH blocksmtp 8"), "blocksmtp.8 is not a section-8 man page:\n{}", &man[..man.len().min(400)]);
+    for section in ["EXIT STATUS", "FILES", "SIGNALS", "EXAMPLES", "SEE ALSO"] {
+        assert!(man.contains(&format!(".SH \"{section}\"")) || man.contains(&format!(".SH {section}\n")), "blocksmtp.8 lacks {section}");
+    }
     if run("man", &["--version"]).status.success() {
         let page = ok("man", &["-P", "cat", "blocksmtp"]);
         assert!(page.contains("blocksmtp"), "man blocksmtp renders nothing useful");
@@ -215,8 +227,11 @@ fn deb_installs_works_and_purges_cleanly() {
     let template = ok("/usr/sbin/blocksmtp", &["config"]);
     let shipped = std::fs::read_to_string("/etc/blocksmtp/blocksmtp.toml").unwrap();
     let active: Vec<&str> = shipped.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
-    assert_eq!(active, vec!["white-list = \"/etc/blocksmtp/whitelist\""], "active settings in the shipped config");
-    for line in template.lines().filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.starts_with("# white-list ")) {
+    assert_eq!(active, vec!["keep-bans = true", "white-list = \"/etc/blocksmtp/whitelist\""], "active settings in the shipped config");
+    // Regenerating the config (`blocksmtp config > /etc/blocksmtp/blocksmtp.toml`) keeps the
+    // shipped whitelist on.
+    assert!(template.lines().any(|l| l == "white-list = \"/etc/blocksmtp/whitelist\""), "blocksmtp config drops the whitelist:\n{template}");
+    for line in template.lines().filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.starts_with("# white-list ") && !l.starts_with("# keep-bans ")) {
         assert!(shipped.contains(line), "shipped config lacks {line:?}");
     }
     assert!(
@@ -227,7 +242,7 @@ fn deb_installs_works_and_purges_cleanly() {
     daemon_accepts_shipped_config(dir.path());
 
     if run("systemd-analyze", &["--version"]).status.success() {
-        let o = run("systemd-analyze", &["verify", "/lib/systemd/system/blocksmtp.service"]);
+        let o = run("systemd-analyze", &["verify", "/usr/lib/systemd/system/blocksmtp.service"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "systemd-analyze verify failed:\n{err}");
         assert!(!err.contains("blocksmtp.service:"), "systemd-analyze verify complains about the unit:\n{err}");

@@ -2,12 +2,16 @@
 //!
 //! Layout (see packaging/README.Debian for the why):
 //! - /usr/sbin/blocksmtp (stripped; the eBPF object is embedded in it);
-//! - /lib/systemd/system/blocksmtp.service;
+//! - /usr/lib/systemd/system/blocksmtp.service (where debhelper puts units for trixie, and what
+//!   bookworm's merged /usr and systemd read as well);
 //! - /etc/blocksmtp/blocksmtp.toml (conffile): `blocksmtp config` from the built binary,
-//!   with `white-list` pointed at /etc/blocksmtp/whitelist; /etc/blocksmtp/whitelist
+//!   with `white-list` pointed at /etc/blocksmtp/whitelist and `keep-bans = true` (restarts
+//!   and upgrades keep the bans in force; prerm detaches on removal); /etc/blocksmtp/whitelist
 //!   (conffile, comments only);
-//! - man pages and bash/zsh/fish completions from `blocksmtp generate`;
-//! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright, changelog.gz;
+//! - man pages (section 8 for the commands, 5 for the config file and the whitelist) and
+//!   bash/zsh/fish completions from `blocksmtp generate`;
+//! - /usr/share/doc/blocksmtp: README.md, README.Debian, copyright (every bundled crate's
+//!   licence, see `copyright`), changelog.gz;
 //! - DEBIAN/: control (Depends from dpkg-shlibdeps), conffiles, md5sums, maintainer
 //!   scripts from packaging/.
 //!
@@ -28,8 +32,12 @@ use crate::{cmd, cmd_output};
 
 const PKG: &str = "blocksmtp";
 /// The line of `blocksmtp config` that the shipped config uncomments.
-const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"FILE\"   (not set)";
+const WHITELIST_DEFAULT_LINE: &str = "# white-list = \"/etc/blocksmtp/whitelist\"   # not set; for example";
 const WHITELIST_SHIPPED_LINE: &str = "white-list = \"/etc/blocksmtp/whitelist\"";
+/// The keep-bans line of `blocksmtp config`, and what the package ships instead: a
+/// restart or an upgrade (postinst restarts the unit) must not lift the bans.
+const KEEP_BANS_DEFAULT_LINE: &str = "# keep-bans = false";
+const KEEP_BANS_SHIPPED_LINE: &str = "keep-bans = true";
 
 /// Build the package; returns its path.
 pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
@@ -46,7 +54,12 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     }
 
     let version = cargo_version(&root)?;
-    let (cl_version, timestamp) = changelog_head(&packaging.join("changelog"))?;
+    fs::create_dir_all(crate::target_dir().join("debian"))?;
+    // The changelog with the packager filled in (Maintainer and the entries' trailers).
+    let maintainer = maintainer(&root)?;
+    let changelog = crate::target_dir().join("debian/changelog");
+    fs::write(&changelog, fs::read_to_string(packaging.join("changelog"))?.replace("@MAINTAINER@", &maintainer))?;
+    let (cl_version, timestamp) = changelog_head(&changelog)?;
     ensure!(
         cl_version == version,
         "packaging/changelog's latest entry is {cl_version}, Cargo.toml says {version}: add a changelog entry \
@@ -72,7 +85,7 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     write(&stage.join("etc/blocksmtp/blocksmtp.toml"), config.as_bytes(), 0o644)?;
     install(&packaging.join("whitelist"), &stage.join("etc/blocksmtp/whitelist"), 0o644)?;
 
-    install(&packaging.join("blocksmtp.service"), &stage.join("lib/systemd/system/blocksmtp.service"), 0o644)?;
+    install(&packaging.join("blocksmtp.service"), &stage.join("usr/lib/systemd/system/blocksmtp.service"), 0o644)?;
 
     // Man pages and completions, generated from the CLI definition.
     let gen_dir = out_dir.join("generated");
@@ -80,17 +93,21 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
         fs::remove_dir_all(&gen_dir)?;
     }
     cmd(Command::new(&sbin).arg("generate").arg(&gen_dir))?;
-    let man1 = stage.join("usr/share/man/man1");
-    fs::create_dir_all(&man1)?;
     let mut pages: Vec<PathBuf> = fs::read_dir(gen_dir.join("man"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     pages.sort();
-    ensure!(pages.iter().any(|p| p.file_name() == Some("blocksmtp.1".as_ref())), "blocksmtp generate wrote no blocksmtp.1");
+    for want in ["blocksmtp.8", "blocksmtp-run.8", "blocksmtp.toml.5", "blocksmtp-whitelist.5"] {
+        ensure!(pages.iter().any(|p| p.file_name() == Some(want.as_ref())), "blocksmtp generate wrote no {want}");
+    }
     for page in &pages {
         let name = page.file_name().expect("a file").to_string_lossy().into_owned();
-        ensure!(name.ends_with(".1"), "unexpected file {name} among the man pages");
-        gzip_to(page, &man1.join(format!("{name}.gz")))?;
+        // /usr/sbin: section 8 (lintian: manual-page-for-system-command); file formats: 5.
+        let section = match name.rsplit_once('.') {
+            Some((_, s @ ("8" | "5"))) => s,
+            _ => bail!("unexpected file {name} among the man pages"),
+        };
+        gzip_to(page, &stage.join(format!("usr/share/man/man{section}/{name}.gz")))?;
     }
     let comp = gen_dir.join("completions");
     install(&comp.join("blocksmtp.bash"), &stage.join("usr/share/bash-completion/completions/blocksmtp"), 0o644)?;
@@ -100,9 +117,9 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
     let doc = stage.join("usr/share/doc").join(PKG);
     install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
     install(&packaging.join("README.Debian"), &doc.join("README.Debian"), 0o644)?;
-    install(&packaging.join("copyright"), &doc.join("copyright"), 0o644)?;
+    install(&crate::copyright::current(&root, &out_dir)?, &doc.join("copyright"), 0o644)?;
     fs::create_dir_all(&doc)?;
-    gzip_to(&packaging.join("changelog"), &doc.join("changelog.gz"))?;
+    gzip_to(&changelog, &doc.join("changelog.gz"))?;
 
     // DEBIAN/
     let debian = stage.join("DEBIAN");
@@ -122,6 +139,7 @@ pub fn run(no_build: bool) -> anyhow::Result<PathBuf> {
         .replace("@VERSION@", &version)
         .replace("@ARCH@", &arch)
         .replace("@DEPENDS@", &depends)
+        .replace("@MAINTAINER@", &maintainer)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
     if let Some(p) = placeholder(&control) {
         bail!("packaging/control has an unknown placeholder {p}");
@@ -163,6 +181,36 @@ fn need_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who builds the package, `Name <email>`: DEBFULLNAME and DEBEMAIL (as dch reads them;
+/// DEBEMAIL may be `Name <email>` itself), else git's user.name and user.email, else the
+/// last commit's author. No made-up address goes into a package.
+fn maintainer(root: &Path) -> anyhow::Result<String> {
+    let env = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(mail) = env("DEBEMAIL") {
+        if mail.contains('<') {
+            return Ok(mail);
+        }
+        if let Some(name) = env("DEBFULLNAME") {
+            return Ok(format!("{name} <{mail}>"));
+        }
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    if let (Some(n), Some(m)) = (git(&["config", "user.name"]), git(&["config", "user.email"])) {
+        return Ok(format!("{n} <{m}>"));
+    }
+    git(&["log", "-1", "--format=%an <%ae>"])
+        .context("no maintainer: set DEBFULLNAME and DEBEMAIL (or git's user.name and user.email)")
+}
+
 /// The workspace's package version, from `cargo metadata`-free parsing of Cargo.toml.
 fn cargo_version(root: &Path) -> anyhow::Result<String> {
     let text = fs::read_to_string(root.join("Cargo.toml"))?;
@@ -191,20 +239,26 @@ fn changelog_head(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((version, ts))
 }
 
-/// `blocksmtp config` with the whitelist line uncommented: the file ships, so use it.
+/// `blocksmtp config` with the whitelist and keep-bans lines switched on: the whitelist
+/// file ships, and bans must survive restarts and upgrades.
 fn shipped_config(template: &str) -> anyhow::Result<String> {
-    let n = template.lines().filter(|l| *l == WHITELIST_DEFAULT_LINE).count();
-    ensure!(
-        n == 1,
-        "`blocksmtp config` has {n} lines `{WHITELIST_DEFAULT_LINE}` (expected one): update xtask/src/deb.rs"
-    );
+    // On a build host where the package is installed, `blocksmtp config` already has the
+    // whitelist on (the file exists): the same result.
+    let count = |line: &str| template.lines().filter(|l| *l == line).count();
+    let wl = count(WHITELIST_DEFAULT_LINE) + count(WHITELIST_SHIPPED_LINE);
+    ensure!(wl == 1, "`blocksmtp config` has {wl} lines `{WHITELIST_DEFAULT_LINE}` or `{WHITELIST_SHIPPED_LINE}` (expected one): update xtask/src/deb.rs");
+    let kb = count(KEEP_BANS_DEFAULT_LINE);
+    ensure!(kb == 1, "`blocksmtp config` has {kb} lines `{KEEP_BANS_DEFAULT_LINE}` (expected one): update xtask/src/deb.rs");
     let mut out = String::new();
     for line in template.lines() {
-        if line == WHITELIST_DEFAULT_LINE {
-            out.push_str(WHITELIST_SHIPPED_LINE);
-        } else {
-            out.push_str(line);
+        if line.starts_with("# (on: /etc/blocksmtp/whitelist exists)") {
+            continue;
         }
+        out.push_str(match line {
+            WHITELIST_DEFAULT_LINE => WHITELIST_SHIPPED_LINE,
+            KEEP_BANS_DEFAULT_LINE => KEEP_BANS_SHIPPED_LINE,
+            l => l,
+        });
         out.push('\n');
     }
     Ok(out)
@@ -334,13 +388,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shipped_config_uncomments_the_whitelist_only() {
-        let t = "# header\n\n# Whitelist file.\n# white-list = \"FILE\"   (not set)\n\n# max-unknown = 5\n";
+    fn shipped_config_switches_on_the_whitelist_and_keep_bans_only() {
+        let t = "# header\n\n# Whitelist file.\n# white-list = \"/etc/blocksmtp/whitelist\"   # not set; for example\n\n# keep-bans = false\n# max-unknown = 5\n";
         let c = shipped_config(t).unwrap();
         assert!(c.contains("\nwhite-list = \"/etc/blocksmtp/whitelist\"\n"), "{c}");
-        assert!(!c.contains(WHITELIST_DEFAULT_LINE), "{c}");
+        assert!(c.contains("\nkeep-bans = true\n"), "{c}");
+        assert!(!c.contains(WHITELIST_DEFAULT_LINE) && !c.contains(KEEP_BANS_DEFAULT_LINE), "{c}");
         assert!(c.contains("# max-unknown = 5\n"), "{c}");
         assert!(shipped_config("# max-unknown = 5\n").is_err(), "a template without the line is an error");
+        let on = "# (on: /etc/blocksmtp/whitelist exists)\nwhite-list = \"/etc/blocksmtp/whitelist\"\n# keep-bans = false\n";
+        assert_eq!(shipped_config(on).unwrap(), "white-list = \"/etc/blocksmtp/whitelist\"\nkeep-bans = true\n");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod copyright;
 mod deb;
 mod setup;
 
@@ -56,6 +57,8 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
+    /// Regenerate packaging/copyright from Cargo.lock (installs cargo-about).
+    Copyright,
     /// Benchmarks: print figures and ratios against peers measured in the same run.
     Bench {
         /// Smaller sizes, for a quick look.
@@ -114,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmd(&mut Command::new(target_dir().join("debug").join("demo")))
         }
         Task::Deb { no_build } => deb::run(no_build).map(|_| ()),
+        Task::Copyright => copyright::run(),
         Task::Bench { quick } => {
             ensure_setup()?;
             let mut changed = Vec::new();

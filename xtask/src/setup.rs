@@ -19,7 +19,7 @@ use crate::{cmd, cmd_output};
 /// Debian packages the end-to-end tests and benchmarks drive.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "iptables", "ipset", "nftables", "sendmail", "procps", "kmod", "time", "util-linux",
-    "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec",
+    "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec", "systemd-container", "debootstrap",
     // tests/tests/guest_debian_6_1.rs: Debian's 6.1 kernel booted in qemu (TCG) with a busybox initramfs.
     "qemu-system-x86", "busybox-static",
 ];

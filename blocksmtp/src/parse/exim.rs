@@ -7,7 +7,15 @@
 //! `[pid]` may follow (`+pid`). The host part after `H=` is one of `[ip]`,
 //! `name [ip]`, `(helo) [ip]`, `name (helo) [ip]`, each optionally followed by
 //! `:port` (`+incoming_port`). Guesses: `rejected RCPT <…>: Unknown user` and
-//! `…: Unrouteable address` (Debian's `verify = recipient`), `No Such User Here`.
+//! `…: Unrouteable address` (Debian's `verify = recipient`), `No Such User Here`, and
+//! what Debian's stock ACL logs for every RCPT after the 10th when fewer than half were
+//! good: `…: Rejected for too many bad recipients`, or its `log_message`
+//! `…: REJECT [ip]: bad recipient count high [N]` (the address there is the ACL's
+//! `$sender_host_address`, ignored: the client is still read from `H=`).
+//!
+//! Exim sends the same lines to syslog (`log_file_path = syslog`), where they may carry
+//! Exim's own timestamp after the syslog header (`syslog_timestamp` left at true): it
+//! is skipped.
 //!
 //! The HELO (in parentheses), the sender and the recipient are the client's text. The
 //! address is taken right after `H=` when the field starts with `[`; otherwise it is
@@ -61,11 +69,39 @@ fn is_message_id(tok: &[u8]) -> bool {
 }
 
 const REJECTED_RCPT: &[u8] = b" rejected RCPT ";
-const REASONS: [&[u8]; 3] = [b": Unknown user", b": Unrouteable address", b": No Such User Here"];
+const REASONS: [&[u8]; 4] =
+    [b": Unknown user", b": Unrouteable address", b": No Such User Here", b": Rejected for too many bad recipients"];
+const BAD_COUNT: &[u8] = b"]: bad recipient count high [";
+const REJECT_AT: &[u8] = b": REJECT [";
+
+/// Length of the `: REJECT [ip]: bad recipient count high [N]` ending `body`, if it has it.
+fn bad_count_reason_len(body: &[u8]) -> Option<usize> {
+    let head = body.strip_suffix(b"]")?;
+    let digits = head.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let head = head[..head.len() - digits].strip_suffix(BAD_COUNT)?;
+    // `: REJECT [` then the address (no blank in it), then what was stripped above.
+    let at = memmem::rfind(head, REJECT_AT)?;
+    if head[at + REJECT_AT.len()..].contains(&b' ') {
+        return None;
+    }
+    Some(body.len() - at)
+}
+
+/// An Exim timestamp (`YYYY-MM-DD HH:MM:SS[.mmm][ ±zzzz][ [pid]]`) opening a syslog
+/// message: the text after it.
+fn skip_own_timestamp(msg: &[u8]) -> &[u8] {
+    match frame(msg) {
+        Some(Frame { msg: std::borrow::Cow::Borrowed(rest), .. }) => rest,
+        _ => msg,
+    }
+}
 
 /// Recognise one exim message (the part after the timestamp / `[pid]`).
 pub fn parse(msg: &[u8]) -> Event<'_> {
-    let mut body = msg;
+    let mut body = skip_own_timestamp(msg);
     if let Some(sp) = body.iter().take(24).position(|&b| b == b' ')
         && is_message_id(&body[..sp])
     {
@@ -76,6 +112,7 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
         .iter()
         .find(|r| body.len() >= r.len() && body[body.len() - r.len()..].eq_ignore_ascii_case(r))
         .map(|r| r.len())
+        .or_else(|| bad_count_reason_len(body))
     else {
         return Event::Other;
     };
@@ -182,6 +219,36 @@ mod tests {
             (b"2026-11-27 12:00:00 H=198.51.100.201 [192.0.2.66] F=<a@example.net> rejected RCPT <x@example.com>: Unknown user", "192.0.2.66"),
         ] {
             assert_eq!(client_of(line), Some(ip(want)), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// Debian exim4 4.96's stock ACL lines, and the same lines through syslog with and
+    /// without Exim's own timestamp.
+    #[test]
+    fn debian_bad_recipient_lines_and_syslog_forms() {
+        for (msg, want) in [
+            (&b"H=(harvester.invalid) [192.0.2.66]:54321 I=[192.0.2.25]:25 F=<a@example.net> rejected RCPT <k@example.com>: Rejected for too many bad recipients"[..], "192.0.2.66"),
+            (b"H=(harvester.invalid) [192.0.2.66]:54321 I=[192.0.2.25]:25 F=<a@example.net> rejected RCPT <k@example.com>: REJECT [192.0.2.66]: bad recipient count high [11]", "192.0.2.66"),
+            // The ACL's address is not where the client is read from.
+            (b"H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: REJECT [198.51.100.9]: bad recipient count high [12]", "192.0.2.66"),
+            (b"2026-11-27 12:00:00 H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: Unrouteable address", "192.0.2.66"),
+            (b"2026-11-27 12:00:00.123 +0100 [4242] H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: Unrouteable address", "192.0.2.66"),
+            (b"1tXyzA-000Abc-1F H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: Unknown user", "192.0.2.66"),
+        ] {
+            match parse(msg) {
+                Event::Guess { client, target, .. } => {
+                    assert_eq!(client, ip(want), "{}", String::from_utf8_lossy(msg));
+                    assert_eq!(target, b"<k@example.com>", "{}", String::from_utf8_lossy(msg));
+                }
+                e => panic!("{e:?}: {}", String::from_utf8_lossy(msg)),
+            }
+        }
+        for msg in [
+            &b"H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: bad recipient count high [11]"[..],
+            b"H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: REJECT [192.0.2.66]: bad recipient count high []",
+            b"H=[192.0.2.66] F=<> rejected RCPT <k@example.com>: REJECT [a b]: bad recipient count high [3]",
+        ] {
+            assert_eq!(parse(msg), Event::Other, "{}", String::from_utf8_lossy(msg));
         }
     }
 

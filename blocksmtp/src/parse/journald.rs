@@ -1,7 +1,10 @@
 //! `journalctl -o json` export: one JSON object per line. Fields used: `MESSAGE`
 //! (a string, or an array of bytes when it is not UTF-8), `SYSLOG_IDENTIFIER`
 //! (falling back to `_COMM`), `_HOSTNAME`, `_PID` (or `SYSLOG_PID`) and
-//! `__REALTIME_TIMESTAMP` (µs since the epoch, as a string).
+//! `__REALTIME_TIMESTAMP` (µs since the epoch, as a string); and the fields journald
+//! itself records about the sending process, which a client cannot forge (`_UID`,
+//! `_EXE`, `_COMM`, `_SYSTEMD_UNIT`): [`super::JournalTrust`] judges by them whether a
+//! line really came from the MTA (any local user can log `sm-mta: …` with logger).
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -49,6 +52,12 @@ struct Entry<'a> {
     syslog_pid: Option<Num<'a>>,
     #[serde(rename = "__REALTIME_TIMESTAMP", borrow, default)]
     realtime: Option<Num<'a>>,
+    #[serde(rename = "_UID", borrow, default)]
+    uid: Option<Num<'a>>,
+    #[serde(rename = "_EXE", borrow, default)]
+    exe: Option<Cow<'a, str>>,
+    #[serde(rename = "_SYSTEMD_UNIT", borrow, default)]
+    unit: Option<Cow<'a, str>>,
 }
 
 /// A journald entry framed as a log line. Owned where JSON escapes forced a copy.
@@ -58,6 +67,18 @@ pub struct JournalFrame<'a> {
     pub pid: Option<u32>,
     pub time: RawTime<'static>,
     pub msg: Cow<'a, [u8]>,
+    /// Who sent it, as journald recorded it (absent in entries journald did not receive
+    /// itself, e.g. hand-written JSON).
+    pub origin: Origin<'a>,
+}
+
+/// journald's trusted fields of an entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub uid: Option<u32>,
+    pub exe: Option<Cow<'a, str>>,
+    pub comm: Option<Cow<'a, str>>,
+    pub unit: Option<Cow<'a, str>>,
 }
 
 fn bytes(c: Cow<'_, str>) -> Cow<'_, [u8]> {
@@ -73,6 +94,12 @@ pub fn parse(line: &[u8]) -> Option<JournalFrame<'_>> {
     let msg = match e.message? {
         Message::Text(s) => bytes(s),
         Message::Bytes(b) => Cow::Owned(b),
+    };
+    let origin = Origin {
+        uid: e.uid.as_ref().and_then(Num::as_u64).and_then(|n| u32::try_from(n).ok()),
+        exe: e.exe,
+        comm: e.comm.clone(),
+        unit: e.unit,
     };
     let tag = e.identifier.or(e.comm).map(bytes).unwrap_or(Cow::Borrowed(b""));
     let pid = e
@@ -90,6 +117,7 @@ pub fn parse(line: &[u8]) -> Option<JournalFrame<'_>> {
         pid,
         time,
         msg,
+        origin,
     })
 }
 
@@ -133,6 +161,17 @@ mod tests {
         let j = parse(l).unwrap();
         assert_eq!(&*j.msg, b"a\"b\0c");
         assert_eq!(&*j.tag, b"sendmail");
+    }
+
+    #[test]
+    fn trusted_fields() {
+        let l = br#"{"MESSAGE":"x","SYSLOG_IDENTIFIER":"sm-mta","_UID":"0","_EXE":"/usr/lib/sm.bin/sendmail","_COMM":"sendmail","_SYSTEMD_UNIT":"sendmail.service"}"#;
+        let o = parse(l).unwrap().origin;
+        assert_eq!(o.uid, Some(0));
+        assert_eq!(o.exe.as_deref(), Some("/usr/lib/sm.bin/sendmail"));
+        assert_eq!(o.comm.as_deref(), Some("sendmail"));
+        assert_eq!(o.unit.as_deref(), Some("sendmail.service"));
+        assert_eq!(parse(br#"{"MESSAGE":"x"}"#).unwrap().origin, Origin::default());
     }
 
     #[test]

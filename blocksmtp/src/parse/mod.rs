@@ -106,10 +106,20 @@ pub enum Event<'a> {
 /// lines count as tag `exim`. `host` keeps only syslog/journald lines whose host field
 /// equals it (exim main-log lines have no host field and are kept: such a file is
 /// written on the mail server itself).
-#[derive(Clone, Debug, Default)]
+///
+/// Journal entries must also pass [`JournalTrust`]: the syslog tag is the sender's
+/// word, journald's `_UID`/`_EXE`/`_COMM` are not.
+#[derive(Clone, Debug)]
 pub struct MailerFilter {
     names: Vec<Vec<u8>>,
     host: Option<Vec<u8>>,
+    trust: JournalTrust,
+}
+
+impl Default for MailerFilter {
+    fn default() -> Self {
+        Self::new(&[], None)
+    }
 }
 
 impl MailerFilter {
@@ -117,7 +127,18 @@ impl MailerFilter {
         Self {
             names: names.iter().map(|n| n.as_bytes().to_vec()).collect(),
             host: host.map(|h| h.as_bytes().to_vec()),
+            trust: JournalTrust::mta_defaults(),
         }
+    }
+
+    /// Replace the journal trust rules.
+    pub fn with_trust(mut self, trust: JournalTrust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    pub fn trust(&self) -> &JournalTrust {
+        &self.trust
     }
 
     /// The MTA whose parser reads this frame, or `None` when the line is not counted.
@@ -142,6 +163,106 @@ impl MailerFilter {
     }
 }
 
+/// Which journal entries came from the MTA, judged by the fields journald records about
+/// the sending process (a client cannot set them): `_UID` must be one of `uids` (when
+/// journald recorded it); `_EXE` one of `exes` (an entry ending in `/` takes every
+/// program under that directory); where journald could not read `_EXE` (the process
+/// had exited), `_COMM` one of `comms`; with neither, only a non-root uid of `uids` (a
+/// user only the MTA runs as: postfix, Debian-exim) vouches for it. An entry with
+/// no `_UID` at all was not received by journald from a local process (hand-written
+/// JSON fed to replay or stdin) and is judged by its tag alone.
+///
+/// Defaults fit Debian's sendmail (root, /usr/lib/sm.bin/sendmail behind
+/// /usr/sbin/sendmail-mta), Postfix (user postfix, /usr/lib/postfix/sbin/) and Exim
+/// (Debian-exim, /usr/sbin/exim4), and the same MTAs' paths on other distributions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalTrust {
+    pub uids: Vec<u32>,
+    pub exes: Vec<String>,
+    pub comms: Vec<String>,
+}
+
+/// Users the MTAs run as (resolved at start; missing ones are skipped).
+pub const MTA_USERS: &[&str] = &["root", "postfix", "Debian-exim", "exim", "mail"];
+pub const MTA_EXES: &[&str] = &[
+    "/usr/lib/sm.bin/",
+    "/usr/sbin/sendmail",
+    "/usr/sbin/sendmail-mta",
+    "/usr/sbin/sendmail.sendmail",
+    "/usr/libexec/sendmail/",
+    "/usr/lib/postfix/",
+    "/usr/libexec/postfix/",
+    "/usr/sbin/exim4",
+    "/usr/sbin/exim",
+    "/usr/bin/exim",
+];
+pub const MTA_COMMS: &[&str] =
+    &["sendmail", "sm-mta", "sendmail-mta", "smtpd", "postscreen", "smtp", "cleanup", "qmgr", "exim4", "exim"];
+
+impl JournalTrust {
+    pub fn mta_defaults() -> Self {
+        let mut uids: Vec<u32> = MTA_USERS.iter().filter_map(|u| user_uid(u)).collect();
+        if !uids.contains(&0) {
+            uids.insert(0, 0);
+        }
+        uids.dedup();
+        Self {
+            uids,
+            exes: MTA_EXES.iter().map(|s| s.to_string()).collect(),
+            comms: MTA_COMMS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The defaults, with `users` (names or uids) and `exes` replacing theirs where given.
+    /// A user that does not exist here is skipped (root is always trusted).
+    pub fn configured(users: &[String], exes: &[String]) -> Self {
+        let mut t = Self::mta_defaults();
+        if !users.is_empty() {
+            let mut uids: Vec<u32> = users.iter().filter_map(|u| u.parse().ok().or_else(|| user_uid(u))).collect();
+            if !uids.contains(&0) {
+                uids.insert(0, 0);
+            }
+            uids.sort_unstable();
+            uids.dedup();
+            t.uids = uids;
+        }
+        if !exes.is_empty() {
+            t.exes = exes.to_vec();
+        }
+        t
+    }
+
+    /// Whether an entry with these trusted fields came from the MTA.
+    pub fn trusts(&self, o: &journald::Origin<'_>) -> bool {
+        let Some(uid) = o.uid else { return true };
+        if !self.uids.contains(&uid) {
+            return false;
+        }
+        if let Some(exe) = &o.exe {
+            // A binary replaced by an upgrade while running: still the MTA's path.
+            let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe);
+            return self.exes.iter().any(|t| if t.ends_with('/') { exe.starts_with(t.as_str()) } else { exe == t });
+        }
+        match &o.comm {
+            Some(c) => self.comms.iter().any(|t| t == c),
+            // Only a dedicated MTA user's uid vouches on its own: root runs everything
+            // (`logger` that exits at once leaves journald neither _EXE nor _COMM).
+            None => uid != 0,
+        }
+    }
+}
+
+/// The uid of a local user, through NSS.
+pub fn user_uid(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 4096];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes only into pw and buf (sizes given), result into out.
+    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    (r == 0 && !out.is_null()).then_some(pw.pw_uid)
+}
+
 /// Which parser reads a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MtaHint {
@@ -156,11 +277,20 @@ fn default_mta(tag: &[u8]) -> Option<Mta> {
         b"sm-mta" | b"sendmail" | b"sendmail-mta" => Some(Mta::Sendmail),
         b"exim" | b"exim4" => Some(Mta::Exim),
         b"postfix" => Some(Mta::Postfix),
-        t if t.starts_with(b"postfix/") || (t.starts_with(b"postfix-") && t.contains(&b'/')) => {
-            Some(Mta::Postfix)
-        }
+        t if postfix_tag(t) => Some(Mta::Postfix),
         _ => None,
     }
+}
+
+/// `postfix/PROG`, `postfix/SERVICE/PROG` (master.cf's `-o syslog_name=postfix/submission`)
+/// and the multi-instance `postfix-NAME/…`: every part a plain name (no `.`, `..` or
+/// empty part: `postfix/../../evil` is not Postfix).
+fn postfix_tag(t: &[u8]) -> bool {
+    let Some(slash) = memchr::memchr(b'/', t) else { return false };
+    let (inst, rest) = (&t[..slash], &t[slash + 1..]);
+    let name = |p: &[u8]| !p.is_empty() && p.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    let inst_ok = inst == b"postfix" || inst.strip_prefix(b"postfix-").is_some_and(name);
+    inst_ok && rest.split(|b| *b == b'/').all(name)
 }
 
 /// Parse a message with the right MTA parser.
@@ -208,6 +338,7 @@ pub fn with_parsed<R>(line: &[u8], filter: &MailerFilter, f: impl FnOnce(Parsed<
     let line = trim_eol(line);
     if line.first() == Some(&b'{') {
         return match journald::parse(line) {
+            Some(j) if !filter.trust.trusts(&j.origin) => f(Parsed::Foreign),
             Some(j) => {
                 let frame = j.as_frame();
                 dispatch(&frame, filter, f)
@@ -262,8 +393,15 @@ mod tests {
             (b"Nov 27 12:35:45 mx cron[1]: [192.0.2.66]: VRFY root", "foreign"),
             (b"Nov 27 12:00:00 mx postfix/smtpd[4242]: NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 550 5.1.1 <a@example.com>: Recipient address rejected: User unknown in local recipient table; from=<> to=<a@example.com> proto=ESMTP helo=<x>", "postfix:guess"),
             (b"Nov 27 12:00:00 mx postfix-out/smtpd[4242]: connect from unknown[192.0.2.66]", "postfix:other"),
+            (b"Nov 27 12:00:00 mx postfix/submission/smtpd[4242]: connect from unknown[192.0.2.66]", "postfix:other"),
+            (b"Nov 27 12:00:00 mx postfix/../../evil[4242]: NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 550 5.1.1 <a@example.com>: Recipient address rejected: User unknown in local recipient table; from=<> to=<a@example.com> proto=ESMTP helo=<x>", "foreign"),
+            (b"Nov 27 12:00:00 mx postfix//smtpd[4242]: connect from unknown[192.0.2.66]", "foreign"),
+            (b"Nov 27 12:00:00 mx postfix-/smtpd[4242]: connect from unknown[192.0.2.66]", "foreign"),
             (b"2026-11-27 12:00:00 H=[192.0.2.66] F=<> rejected RCPT <a@example.com>: Unknown user", "exim:guess"),
             (b"Nov 27 12:00:00 mx exim[77]: H=[192.0.2.66] F=<> rejected RCPT <a@example.com>: Unknown user", "exim:guess"),
+            (b"Nov 27 12:00:00 mx exim[77]: 2026-11-27 12:00:00 H=[192.0.2.66] F=<> rejected RCPT <a@example.com>: Unknown user", "exim:guess"),
+            (b"2026-11-27T12:00:00.000000+00:00 mx exim4[77]: 2026-11-27 12:00:00 +0000 [77] H=(x) [192.0.2.66]:4 F=<> rejected RCPT <a@example.com>: Rejected for too many bad recipients", "exim:guess"),
+            (br#"{"MESSAGE":"2026-11-27 12:00:00 H=[192.0.2.66] F=<> rejected RCPT <a@example.com>: Unrouteable address","SYSLOG_IDENTIFIER":"exim"}"#, "exim:guess"),
             (br#"{"MESSAGE":"6ARCZkEp018868: <a@example.com>... User unknown","SYSLOG_IDENTIFIER":"sm-mta","_PID":"18868","_HOSTNAME":"mx","__REALTIME_TIMESTAMP":"1795782947342721"}"#, "sendmail:pending"),
             (b"{not json", "skipped"),
             (b"", "skipped"),
@@ -272,6 +410,42 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(kind(line, &d), *want, "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn journal_entries_count_only_from_the_mta_processes() {
+        let d = MailerFilter::default().with_trust(JournalTrust {
+            uids: vec![0, 107],
+            exes: MTA_EXES.iter().map(|s| s.to_string()).collect(),
+            comms: MTA_COMMS.iter().map(|s| s.to_string()).collect(),
+        });
+        let msg = r#""MESSAGE":"6ARCZkEp018868: <a@example.com>... User unknown","SYSLOG_IDENTIFIER":"sm-mta""#;
+        let pf = r#""MESSAGE":"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 550 5.1.1 <a@example.com>: Recipient address rejected: User unknown in local recipient table; from=<> to=<a@example.com> proto=ESMTP helo=<x>","SYSLOG_IDENTIFIER":"postfix/smtpd""#;
+        let cases: &[(String, &str)] = &[
+            // Debian's sendmail: root, /usr/sbin/sendmail-mta -> /usr/lib/sm.bin/sendmail.
+            (format!(r#"{{{msg},"_UID":"0","_EXE":"/usr/lib/sm.bin/sendmail","_COMM":"sendmail-mta"}}"#), "sendmail:pending"),
+            (format!(r#"{{{msg},"_UID":"0","_EXE":"/usr/lib/sm.bin/sendmail (deleted)"}}"#), "sendmail:pending"),
+            // Postfix's smtpd as user postfix.
+            (format!(r#"{{{pf},"_UID":"107","_EXE":"/usr/lib/postfix/sbin/smtpd","_COMM":"smtpd"}}"#), "postfix:guess"),
+            // journald could not read /proc (the process had exited): the name, then the uid.
+            (format!(r#"{{{pf},"_UID":"107","_COMM":"smtpd"}}"#), "postfix:guess"),
+            (format!(r#"{{{pf},"_UID":"107"}}"#), "postfix:guess"),
+            (format!(r#"{{{msg},"_UID":"0"}}"#), "foreign"),
+            // Forged with logger: by root, by nobody, by postfix's uid running another program.
+            (format!(r#"{{{msg},"_UID":"0","_EXE":"/usr/bin/logger","_COMM":"logger"}}"#), "foreign"),
+            (format!(r#"{{{msg},"_UID":"65534","_EXE":"/usr/lib/sm.bin/sendmail"}}"#), "foreign"),
+            (format!(r#"{{{pf},"_UID":"65534","_COMM":"smtpd"}}"#), "foreign"),
+            (format!(r#"{{{pf},"_UID":"107","_COMM":"logger"}}"#), "foreign"),
+            (format!(r#"{{{pf},"_UID":"107","_EXE":"/usr/lib/postfixevil/smtpd"}}"#), "foreign"),
+            (format!(r#"{{{pf},"_UID":"0","_EXE":"/usr/sbin/sendmail-mta2"}}"#), "foreign"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(kind(line.as_bytes(), &d), *want, "{line}");
+        }
+        assert_eq!(user_uid("root"), Some(0));
+        let c = JournalTrust::configured(&["107".into(), "no-such-user-here".into()], &["/opt/mta/bin/".into()]);
+        assert_eq!((c.uids, c.exes), (vec![0, 107], vec!["/opt/mta/bin/".to_string()]));
+        assert!(JournalTrust::mta_defaults().uids.contains(&0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The systemd journal as a log source: `journalctl -f -o json` as a child process.
 //!
 //! Each journal entry is one JSON object on one line; it is delivered as is (the
-//! parser reads `MESSAGE`, `SYSLOG_IDENTIFIER`, `_PID`, `__REALTIME_TIMESTAMP`). The
+//! parser reads `MESSAGE`, `SYSLOG_IDENTIFIER`, `_PID`, `__REALTIME_TIMESTAMP`, and
+//! judges the sender by `_UID`, `_EXE`, `_COMM`). The
 //! child is killed when the [`Journal`] is dropped. If journalctl exits, `next`
 //! returns an error carrying its exit status and what it wrote on stderr.
 use std::{
@@ -22,8 +23,13 @@ pub struct JournalOptions {
     /// The journalctl binary.
     pub journalctl: PathBuf,
     /// Only entries with these syslog identifiers (`-t sm-mta -t sendmail …`); empty:
-    /// all entries.
+    /// every identifier (the parser's filter picks the MTAs' tags: `postfix/…/smtpd`,
+    /// `postfix-NAME/…`, `exim4`, which journalctl's exact `-t` cannot express).
     pub identifiers: Vec<String>,
+    /// Only entries journald received from processes of these uids (`_UID=N`, ORed): the
+    /// MTAs' users. The uid comes from the kernel (SCM_CREDENTIALS), so a user cannot
+    /// choose it; this also spares the daemon most other programs' lines. Empty: all.
+    pub uids: Vec<u32>,
     /// Start with new entries only (`--lines=0`); otherwise journalctl's default of
     /// the last 10 entries comes first.
     pub new_only: bool,
@@ -33,7 +39,8 @@ impl Default for JournalOptions {
     fn default() -> Self {
         Self {
             journalctl: "journalctl".into(),
-            identifiers: ["sm-mta", "sendmail", "postfix/smtpd"].map(String::from).to_vec(),
+            identifiers: Vec::new(),
+            uids: crate::parse::JournalTrust::mta_defaults().uids,
             new_only: true,
         }
     }
@@ -50,6 +57,7 @@ impl JournalOptions {
             a.push("--identifier".into());
             a.push(t.clone());
         }
+        a.extend(self.uids.iter().map(|u| format!("_UID={u}")));
         a
     }
 }
@@ -142,7 +150,7 @@ mod tests {
                 args_file.display()
             ),
         );
-        let opts = JournalOptions { journalctl: bin, identifiers: vec!["sm-mta".into(), "sendmail".into()], new_only: true };
+        let opts = JournalOptions { journalctl: bin, identifiers: vec!["sm-mta".into(), "sendmail".into()], uids: vec![0, 107], new_only: true };
         let mut j = Journal::spawn(&opts).unwrap();
         let a = tokio::time::timeout(Duration::from_secs(5), j.next()).await.unwrap().unwrap();
         assert_eq!(a.line, br#"{"MESSAGE":"a","SYSLOG_IDENTIFIER":"sm-mta"}"#);
@@ -152,7 +160,7 @@ mod tests {
         assert_eq!(v["MESSAGE"], "b");
         assert_eq!(
             std::fs::read_to_string(&args_file).unwrap().trim(),
-            "--follow --output=json --no-pager --quiet --lines=0 --identifier sm-mta --identifier sendmail"
+            "--follow --output=json --no-pager --quiet --lines=0 --identifier sm-mta --identifier sendmail _UID=0 _UID=107"
         );
         let pid = j.pid().unwrap();
         assert!(Path::new(&format!("/proc/{pid}")).exists());

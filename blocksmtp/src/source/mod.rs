@@ -39,6 +39,12 @@ pub trait LineSource: Send + 'static {
     fn positions(&self) -> Option<Vec<SourceStatus>> {
         None
     }
+
+    /// Whether a line's origin is vouched for (journald's trusted fields), and how:
+    /// a log file or a pipe holds whatever any local program managed to write there.
+    fn trust(&self) -> (bool, &'static str) {
+        (false, crate::control::TRUST_FILE)
+    }
 }
 
 impl LineSource for follow::Follower {
@@ -58,7 +64,14 @@ impl LineSource for follow::Follower {
         Some(
             follow::Follower::positions(self)
                 .into_iter()
-                .map(|p| SourceStatus { name: p.path.display().to_string(), position: Some(p.offset), lines: p.lines, open: p.open })
+                .map(|p| SourceStatus {
+                    name: p.path.display().to_string(),
+                    position: Some(p.offset),
+                    lines: p.lines,
+                    open: p.open,
+                    trusted: false,
+                    trust: crate::control::TRUST_FILE.into(),
+                })
                 .collect(),
         )
     }
@@ -67,6 +80,10 @@ impl LineSource for follow::Follower {
 impl LineSource for journal::Journal {
     fn name(&self) -> String {
         "journal".into()
+    }
+
+    fn trust(&self) -> (bool, &'static str) {
+        (true, crate::control::TRUST_JOURNAL)
     }
 
     async fn next_line(&mut self) -> std::io::Result<Option<LogLine>> {
@@ -129,7 +146,10 @@ pub fn spawn<S: LineSource>(mut src: S, tx: &mpsc::Sender<(LogLine, Instant)>) -
                     }
                 },
                 Some(reply) = prx.recv() => {
-                    let status = src.positions().unwrap_or_else(|| vec![SourceStatus { name: name.clone(), position: None, lines, open }]);
+                    let status = src.positions().unwrap_or_else(|| {
+                        let (trusted, trust) = src.trust();
+                        vec![SourceStatus { name: name.clone(), position: None, lines, open, trusted, trust: trust.into() }]
+                    });
                     let _ = reply.send(status);
                 }
             }

@@ -143,8 +143,8 @@ fn main() -> anyhow::Result<()> {
     let _ = echo.join();
     print!("{}", String::from_utf8_lossy(&d.ctl(&["list"])?.stdout));
     let st = d.status()?;
-    if let Some(p) = st["packets"].as_array() {
-        let drops = p.iter().find(|x| x[0] == "drop").and_then(|x| x[1].as_u64()).unwrap_or(0);
+    if let Some(p) = st["packets"].as_object() {
+        let drops = p.get("drop").and_then(|x| x.as_u64()).unwrap_or(0);
         println!("  packets dropped in XDP so far: {drops}");
     }
 

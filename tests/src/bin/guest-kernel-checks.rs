@@ -31,7 +31,7 @@ fn report(name: &str, r: anyhow::Result<String>) -> bool {
 }
 
 fn iface_state(d: &Daemon) -> String {
-    d.status().ok().and_then(|s| s["interfaces"][0][1].as_str().map(str::to_string)).unwrap_or_default()
+    d.status().ok().and_then(|s| s["interfaces"]["vs0"].as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn listed(d: &Daemon, source: &str) -> bool {
