@@ -16,7 +16,9 @@
 //!
 //! `source` is an address, an IPv6 prefix, or a network (`192.0.2.0/24`) for a prefix
 //! ban; `rule` names the evidence (`address`, `prefix`, `dictionary`, `surge`,
-//! `returning`); `banned_at` is when the decision was made (the triggering guess).
+//! `returning`); `banned_at` is when the decision was made: the time of the guess that
+//! completed the evidence (the daemon, attributing sendmail's guesses live through
+//! process titles, decides then), also as `banned_at_unix` with sub-second precision.
 //! `guesses` of a ban counts the guesses that triggered it plus those the source made
 //! while it would have been banned; `guesses_at_ban` only the former. The top-level
 //! `guesses` counts every guess attributed to a source (whitelisted ones excluded).
@@ -63,6 +65,8 @@ pub struct ReportedBan {
     pub samples: Vec<String>,
     pub guesses_at_ban: u32,
     pub banned_at: String,
+    /// `banned_at` as unix seconds with the log's sub-second precision.
+    pub banned_at_unix: f64,
     pub rule: &'static str,
 }
 
@@ -148,6 +152,7 @@ fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBa
         samples: d.evidence,
         guesses_at_ban: d.guesses,
         banned_at: format_rfc3339(at),
+        banned_at_unix: at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         rule: d.rule.name(),
     }
 }

@@ -2,6 +2,7 @@
 //! network namespaces (documentation addresses only), cleanup that runs on failure.
 pub mod bench;
 pub mod daemon;
+pub mod distributed;
 pub mod loggen;
 pub mod lab;
 pub mod netns;
