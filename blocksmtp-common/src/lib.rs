@@ -12,6 +12,8 @@ use bytemuck::{Pod, Zeroable};
 
 /// Bumped whenever a map's key, value or config layout changes. The daemon pins maps
 /// under `/sys/fs/bpf/blocksmtp/v{LAYOUT_VERSION}` so an old layout is never reused.
+/// (The prefix-ban tries were added beside the v1 maps without changing any of them:
+/// a v1 pin directory gains them, its bans stay.)
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
@@ -20,6 +22,9 @@ pub const MAX_PORTS: usize = 8;
 pub const MAX_BANS: u32 = 1 << 20;
 /// Capacity of each allow-list trie.
 pub const MAX_ALLOW: u32 = 1 << 16;
+/// Capacity of each prefix-ban trie (networks banned as a whole: few, but not bounded
+/// by the attacker more than address bans are).
+pub const MAX_PREFIX_BANS: u32 = 1 << 16;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -29,7 +34,9 @@ pub mod map_names {
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const STATS: &str = "STATS";
-    pub const ALL: [&str; 6] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS];
+    pub const BANNET_V4: &str = "BANNET_V4";
+    pub const BANNET_V6: &str = "BANNET_V6";
+    pub const ALL: [&str; 8] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6];
 }
 
 /// Names of the programs in the eBPF object.
@@ -54,8 +61,11 @@ pub struct BanKeyV6 {
 
 /// The ban was set by hand (`blocksmtp ban`), not by detection.
 pub const BAN_FLAG_MANUAL: u32 = 1;
+/// Bits 8..16 of `BanValue::flags` hold a prefix ban's length: a trie lookup answers
+/// with the longest covering entry, so user space checks it found the one it asked for.
+pub const BAN_FLAG_LEN_SHIFT: u32 = 8;
 
-/// Value of both ban maps.
+/// Value of the ban maps and of the prefix-ban tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct BanValue {
@@ -91,6 +101,10 @@ pub const CONFIG_MAILER_V6: u8 = 2;
 pub const CONFIG_ALLOW_V4: u8 = 4;
 /// `ALLOW_V6` holds entries.
 pub const CONFIG_ALLOW_V6: u8 = 8;
+/// `BANNET_V4` holds entries (when clear, a source with no address ban passes at once).
+pub const CONFIG_BANNET_V4: u8 = 16;
+/// `BANNET_V6` holds entries.
+pub const CONFIG_BANNET_V6: u8 = 32;
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapInfo, MapType};
 use blocksmtp_common::{
     AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
-    STAT_COUNT, map_names,
+    MAX_PREFIX_BANS, STAT_COUNT, map_names,
 };
 
 /// Default bpffs root for blocksmtp's pins.
@@ -122,7 +122,7 @@ pub struct MapLayout {
     pub max_entries: u32,
 }
 
-pub fn expected_layouts() -> [MapLayout; 6] {
+pub fn expected_layouts() -> [MapLayout; 8] {
     use std::mem::size_of;
     [
         MapLayout {
@@ -166,6 +166,20 @@ pub fn expected_layouts() -> [MapLayout; 6] {
             key_size: 4,
             value_size: 8,
             max_entries: STAT_COUNT,
+        },
+        MapLayout {
+            name: map_names::BANNET_V4,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 4,
+            value_size: size_of::<BanValue>() as u32,
+            max_entries: MAX_PREFIX_BANS,
+        },
+        MapLayout {
+            name: map_names::BANNET_V6,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 16,
+            value_size: size_of::<BanValue>() as u32,
+            max_entries: MAX_PREFIX_BANS,
         },
     ]
 }
