@@ -81,7 +81,7 @@ pub struct DetectArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub surge_factor: u32,
     /// … and at least this many.
-    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub surge_min: u32,
     /// How long a first ban on evidence beyond one address (network, dictionary,
     /// surge, rounds) lasts: such harvests come back in rounds.
@@ -113,7 +113,7 @@ impl Default for DetectArgs {
             dictionary_sources: 3,
             strict_unknown: 2,
             surge_factor: 4,
-            surge_min: 12,
+            surge_min: 8,
             campaign_ban_time: HumanDuration::from_secs(4 * 3600),
             memory: HumanDuration::from_secs(86_400),
         }

@@ -87,7 +87,7 @@ impl Offence {
             ),
             Evidence::Dictionary => format!(
                 "{} from the harvest dictionary ({}, no valid mail){mta}",
-                plural(self.addrs.into(), "name", "names"),
+                plural(self.addrs.into(), "guessed name", "guessed names"),
                 parts.join(", ")
             ),
             Evidence::Surge => format!("{} during a surge of unknown recipients, no valid mail{mta}", parts.join(", ")),
