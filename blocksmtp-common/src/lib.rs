@@ -25,6 +25,10 @@ pub const MAX_ALLOW: u32 = 1 << 16;
 /// Capacity of each prefix-ban trie (networks banned as a whole: few, but not bounded
 /// by the attacker more than address bans are).
 pub const MAX_PREFIX_BANS: u32 = 1 << 16;
+/// Words of the prefix-ban hint bitmap (`BANNET_HINT`): 65,536 bits for IPv4 (by the
+/// source's first 16 bits), then 65,536 for IPv6 (by its first 32 bits, folded to 16).
+/// A clear bit proves no prefix ban covers the source: the trie lookup is skipped.
+pub const HINT_WORDS: u32 = 2 * 65_536 / 64;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -36,7 +40,8 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const BANNET_V4: &str = "BANNET_V4";
     pub const BANNET_V6: &str = "BANNET_V6";
-    pub const ALL: [&str; 8] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6];
+    pub const BANNET_HINT: &str = "BANNET_HINT";
+    pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
 }
 
 /// Names of the programs in the eBPF object.
@@ -191,6 +196,18 @@ pub fn v6_key(addr: &[u8; 16], mask: &[u8; 16]) -> BanKeyV6 {
         i += 1;
     }
     BanKeyV6 { prefix }
+}
+
+/// The hint bit of an IPv4 source (its first two bytes).
+#[inline(always)]
+pub const fn hint_bit_v4(first16: u16) -> u32 {
+    first16 as u32
+}
+
+/// The hint bit of an IPv6 source: its first 32 bits folded to 16, after the IPv4 half.
+#[inline(always)]
+pub const fn hint_bit_v6(first32: u32) -> u32 {
+    65_536 + ((first32 >> 16) ^ (first32 & 0xffff))
 }
 
 /// Why the program let a packet through, or that it dropped it. Doubles as the index

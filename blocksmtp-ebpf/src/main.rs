@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use blocksmtp_common::{
     AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, MAX_ALLOW, MAX_BANS, MAX_PORTS, MAX_PREFIX_BANS, STAT_COUNT, Verdict,
+    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PORTS, MAX_PREFIX_BANS, STAT_COUNT,
+    Verdict, hint_bit_v4, hint_bit_v6,
 };
 
 #[map]
@@ -41,6 +42,19 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
 static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
+// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
+// lookup (inlined by the verifier) keeps the trie off a clean packet's path.
+#[map]
+static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+
+/// Whether hint bit `bit` is set (a prefix ban may cover the source).
+#[inline(always)]
+fn hinted(bit: u32) -> bool {
+    match BANNET_HINT.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
 
 // EtherTypes and protocol numbers as they appear in the packet (network byte order).
 const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -194,6 +208,7 @@ fn ipv4(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
     }
     if found.is_none()
         && cfg.flags & CONFIG_BANNET_V4 != 0
+        && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
         && let Some(ban) = BANNET_V4.get(Key::new(32, saddr))
     {
         let ban = ban as *const BanValue as *mut BanValue;
@@ -256,6 +271,7 @@ fn ipv6(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
     }
     if found.is_none()
         && cfg.flags & CONFIG_BANNET_V6 != 0
+        && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
         && let Some(ban) = BANNET_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) }))
     {
         let ban = ban as *const BanValue as *mut BanValue;

@@ -312,7 +312,16 @@ fn ban_lookup_unban_roundtrip() {
     assert!(!dp.unban(&n16).unwrap());
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, Drop);
     assert_eq!(dp.lookup(&n4).unwrap().unwrap().dropped, 1, "per-ban drop counter of a prefix ban");
-    assert!(dp.unban(&n4).unwrap() && dp.unban(&n6).unwrap());
+    // Two networks of one /16 share a hint bit: lifting one keeps the other enforced.
+    let n4b: SourceAddr = "192.0.3.0/24".parse().unwrap();
+    dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
+    assert!(dp.unban(&n4b).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, Drop);
+    dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
+    assert!(dp.unban(&n4).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.3.10", SMTP).build()).1, Drop);
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, PassNotBanned);
+    assert!(dp.unban(&n4b).unwrap() && dp.unban(&n6).unwrap());
     assert_eq!(dp.prefix_counts(), (0, 0));
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, PassNotBanned);
     assert!(dp.list().unwrap().is_empty());

@@ -30,7 +30,8 @@ use aya::{
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict, map_names, program_names, v6_key,
+    BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, map_names, program_names,
+    v6_key,
 };
 use ipnet::IpNet;
 
@@ -146,6 +147,29 @@ impl BanKey {
     }
 }
 
+/// The hint bits a prefix ban sets (see `blocksmtp_common::HINT_WORDS`).
+fn hint_bits(key: &BanKey) -> Vec<u32> {
+    match *key {
+        BanKey::Net4(a, len) => {
+            let first = u32::from(u16::from_be_bytes([a[0], a[1]]));
+            let span = 1u32 << 16u32.saturating_sub(u32::from(len)).min(16);
+            (first & !(span - 1)..(first & !(span - 1)) + span).map(|f| hint_bit_v4(f as u16)).collect()
+        }
+        BanKey::Net6(a, len) if len >= 16 => {
+            let first = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+            let span = 1u64 << 32u32.saturating_sub(u32::from(len));
+            let base = u64::from(first) & !(span - 1);
+            let mut bits: Vec<u32> = (base..base + span).map(|f| hint_bit_v6(f as u32)).collect();
+            bits.sort_unstable();
+            bits.dedup();
+            bits
+        }
+        // Wider than a /16: every IPv6 bit.
+        BanKey::Net6(..) => (0..65_536).map(|i| 65_536 + i).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A prefix ban's value carries its length (the trie answers with the longest match).
 fn len_of(v: &BanValue) -> u8 {
     (v.flags >> BAN_FLAG_LEN_SHIFT) as u8
@@ -164,6 +188,10 @@ pub struct Dataplane {
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     bannet_v4: LpmTrie<MapData, [u8; 4], BanValue>,
     bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
+    hint_map: Array<MapData, u64>,
+    /// Prefix bans per hint bit, and the bitmap as written to `BANNET_HINT`.
+    hint_counts: Vec<u32>,
+    hint_words: Vec<u64>,
     stats: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     /// (expiry, key) for every ban set or found, one heap per family so an IPv4 entry
@@ -225,6 +253,9 @@ impl Dataplane {
             allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
             bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
             bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
+            hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
+            hint_counts: vec![0; HINT_WORDS as usize * 64],
+            hint_words: vec![0; HINT_WORDS as usize],
             stats: take(&mut ebpf, map_names::STATS)?,
             config_map: {
                 config_map.set(0, config, 0).context("writing the config map")?;
@@ -366,6 +397,25 @@ impl Dataplane {
         }
     }
 
+    /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
+    fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
+        let mut dirty = Vec::new();
+        for bit in hint_bits(key) {
+            let c = &mut self.hint_counts[bit as usize];
+            let was = *c > 0;
+            *c = if add { *c + 1 } else { c.saturating_sub(1) };
+            if was != (*c > 0) {
+                self.hint_words[bit as usize / 64] ^= 1 << (bit % 64);
+                dirty.push(bit / 64);
+            }
+        }
+        dirty.dedup();
+        for w in dirty {
+            self.hint_map.set(w, self.hint_words[w as usize], 0).context("writing the prefix-ban hint map")?;
+        }
+        Ok(())
+    }
+
     /// Tell the program whether a prefix-ban trie is worth a lookup.
     fn sync_prefix_flags(&mut self) -> anyhow::Result<()> {
         let mut cfg = self.config;
@@ -394,6 +444,7 @@ impl Dataplane {
             Ok(()) => {
                 self.entries[key.family()] = self.entries[key.family()].saturating_sub(1);
                 if key.family() >= 2 {
+                    self.hint(key, false)?;
                     self.sync_prefix_flags()?;
                 }
                 Ok(true)
@@ -416,11 +467,28 @@ impl Dataplane {
             value.dropped = old.dropped;
             value.flags |= old.flags;
         }
-        match self.put(&key, value) {
+        // The hint goes up before the entry exists (and down after it is gone), so the
+        // program never skips a live prefix ban.
+        let new_prefix = old.is_none() && key.family() >= 2;
+        if new_prefix {
+            self.hint(&key, true)?;
+        }
+        let put = self.put(&key, value);
+        if put.is_err() && new_prefix {
+            self.hint(&key, false)?;
+        }
+        match put {
             Ok(()) => {}
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 let swept = self.sweep_expired()?.len();
-                self.put(&key, value).map_err(|_| {
+                if new_prefix {
+                    self.hint(&key, true)?;
+                }
+                let retry = self.put(&key, value);
+                if retry.is_err() && new_prefix {
+                    self.hint(&key, false)?;
+                }
+                retry.map_err(|_| {
                     let (map, cap) = match key {
                         BanKey::V4(_) => (map_names::BANS_V4, blocksmtp_common::MAX_BANS),
                         BanKey::V6(_) => (map_names::BANS_V6, blocksmtp_common::MAX_BANS),
@@ -580,6 +648,19 @@ impl Dataplane {
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
         self.expiry_net = BinaryHeap::from(nets);
+        // The hint bitmap from the tries' contents (pinned ones may be from an earlier run).
+        self.hint_counts.iter_mut().for_each(|c| *c = 0);
+        self.hint_words.iter_mut().for_each(|w| *w = 0);
+        let keys: Vec<BanKey> = self.expiry_net.iter().map(|Reverse((_, k))| *k).collect();
+        for k in &keys {
+            for bit in hint_bits(k) {
+                self.hint_counts[bit as usize] += 1;
+                self.hint_words[bit as usize / 64] |= 1 << (bit % 64);
+            }
+        }
+        for (i, w) in self.hint_words.iter().enumerate() {
+            self.hint_map.set(i as u32, *w, 0).context("writing the prefix-ban hint map")?;
+        }
         self.sync_prefix_flags()
     }
 

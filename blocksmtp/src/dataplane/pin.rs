@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{MapInfo, MapType};
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
     MAX_PREFIX_BANS, STAT_COUNT, map_names,
 };
 
@@ -122,7 +122,7 @@ pub struct MapLayout {
     pub max_entries: u32,
 }
 
-pub fn expected_layouts() -> [MapLayout; 8] {
+pub fn expected_layouts() -> [MapLayout; 9] {
     use std::mem::size_of;
     [
         MapLayout {
@@ -180,6 +180,13 @@ pub fn expected_layouts() -> [MapLayout; 8] {
             key_size: 4 + 16,
             value_size: size_of::<BanValue>() as u32,
             max_entries: MAX_PREFIX_BANS,
+        },
+        MapLayout {
+            name: map_names::BANNET_HINT,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: HINT_WORDS,
         },
     ]
 }
