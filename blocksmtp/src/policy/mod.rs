@@ -58,8 +58,9 @@ pub use history::{Offence, Offender, PolicyState, secs32};
 use history::{Histories, secs};
 
 const EVIDENCE: usize = 5;
-/// Caps of the evidence memories (entries): about 8 MB at most all together.
-const CAP_SUSPECTS: usize = 32_768;
+/// Caps of the evidence memories (entries): about 5 MB at most all together (the
+/// daemon's target is 20 MB at 100,000 bans).
+const CAP_SUSPECTS: usize = 16_384;
 const CAP_PREFIXES: usize = 8_192;
 const CAP_NAMES: usize = 16_384;
 const CAP_REPUTATION: usize = 65_536;

@@ -8,7 +8,7 @@ use super::{
 };
 
 /// Recipients remembered per source (beyond them only the count grows).
-const SLOTS: usize = 6;
+const SLOTS: usize = 4;
 
 #[derive(Debug, Default)]
 pub(super) struct Suspect {
