@@ -632,7 +632,7 @@ impl Daemon {
                 BanRow {
                     source: b.source.to_string(),
                     reason: match offence {
-                        Some(o) if !b.manual => o.reason(),
+                        Some(o) if !b.manual => o.reason_for(&b.source),
                         _ => "manual".into(),
                     },
                     guesses: offence.filter(|_| !b.manual).map_or(0, |o| o.guesses),
