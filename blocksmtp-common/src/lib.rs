@@ -12,6 +12,8 @@ use bytemuck::{Pod, Zeroable};
 
 /// Bumped whenever a map's key, value or config layout changes. The daemon pins maps
 /// under `/sys/fs/bpf/blocksmtp/v{LAYOUT_VERSION}` so an old layout is never reused.
+/// (The prefix-ban tries were added beside the v1 maps without changing any of them:
+/// a v1 pin directory gains them, its bans stay.)
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
@@ -20,6 +22,13 @@ pub const MAX_PORTS: usize = 8;
 pub const MAX_BANS: u32 = 1 << 20;
 /// Capacity of each allow-list trie.
 pub const MAX_ALLOW: u32 = 1 << 16;
+/// Capacity of each prefix-ban trie (networks banned as a whole: few, but not bounded
+/// by the attacker more than address bans are).
+pub const MAX_PREFIX_BANS: u32 = 1 << 16;
+/// Words of the prefix-ban hint bitmap (`BANNET_HINT`): 65,536 bits for IPv4 (by the
+/// source's first 16 bits), then 65,536 for IPv6 (by its first 32 bits, folded to 16).
+/// A clear bit proves no prefix ban covers the source: the trie lookup is skipped.
+pub const HINT_WORDS: u32 = 2 * 65_536 / 64;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -29,7 +38,10 @@ pub mod map_names {
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const STATS: &str = "STATS";
-    pub const ALL: [&str; 6] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS];
+    pub const BANNET_V4: &str = "BANNET_V4";
+    pub const BANNET_V6: &str = "BANNET_V6";
+    pub const BANNET_HINT: &str = "BANNET_HINT";
+    pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
 }
 
 /// Names of the programs in the eBPF object.
@@ -54,8 +66,11 @@ pub struct BanKeyV6 {
 
 /// The ban was set by hand (`blocksmtp ban`), not by detection.
 pub const BAN_FLAG_MANUAL: u32 = 1;
+/// Bits 8..16 of `BanValue::flags` hold a prefix ban's length: a trie lookup answers
+/// with the longest covering entry, so user space checks it found the one it asked for.
+pub const BAN_FLAG_LEN_SHIFT: u32 = 8;
 
-/// Value of both ban maps.
+/// Value of the ban maps and of the prefix-ban tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct BanValue {
@@ -91,6 +106,10 @@ pub const CONFIG_MAILER_V6: u8 = 2;
 pub const CONFIG_ALLOW_V4: u8 = 4;
 /// `ALLOW_V6` holds entries.
 pub const CONFIG_ALLOW_V6: u8 = 8;
+/// `BANNET_V4` holds entries (when clear, a source with no address ban passes at once).
+pub const CONFIG_BANNET_V4: u8 = 16;
+/// `BANNET_V6` holds entries.
+pub const CONFIG_BANNET_V6: u8 = 32;
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]
@@ -177,6 +196,18 @@ pub fn v6_key(addr: &[u8; 16], mask: &[u8; 16]) -> BanKeyV6 {
         i += 1;
     }
     BanKeyV6 { prefix }
+}
+
+/// The hint bit of an IPv4 source (its first two bytes).
+#[inline(always)]
+pub const fn hint_bit_v4(first16: u16) -> u32 {
+    first16 as u32
+}
+
+/// The hint bit of an IPv6 source: its first 32 bits folded to 16, after the IPv4 half.
+#[inline(always)]
+pub const fn hint_bit_v6(first32: u32) -> u32 {
+    65_536 + ((first32 >> 16) ^ (first32 & 0xffff))
 }
 
 /// Why the program let a packet through, or that it dropped it. Doubles as the index

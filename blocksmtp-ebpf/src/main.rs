@@ -2,8 +2,9 @@
 //!
 //! One classifier, two attach points: XDP (earliest, preferred) and TC ingress (for
 //! NICs and stacks where XDP is unavailable). Per packet, cheapest tests first:
-//! protocol, port, destination, then one hash lookup, and the allow-list trie only for
-//! a source that is actually banned. Every packet bumps exactly one per-CPU counter,
+//! protocol, port, destination, then one hash lookup; the prefix-ban trie only when
+//! prefix bans exist (a config bit) and the address has none of its own; the allow-list
+//! trie only for a source that is actually banned. Every packet bumps exactly one per-CPU counter,
 //! indexed by its verdict.
 #![no_std]
 #![no_main]
@@ -18,8 +19,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config,
-    MAX_ALLOW, MAX_BANS, MAX_PORTS, STAT_COUNT, Verdict,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PORTS, MAX_PREFIX_BANS, STAT_COUNT,
+    Verdict, hint_bit_v4, hint_bit_v6,
 };
 
 #[map]
@@ -35,6 +37,24 @@ static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(MAX_AL
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+// Networks banned as a whole (any prefix length): one longest-prefix lookup.
+#[map]
+static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
+#[map]
+static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
+// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
+// lookup (inlined by the verifier) keeps the trie off a clean packet's path.
+#[map]
+static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+
+/// Whether hint bit `bit` is set (a prefix ban may cover the source).
+#[inline(always)]
+fn hinted(bit: u32) -> bool {
+    match BANNET_HINT.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
 
 // EtherTypes and protocol numbers as they appear in the packet (network byte order).
 const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -181,12 +201,22 @@ fn ipv4(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
         return Verdict::PassNotProtected;
     }
     let saddr = ip.saddr.to_ne_bytes();
-    let Some(ban) = BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }) else {
-        return Verdict::PassNotBanned;
-    };
-    if expired(ban) {
-        return Verdict::PassExpired;
+    let mut miss = Verdict::PassNotBanned;
+    let mut found = None;
+    if let Some(ban) = BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }) {
+        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
     }
+    if found.is_none()
+        && cfg.flags & CONFIG_BANNET_V4 != 0
+        && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+        && let Some(ban) = BANNET_V4.get(Key::new(32, saddr))
+    {
+        let ban = ban as *const BanValue as *mut BanValue;
+        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
+    }
+    let Some(ban) = found else {
+        return miss;
+    };
     if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
         return Verdict::PassAllowListed;
     }
@@ -234,12 +264,22 @@ fn ipv6(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
     }
     let mask = words(&cfg.v6_mask);
     let key: [u64; 2] = [saddr[0] & mask[0], saddr[1] & mask[1]];
-    let Some(ban) = BANS_V6.get_ptr_mut(BanKeyV6 { prefix: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(key) } }) else {
-        return Verdict::PassNotBanned;
-    };
-    if expired(ban) {
-        return Verdict::PassExpired;
+    let mut miss = Verdict::PassNotBanned;
+    let mut found = None;
+    if let Some(ban) = BANS_V6.get_ptr_mut(BanKeyV6 { prefix: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(key) } }) {
+        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
     }
+    if found.is_none()
+        && cfg.flags & CONFIG_BANNET_V6 != 0
+        && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+        && let Some(ban) = BANNET_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) }))
+    {
+        let ban = ban as *const BanValue as *mut BanValue;
+        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
+    }
+    let Some(ban) = found else {
+        return miss;
+    };
     if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) })).is_some() {
         return Verdict::PassAllowListed;
     }

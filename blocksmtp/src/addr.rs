@@ -1,10 +1,11 @@
 //! What gets banned: an IPv4 address, or an IPv6 prefix (a /64 by default, since one
-//! host usually owns a whole /64 and can hop between its addresses).
+//! host usually owns a whole /64 and can hop between its addresses) — or a whole
+//! network of either family (a prefix ban: a /24 harvested from by many addresses).
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// A ban's subject: an IPv4 /32 or an IPv6 network (host bits zero).
+/// A ban's subject: an IPv4 address (/32) or network, or an IPv6 network (host bits zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceAddr(IpNet);
 
@@ -24,9 +25,33 @@ impl SourceAddr {
         }
     }
 
-    /// A network as it is (host bits cleared): a single address or a prefix.
+    /// The network of `len` bits holding `ip` (IPv4-mapped IPv6 counts as IPv4).
+    pub fn prefix_of(ip: IpAddr, v4_len: u8, v6_len: u8) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(IpNet::V4(Ipv4Net::new(v4, v4_len.min(32)).expect("len ≤ 32").trunc())),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::prefix_of(IpAddr::V4(v4), v4_len, v6_len),
+                None => Self(IpNet::V6(Ipv6Net::new(v6, v6_len.min(128)).expect("len ≤ 128").trunc())),
+            },
+        }
+    }
+
+    /// A network given as a prefix (host bits are cleared).
     pub fn from_net(net: IpNet) -> Self {
         Self(net.trunc())
+    }
+
+    /// Whether this is a network wider than one banned unit: an IPv4 prefix shorter
+    /// than /32, or an IPv6 prefix shorter than `v6_prefix`.
+    pub fn is_prefix_ban(&self, v6_prefix: u8) -> bool {
+        match self.0 {
+            IpNet::V4(n) => n.prefix_len() < 32,
+            IpNet::V6(n) => n.prefix_len() < v6_prefix,
+        }
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
     }
 
     pub fn net(&self) -> IpNet {
@@ -44,7 +69,8 @@ impl SourceAddr {
 }
 
 impl fmt::Display for SourceAddr {
-    /// `192.0.2.66` for IPv4, `2001:db8::/64` for IPv6 (a single v6 host: `/128`).
+    /// `192.0.2.66` for an IPv4 address, `192.0.2.0/24` for an IPv4 network,
+    /// `2001:db8::/64` for IPv6 (a single v6 host: `/128`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             IpNet::V4(n) if n.prefix_len() == 32 => write!(f, "{}", n.addr()),
@@ -58,8 +84,6 @@ impl fmt::Display for SourceAddr {
 pub enum SourceAddrError {
     #[error("{0:?} is not an IP address or prefix")]
     Invalid(String),
-    #[error("{0:?}: IPv4 bans are per address; a prefix other than /32 is not supported")]
-    V4Prefix(String),
     #[error("{0:?}: the prefix has host bits set (did you mean {1}?)")]
     HostBits(String, String),
 }
@@ -67,7 +91,8 @@ pub enum SourceAddrError {
 impl FromStr for SourceAddr {
     type Err = SourceAddrError;
 
-    /// `192.0.2.66`, `192.0.2.66/32`, `2001:db8::/64`, or a bare IPv6 address (a /128).
+    /// `192.0.2.66`, `192.0.2.66/32`, `192.0.2.0/24`, `2001:db8::/64`, or a bare IPv6
+    /// address (a /128). A prefix with host bits set is refused (a typo, most likely).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let s_unbracketed = s.trim_start_matches('[').trim_end_matches(']');
@@ -75,14 +100,10 @@ impl FromStr for SourceAddr {
             return Ok(Self::from_ip(ip, 128));
         }
         let net: IpNet = s.parse().map_err(|_| SourceAddrError::Invalid(s.to_string()))?;
-        match net {
-            IpNet::V4(n) if n.prefix_len() != 32 => Err(SourceAddrError::V4Prefix(s.to_string())),
-            IpNet::V4(n) => Ok(Self(IpNet::V4(n))),
-            IpNet::V6(n) if n.trunc() != n => {
-                Err(SourceAddrError::HostBits(s.to_string(), n.trunc().to_string()))
-            }
-            IpNet::V6(n) => Ok(Self(IpNet::V6(n))),
+        if net.trunc() != net {
+            return Err(SourceAddrError::HostBits(s.to_string(), net.trunc().to_string()));
         }
+        Ok(Self(net))
     }
 }
 
@@ -114,6 +135,19 @@ mod tests {
     }
 
     #[test]
+    fn prefixes() {
+        let p = SourceAddr::prefix_of("192.0.2.66".parse().unwrap(), 24, 48);
+        assert_eq!(p.to_string(), "192.0.2.0/24");
+        assert!(p.is_prefix_ban(64) && p.contains(&"192.0.2.1".parse().unwrap()));
+        let p = SourceAddr::prefix_of("2001:db8:bad:1::66".parse().unwrap(), 24, 48);
+        assert_eq!(p.to_string(), "2001:db8:bad::/48");
+        assert!(p.is_prefix_ban(64) && !SourceAddr::from_ip("2001:db8::1".parse().unwrap(), 64).is_prefix_ban(64));
+        assert_eq!(SourceAddr::prefix_of("::ffff:192.0.2.66".parse().unwrap(), 24, 48).to_string(), "192.0.2.0/24");
+        // A /24 ban and the address .0 are different sources.
+        assert_ne!("192.0.2.0".parse::<SourceAddr>().unwrap(), "192.0.2.0/24".parse::<SourceAddr>().unwrap());
+    }
+
+    #[test]
     fn v4_and_mapped() {
         let a = SourceAddr::from_ip("::ffff:192.0.2.66".parse().unwrap(), 64);
         assert_eq!(a.to_string(), "192.0.2.66");
@@ -126,7 +160,9 @@ mod tests {
         assert_eq!("192.0.2.66/32".parse::<SourceAddr>().unwrap().to_string(), "192.0.2.66");
         assert_eq!("2001:db8::/64".parse::<SourceAddr>().unwrap().to_string(), "2001:db8::/64");
         assert_eq!("2001:db8::66".parse::<SourceAddr>().unwrap().to_string(), "2001:db8::66/128");
-        assert!(matches!("192.0.2.0/24".parse::<SourceAddr>(), Err(SourceAddrError::V4Prefix(_))));
+        assert_eq!("192.0.2.0/24".parse::<SourceAddr>().unwrap().to_string(), "192.0.2.0/24");
+        assert!(matches!("192.0.2.1/24".parse::<SourceAddr>(), Err(SourceAddrError::HostBits(..))));
+        assert_eq!("2001:db8:bad::/48".parse::<SourceAddr>().unwrap().to_string(), "2001:db8:bad::/48");
         assert!(matches!("2001:db8::1/64".parse::<SourceAddr>(), Err(SourceAddrError::HostBits(..))));
         assert!(matches!("example.com".parse::<SourceAddr>(), Err(SourceAddrError::Invalid(_))));
     }

@@ -286,6 +286,13 @@ impl Correlator {
                     _ => {}
                 }
             }
+            // Accepted mail ends sendmail's transaction like its plain `from=` line.
+            Event::Delivered { session, client } => {
+                self.make_key(host, pid, session);
+                if let Some(mut s) = self.sessions.remove(self.key.as_slice()) {
+                    flush(&mut s, client, out);
+                }
+            }
             Event::Session { session, client, ends } => {
                 self.make_key(host, pid, session);
                 if ends {

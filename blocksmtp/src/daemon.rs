@@ -548,6 +548,12 @@ impl Daemon {
 
     fn parse_source(&self, s: &str) -> Result<SourceAddr, String> {
         let src: SourceAddr = s.parse().map_err(|e| format!("{e}"))?;
+        // Networks are banned whole (prefix bans), but not a slice of the Internet by a typo.
+        match src.net() {
+            ipnet::IpNet::V4(n) if n.prefix_len() < 8 => return Err(format!("{src}: IPv4 prefixes shorter than /8 are refused")),
+            ipnet::IpNet::V6(n) if n.prefix_len() < 16 => return Err(format!("{src}: IPv6 prefixes shorter than /16 are refused")),
+            _ => {}
+        }
         // A bare IPv6 address means its whole prefix, as bans are kept.
         Ok(match src.net() {
             ipnet::IpNet::V6(n) if n.prefix_len() > self.args.detect.v6_prefix => {
@@ -655,7 +661,7 @@ impl Daemon {
                     },
                     reason: match offence {
                         _ if from_crowdsec.is_some() => from_crowdsec.as_ref().map_or(String::new(), |h| h.scenario.clone()),
-                        Some(o) if !b.manual => o.reason(),
+                        Some(o) if !b.manual => o.reason_for(&b.source),
                         _ if b.manual => "manual".into(),
                         // Set by detection, but its offence is not in the history (lost
                         // with a state file that could not be written): say so.

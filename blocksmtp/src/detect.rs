@@ -56,6 +56,50 @@ pub struct DetectArgs {
     /// usual paths (/usr/lib/sm.bin/, /usr/lib/postfix/, /usr/sbin/exim4, …).
     #[arg(long, value_name = "PATH")]
     pub journal_trusted_exe: Vec<String>,
+    /// Judge every address alone (the --max-unknown window only): no prefix,
+    /// harvest-dictionary, surge or round evidence.
+    #[arg(long)]
+    pub per_address_only: bool,
+    /// IPv4 networks of this many bits are counted (and banned) as a whole.
+    #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+    pub prefix_v4: u8,
+    /// IPv6 networks of this many bits are counted (and banned) as a whole; their
+    /// sources are the --v6-prefix networks inside.
+    #[arg(long, value_name = "BITS", default_value_t = 48, value_parser = clap::value_parser!(u8).range(16..=128))]
+    pub prefix_v6: u8,
+    /// The window a network's guesses are counted in.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub prefix_window: HumanDuration,
+    /// Ban a network when this many of its sources guessed within --prefix-window …
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
+    pub prefix_addresses: u32,
+    /// … making at least this many guesses together (both doubled for a network with
+    /// senders of valid mail).
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(2..))]
+    pub prefix_guesses: u32,
+    /// A name guessed by harvesters of this many different networks joins the harvest
+    /// dictionary.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=6))]
+    pub dictionary_sources: u32,
+    /// A source without valid mail is banned after this many distinct unknown
+    /// recipients when they are dictionary names, during a surge, or when it was
+    /// banned before (one dictionary name is enough during a surge).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub strict_unknown: u32,
+    /// A surge: unknown recipients per --window at this many times the host's baseline …
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub surge_factor: u32,
+    /// … and at least this many.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub surge_min: u32,
+    /// How long a first ban on evidence beyond one address (network, dictionary,
+    /// surge, rounds) lasts: such harvests come back in rounds.
+    #[arg(long, value_name = "DUR", default_value = "4h")]
+    pub campaign_ban_time: HumanDuration,
+    /// How long quiet suspects, harvest-dictionary names and senders of valid mail are
+    /// remembered (memory is capped as well).
+    #[arg(long, value_name = "DUR", default_value = "1d")]
+    pub memory: HumanDuration,
 }
 
 impl Default for DetectArgs {
@@ -71,6 +115,18 @@ impl Default for DetectArgs {
             mailer_syslog_host: None,
             journal_trusted_user: Vec::new(),
             journal_trusted_exe: Vec::new(),
+            per_address_only: false,
+            prefix_v4: 24,
+            prefix_v6: 48,
+            prefix_window: HumanDuration::from_secs(3600),
+            prefix_addresses: 3,
+            prefix_guesses: 6,
+            dictionary_sources: 3,
+            strict_unknown: 2,
+            surge_factor: 4,
+            surge_min: 8,
+            campaign_ban_time: HumanDuration::from_secs(4 * 3600),
+            memory: HumanDuration::from_secs(86_400),
         }
     }
 }
@@ -88,6 +144,12 @@ pub enum DetectError {
     BanTime,
     #[error("--ban-time-max ({max}) is shorter than --ban-time ({ban})")]
     BanTimeMax { ban: HumanDuration, max: HumanDuration },
+    #[error("--prefix-v4 must be between 8 and 32, --prefix-v6 between 16 and 128 (got /{0}, /{1})")]
+    Prefix(u8, u8),
+    #[error("--{0} must be at least {1}")]
+    AtLeast(&'static str, u32),
+    #[error("--{0} must be longer than 0s")]
+    Zero(&'static str),
     #[error(transparent)]
     Whitelist(#[from] WhitelistError),
 }
@@ -107,6 +169,26 @@ impl DetectArgs {
         if self.ban_time.0.is_zero() {
             return Err(DetectError::BanTime);
         }
+        if !(8..=32).contains(&self.prefix_v4) || !(16..=128).contains(&self.prefix_v6) {
+            return Err(DetectError::Prefix(self.prefix_v4, self.prefix_v6));
+        }
+        for (name, v, min) in [
+            ("prefix-addresses", self.prefix_addresses, 2),
+            ("prefix-guesses", self.prefix_guesses, 2),
+            ("dictionary-sources", self.dictionary_sources, 2),
+            ("strict-unknown", self.strict_unknown, 1),
+            ("surge-factor", self.surge_factor, 1),
+            ("surge-min", self.surge_min, 1),
+        ] {
+            if v < min {
+                return Err(DetectError::AtLeast(name, min));
+            }
+        }
+        for (name, d) in [("prefix-window", self.prefix_window), ("campaign-ban-time", self.campaign_ban_time), ("memory", self.memory)] {
+            if d.0.is_zero() {
+                return Err(DetectError::Zero(name));
+            }
+        }
         if self.ban_time_max < self.ban_time {
             return Err(DetectError::BanTimeMax { ban: self.ban_time, max: self.ban_time_max });
         }
@@ -121,6 +203,21 @@ impl DetectArgs {
             ban_time: self.ban_time.0,
             ban_time_max: self.ban_time_max.0.max(self.ban_time.0),
             v6_prefix: self.v6_prefix,
+            evidence: crate::policy::EvidenceConfig {
+                enabled: !self.per_address_only,
+                prefix_v4: self.prefix_v4,
+                prefix_v6: self.prefix_v6,
+                prefix_window: self.prefix_window.0,
+                prefix_addresses: self.prefix_addresses.max(2),
+                prefix_guesses: self.prefix_guesses.max(2),
+                dictionary_sources: self.dictionary_sources.clamp(2, 6),
+                strict_unknown: self.strict_unknown.max(1),
+                surge_factor: self.surge_factor.max(1),
+                surge_min: self.surge_min.max(1),
+                campaign_ban_time: self.campaign_ban_time.0,
+                // The memory must at least cover the per-network window.
+                memory: self.memory.0.max(self.prefix_window.0),
+            },
         }
     }
 
@@ -295,7 +392,7 @@ impl Detector {
                     Event::Guess { kind: GuessKind::UnknownRecipient, .. }
                     | Event::PendingGuess { kind: GuessKind::UnknownRecipient, .. } => &mut self.stats.unknown_recipient,
                     Event::Guess { .. } | Event::PendingGuess { .. } => &mut self.stats.probe,
-                    Event::Session { .. } => &mut self.stats.session,
+                    Event::Session { .. } | Event::Delivered { .. } => &mut self.stats.session,
                     Event::Flood { .. } => &mut self.stats.flood,
                     Event::ProbeAttack { .. } => &mut self.stats.probe_attack,
                     Event::Unattributable { .. } => &mut self.stats.unattributable,
@@ -312,15 +409,21 @@ impl Detector {
                         t
                     }
                 };
+                // Accepted mail first: a session's guesses attributed on this very line
+                // are judged knowing the client delivers valid mail.
+                if let Event::Delivered { client, .. } = event {
+                    self.policy.record_delivery(client, at);
+                }
                 self.scratch.clear();
                 self.correlator.on_event(frame.host, frame.pid, mta, &event, at, self.live.as_deref(), &mut self.scratch);
+                let whitelisted = self.policy.stats().guesses_whitelisted;
                 for g in &self.scratch {
-                    if self.policy.whitelist().contains(&g.client) {
-                        self.stats.whitelisted += u64::from(g.count);
-                    } else if let Some(ban) = self.policy.record(g) {
+                    // The policy checks the whitelist (once, there).
+                    if let Some(ban) = self.policy.record(g) {
                         bans.push(ban);
                     }
                 }
+                self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
             }
         });
         bans

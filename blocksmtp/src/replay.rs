@@ -10,10 +10,15 @@
 //!  "bans": [{"source": "192.0.2.66", "guesses": 24, "first_seen": "2026-11-27T12:35:47Z",
 //!            "last_seen": "2026-11-27T12:36:04Z", "reason": "…", "mta": "sendmail",
 //!            "ban_time": 3600, "offence": 1, "samples": ["<tpwjzbwb15@example.com>", …],
-//!            "guesses_at_ban": 5, "banned_at": "…"}],
+//!            "guesses_at_ban": 5, "banned_at": "…", "rule": "address"}],
 //!  "kinds": {…}, "correlation": {…}, "policy": {…}}
 //! ```
 //!
+//! `source` is an address, an IPv6 prefix, or a network (`192.0.2.0/24`) for a prefix
+//! ban; `rule` names the evidence (`address`, `prefix`, `dictionary`, `surge`,
+//! `returning`); `banned_at` is when the decision was made: the time of the guess that
+//! completed the evidence (the daemon, attributing sendmail's guesses live through
+//! process titles, decides then), also as `banned_at_unix` with sub-second precision.
 //! `guesses` of a ban counts the guesses that triggered it plus those the source made
 //! while it would have been banned; `guesses_at_ban` only the former. The top-level
 //! `guesses` counts every guess attributed to a source (whitelisted ones excluded).
@@ -73,6 +78,9 @@ pub struct ReportedBan {
     pub samples: Vec<String>,
     pub guesses_at_ban: u32,
     pub banned_at: String,
+    /// `banned_at` as unix seconds with the log's sub-second precision.
+    pub banned_at_unix: f64,
+    pub rule: &'static str,
 }
 
 /// The whole replay result.
@@ -118,6 +126,7 @@ pub fn run(args: &DetectArgs, inputs: &[Input]) -> anyhow::Result<Report> {
                 Err(source) => return Err(InputError { input: input.clone(), source }.into()),
             };
             for ban in detector.feed(line, now) {
+                // The decision is made at the guess that completes the evidence.
                 let at = ban.last_seen;
                 decisions.push((ban, at));
             }
@@ -156,6 +165,8 @@ fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBa
         samples: d.evidence,
         guesses_at_ban: d.guesses,
         banned_at: format_rfc3339(at),
+        banned_at_unix: at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        rule: d.rule.name(),
     }
 }
 

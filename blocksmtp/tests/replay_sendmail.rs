@@ -99,8 +99,13 @@ fn ipv6_neighbours_of_one_prefix_add_up() {
     for host in ["2001:db8::66", "2001:db8::1:67", "2001:db8::ff:68"] {
         g.sendmail_harvest(ip(host), 2, 1.0, false);
     }
-    let r = replay_log(&g.finish(), &["--v6-prefix", "128"]);
+    let log = g.finish();
+    let r = replay_log(&log, &["--v6-prefix", "128", "--per-address-only"]);
     assert!(sources(&r).is_empty());
+    // Together they are three sources of one /48 (the network evidence).
+    let r = replay_log(&log, &["--v6-prefix", "128"]);
+    assert_eq!(sources(&r), ["2001:db8::/48"]);
+    assert_eq!(ban(&r, "2001:db8::/48")["rule"], "prefix");
 }
 
 #[test]

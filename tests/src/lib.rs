@@ -4,6 +4,7 @@ pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
 pub mod guest;
+pub mod distributed;
 pub mod loggen;
 pub mod lab;
 pub mod netns;

@@ -141,7 +141,6 @@ fn row(d: &Daemon, source: &str) -> Option<serde_json::Value> {
 }
 
 #[test]
-#[ignore = "Range decisions need the dataplane's prefix bans (issue 11), not merged yet"]
 fn two_mx_hosts_share_bans_through_lapi() {
     if !blocksmtp_tests::is_root() {
         panic!("needs root (namespaces, BPF)");

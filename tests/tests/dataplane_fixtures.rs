@@ -14,6 +14,7 @@ use blocksmtp_tests::{
     packet::{L3, L4, Packet, SMTP, v4, v6},
 };
 
+/// An address (banned per the config's unit) or a CIDR network (a prefix ban).
 #[derive(Clone, Copy)]
 enum Ban {
     /// Banned for an hour.
@@ -21,6 +22,9 @@ enum Ban {
     /// Banned, but the ban ended already.
     Expired(&'static str),
 }
+
+const NET4: &str = "192.0.2.0/24";
+const NET6: &str = "2001:db8:bad::/48";
 
 /// Which dataplane configuration a case runs under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -108,6 +112,25 @@ fn cases() -> Vec<Case> {
         c("mailer filter v6: to another host", Mailer, Packet::tcp6(v6(HARVESTER6), v6("2001:db8::26"), SMTP), b6, none, PassNotProtected),
         c("second protected port (587)", Mailer, tcp4(HARVESTER, 587), b4, none, Drop),
         c("587 unprotected by default", Default, tcp4(HARVESTER, 587), b4, none, PassNotProtected),
+        // Prefix bans (the BANNET tries).
+        c("v4 host inside a banned /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4)], none, Drop),
+        c("v4 host outside a banned /24", Default, tcp4("198.51.100.7", SMTP), &[Active(NET4)], none, PassNotBanned),
+        c("v4 banned /24 to another port", Default, tcp4("192.0.2.77", 2525), &[Active(NET4)], none, PassNotProtected),
+        c("v4 expired /24 ban", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4)], none, PassExpired),
+        c("v4 expired address ban inside an active /24", Default, tcp4(HARVESTER, SMTP), &[Expired(HARVESTER), Active(NET4)], none, Drop),
+        c("v4 active address ban inside an expired /24", Default, tcp4(HARVESTER, SMTP), &[Active(HARVESTER), Expired(NET4)], none, Drop),
+        c("v4 nested /16 and /24 bans", Default, tcp4("192.0.7.1", SMTP), &[Active("192.0.0.0/16"), Active(NET4)], none, Drop),
+        c("v4 /8 ban", Default, tcp4("203.0.113.9", SMTP), &[Active("203.0.0.0/8")], none, Drop),
+        c("allow-listed v4 host inside a banned /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4)], &["192.0.2.77/32"], PassAllowListed),
+        c("v4 neighbour of an allow-listed host in a banned /24", Default, tcp4("192.0.2.78", SMTP), &[Active(NET4)], &["192.0.2.77/32"], Drop),
+        c("v6 host inside a banned /48", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Active(NET6)], none, Drop),
+        c("v6 host outside a banned /48", Default, tcp6("2001:db8:bae::66", SMTP), &[Active(NET6)], none, PassNotBanned),
+        c("v6 expired /48 ban", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Expired(NET6)], none, PassExpired),
+        c("v6 /32 ban", Default, tcp6("2001:db8:ffff::1", SMTP), &[Active("2001:db8::/32")], none, Drop),
+        c("allow-listed v6 host inside a banned /48", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Active(NET6)], &["2001:db8:bad:1::66/128"], PassAllowListed),
+        c("v6 /64 ban with bans per /128 (a prefix ban)", V6Host, tcp6("2001:db8::67", SMTP), &[Active("2001:db8::/64")], none, Drop),
+        c("mailer filter: banned /24 to another host", Mailer, Packet::tcp4(v4("192.0.2.77"), v4("192.0.2.26"), SMTP), &[Active(NET4)], none, PassNotProtected),
+        c("v6 banned /48 in a VLAN", Default, tcp6("2001:db8:bad::9", SMTP).vlan(&[0x8100]), &[Active(NET6)], none, Drop),
     ]
 }
 
@@ -129,7 +152,7 @@ fn set_state(dp: &mut Dataplane, bans: &[Ban], allow: &[&str]) {
         dp.unban(&ban.source).unwrap();
     }
     // Expired bans are not listed: clear every address the table uses.
-    for s in [HARVESTER, HARVESTER6, "2001:db8::99"] {
+    for s in [HARVESTER, HARVESTER6, "2001:db8::99", NET4, NET6] {
         let _ = dp.unban(&s.parse().unwrap());
     }
     let prefix = dp.config().v6_prefix_len;
@@ -138,7 +161,7 @@ fn set_state(dp: &mut Dataplane, bans: &[Ban], allow: &[&str]) {
             Ban::Active(s) => (s, Duration::from_secs(3600)),
             Ban::Expired(s) => (s, Duration::ZERO),
         };
-        let src = SourceAddr::from_ip(s.parse().unwrap(), prefix);
+        let src = if s.contains('/') { s.parse().unwrap() } else { SourceAddr::from_ip(s.parse().unwrap(), prefix) };
         dp.ban(&src, d, false).unwrap();
     }
     let nets: Vec<ipnet::IpNet> = allow.iter().map(|a| a.parse().unwrap()).collect();
@@ -272,8 +295,36 @@ fn ban_lookup_unban_roundtrip() {
     assert!(dp.unban(&"2001:db8::/64".parse().unwrap()).unwrap());
     assert!(!dp.unban(&s).unwrap());
     assert_eq!(run(&dp, Program::Xdp, &pkt).1, PassNotBanned);
-    let err = dp.ban(&"2001:db8::/48".parse().unwrap(), Duration::from_secs(1), true).unwrap_err();
-    assert!(err.to_string().contains("wider than the /64"), "{err}");
+    // Networks wider than the unit are prefix bans: listed, looked up, lifted exactly.
+    let n4: SourceAddr = "192.0.2.0/24".parse().unwrap();
+    let n6: SourceAddr = "2001:db8:bad::/48".parse().unwrap();
+    let n16: SourceAddr = "192.0.0.0/16".parse().unwrap();
+    dp.ban(&n4, Duration::from_secs(60), true).unwrap();
+    dp.ban(&n6, Duration::from_secs(60), false).unwrap();
+    let mut listed: Vec<String> = dp.list().unwrap().iter().map(|b| b.source.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, ["192.0.2.0/24", "2001:db8:bad::/48"]);
+    assert_eq!((dp.counts(), dp.prefix_counts()), ((1, 1), (1, 1)));
+    assert!(dp.lookup(&n4).unwrap().unwrap().manual);
+    // The /16 holding the /24 has no ban of its own (a trie answers with the /24 only
+    // for keys inside it).
+    assert!(dp.lookup(&n16).unwrap().is_none());
+    assert!(!dp.unban(&n16).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, Drop);
+    assert_eq!(dp.lookup(&n4).unwrap().unwrap().dropped, 1, "per-ban drop counter of a prefix ban");
+    // Two networks of one /16 share a hint bit: lifting one keeps the other enforced.
+    let n4b: SourceAddr = "192.0.3.0/24".parse().unwrap();
+    dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
+    assert!(dp.unban(&n4b).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, Drop);
+    dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
+    assert!(dp.unban(&n4).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.3.10", SMTP).build()).1, Drop);
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, PassNotBanned);
+    assert!(dp.unban(&n4b).unwrap() && dp.unban(&n6).unwrap());
+    assert_eq!(dp.prefix_counts(), (0, 0));
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, PassNotBanned);
+    assert!(dp.list().unwrap().is_empty());
 }
 
 #[test]
@@ -289,10 +340,13 @@ fn sweep_removes_only_expired() {
     // Extended after being set short: the stale heap entry must not remove it.
     dp.ban(&"192.0.2.3".parse().unwrap(), Duration::ZERO, false).unwrap();
     dp.ban(&"192.0.2.3".parse().unwrap(), Duration::from_secs(3600), false).unwrap();
+    dp.ban(&"198.51.100.0/24".parse().unwrap(), Duration::ZERO, false).unwrap();
+    dp.ban(&"203.0.113.0/24".parse().unwrap(), Duration::from_secs(3600), false).unwrap();
     let mut swept: Vec<String> = dp.sweep_expired().unwrap().iter().map(|s| s.to_string()).collect();
     swept.sort();
-    assert_eq!(swept, vec!["192.0.2.1", "2001:db8:1::/64"]);
-    assert_eq!(dp.counts(), (2, 0));
+    assert_eq!(swept, vec!["192.0.2.1", "198.51.100.0/24", "2001:db8:1::/64"]);
+    assert_eq!(dp.counts(), (3, 0));
+    assert_eq!(dp.prefix_counts(), (1, 0));
     assert!(dp.sweep_expired().unwrap().is_empty());
 }
 

@@ -202,3 +202,38 @@ fn mismatched_pinned_map_is_refused() {
     let msg = format!("{err:#}");
     assert!(msg.contains("key size 8, expected 4") && msg.contains("refusing to reuse"), "{msg}");
 }
+
+/// Prefix bans against real connections: every address of a banned /24 (/48) is cut
+/// off from port 25, an allow-listed host inside it is not, and lifting the network
+/// lets them all back.
+#[test]
+fn prefix_bans_with_an_allowed_host_inside() {
+    if !ready() {
+        return;
+    }
+    let topo = Topology::new().unwrap();
+    let _servers = topo.serve(&[25, 2525]).unwrap();
+    let (mut dp, _) = attach(&topo, AttachMode::XdpNative, None);
+    let n4: blocksmtp::addr::SourceAddr = "192.0.2.0/24".parse().unwrap();
+    let n6: blocksmtp::addr::SourceAddr = "2001:db8::/48".parse().unwrap();
+    assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
+    dp.ban(&n4, Duration::from_secs(3600), true).unwrap();
+    dp.ban(&n6, Duration::from_secs(3600), true).unwrap();
+    for (src, dst) in [
+        ("192.0.2.66", "192.0.2.25:25"),
+        ("192.0.2.67", "192.0.2.25:25"),
+        ("2001:db8::66", "[2001:db8::25]:25"),
+        ("2001:db8:0:1::67", "[2001:db8:0:1::25]:25"),
+    ] {
+        assert!(!topo.connect(src, dst, T).unwrap(), "{src} is inside a banned network");
+    }
+    assert!(topo.connect("192.0.2.66", "192.0.2.25:2525", T).unwrap(), "other ports stay open");
+    dp.set_allow_list(&["192.0.2.67/32".parse().unwrap(), "2001:db8:0:1::67/128".parse().unwrap()]).unwrap();
+    assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "the allow-list wins inside a banned /24");
+    assert!(topo.connect("2001:db8:0:1::67", "[2001:db8:0:1::25]:25", T).unwrap(), "and inside a banned /48");
+    assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "its neighbour stays banned");
+    assert!(dp.lookup(&n4).unwrap().unwrap().dropped >= 1);
+    assert!(dp.unban(&n4).unwrap() && dp.unban(&n6).unwrap());
+    assert!(topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "lifted");
+    assert!(topo.connect("2001:db8::66", "[2001:db8::25]:25", T).unwrap(), "lifted (v6)");
+}

@@ -131,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "bench-memory",
                 "bench-startup",
                 "bench-guesses",
+                "bench-distributed",
             ] {
                 let mut b = cargo();
                 b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", bench, "--"]);

@@ -5,6 +5,11 @@
 //! only sweeps expired entries to free space. With a pin directory, maps and links live in
 //! bpffs and survive restarts (see `pin` and `attach`).
 //!
+//! Prefix bans (an IPv4 network shorter than /32, an IPv6 network shorter than
+//! `--v6-prefix`) live in the `BANNET_V4` / `BANNET_V6` LPM tries beside the address
+//! maps; the program looks there only while a config bit says a trie holds entries, and
+//! only for an address without a ban of its own.
+//!
 //! Full maps: each ban map holds `MAX_BANS` (1,048,576) entries. When one is full a new
 //! ban first triggers a sweep of expired entries; if the map is still full the ban is
 //! refused with an error naming the map (existing bans are never evicted to make room:
@@ -24,8 +29,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use blocksmtp_common::{
-    AllowValue, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict,
-    map_names, program_names, v6_key,
+    AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, map_names, program_names,
+    v6_key,
 };
 use ipnet::IpNet;
 
@@ -127,15 +133,49 @@ pub struct KernelBan {
 enum BanKey {
     V4(BanKeyV4Ord),
     V6([u8; 16]),
+    /// A prefix ban: network and length, in `BANNET_V4` / `BANNET_V6`.
+    Net4([u8; 4], u8),
+    Net6([u8; 16], u8),
 }
 
 impl BanKey {
+    /// Index into `Dataplane::entries`.
     const fn family(&self) -> usize {
         match self {
             BanKey::V4(_) => 0,
             BanKey::V6(_) => 1,
+            BanKey::Net4(..) => 2,
+            BanKey::Net6(..) => 3,
         }
     }
+}
+
+/// The hint bits a prefix ban sets (see `blocksmtp_common::HINT_WORDS`).
+fn hint_bits(key: &BanKey) -> Vec<u32> {
+    match *key {
+        BanKey::Net4(a, len) => {
+            let first = u32::from(u16::from_be_bytes([a[0], a[1]]));
+            let span = 1u32 << 16u32.saturating_sub(u32::from(len)).min(16);
+            (first & !(span - 1)..(first & !(span - 1)) + span).map(|f| hint_bit_v4(f as u16)).collect()
+        }
+        BanKey::Net6(a, len) if len >= 16 => {
+            let first = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+            let span = 1u64 << 32u32.saturating_sub(u32::from(len));
+            let base = u64::from(first) & !(span - 1);
+            let mut bits: Vec<u32> = (base..base + span).map(|f| hint_bit_v6(f as u32)).collect();
+            bits.sort_unstable();
+            bits.dedup();
+            bits
+        }
+        // Wider than a /16: every IPv6 bit.
+        BanKey::Net6(..) => (0..65_536).map(|i| 65_536 + i).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A prefix ban's value carries its length (the trie answers with the longest match).
+fn len_of(v: &BanValue) -> u8 {
+    (v.flags >> BAN_FLAG_LEN_SHIFT) as u8
 }
 
 /// BanKeyV4 with an order, for the expiry heap.
@@ -149,6 +189,12 @@ pub struct Dataplane {
     bans_v6: HashMap<MapData, BanKeyV6, BanValue>,
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
+    bannet_v4: LpmTrie<MapData, [u8; 4], BanValue>,
+    bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
+    hint_map: Array<MapData, u64>,
+    /// Prefix bans per hint bit, and the bitmap as written to `BANNET_HINT`.
+    hint_counts: Vec<u32>,
+    hint_words: Vec<u64>,
     stats: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     /// (expiry, key) for every ban set or found, one heap per family so an IPv4 entry
@@ -156,12 +202,13 @@ pub struct Dataplane {
     /// re-checks the map before deleting.
     expiry_v4: BinaryHeap<Reverse<(u64, [u8; 4])>>,
     expiry_v6: BinaryHeap<Reverse<(u64, [u8; 16])>>,
+    expiry_net: BinaryHeap<Reverse<(u64, BanKey)>>,
     pins: Option<PinDir>,
     /// Every interface asked for, attached or not (see `reconcile`).
     ifaces: Vec<reconcile::Attachment>,
-    /// Entries in BANS_V4 / BANS_V6 (expired ones until swept), kept as they change so
-    /// counting costs nothing at a million bans.
-    entries: [usize; 2],
+    /// Entries in BANS_V4 / BANS_V6 / BANNET_V4 / BANNET_V6 (expired ones until swept),
+    /// kept as they change so counting costs nothing at a million bans.
+    entries: [usize; 4],
     /// Pinned maps were found and reused at load.
     pub restored: bool,
 }
@@ -211,6 +258,11 @@ impl Dataplane {
             bans_v6: take(&mut ebpf, map_names::BANS_V6)?,
             allow_v4: take(&mut ebpf, map_names::ALLOW_V4)?,
             allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
+            bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
+            bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
+            hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
+            hint_counts: vec![0; HINT_WORDS as usize * 64],
+            hint_words: vec![0; HINT_WORDS as usize],
             stats: take(&mut ebpf, map_names::STATS)?,
             config_map: {
                 config_map.set(0, config, 0).context("writing the config map")?;
@@ -220,9 +272,10 @@ impl Dataplane {
             config,
             expiry_v4: BinaryHeap::new(),
             expiry_v6: BinaryHeap::new(),
+            expiry_net: BinaryHeap::new(),
             pins,
             ifaces: Vec::new(),
-            entries: [0, 0],
+            entries: [0; 4],
             restored,
         };
         attach::load(&mut dp.ebpf)?;
@@ -242,7 +295,7 @@ impl Dataplane {
     /// Apply a new configuration (SIGHUP); IPv6 bans are re-keyed if the prefix changed.
     pub fn reconfigure(&mut self, cfg: &DataplaneConfig) -> anyhow::Result<()> {
         let mut new = cfg.to_kernel()?;
-        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6);
+        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6);
         let old_len = self.config.v6_prefix_len;
         self.config_map.set(0, new, 0).context("writing the config map")?;
         self.config = new;
@@ -310,17 +363,11 @@ impl Dataplane {
 
     fn key_of(&self, source: &SourceAddr) -> anyhow::Result<BanKey> {
         match source.net() {
-            IpNet::V4(n) => Ok(BanKey::V4(BanKeyV4Ord(n.addr().octets()))),
-            IpNet::V6(n) => {
-                let len = self.config.v6_prefix_len;
-                if n.prefix_len() < len {
-                    bail!(
-                        "{source} is wider than the /{len} that IPv6 bans are kept per (--v6-prefix); \
-                         ban its /{len} networks one by one or lower --v6-prefix"
-                    );
-                }
-                Ok(BanKey::V6(v6_key(&n.network().octets(), &self.config.v6_mask).prefix))
-            }
+            IpNet::V4(n) if n.prefix_len() == 32 => Ok(BanKey::V4(BanKeyV4Ord(n.addr().octets()))),
+            IpNet::V4(n) => Ok(BanKey::Net4(n.network().octets(), n.prefix_len())),
+            // Wider than the per-source unit: a prefix ban in the trie.
+            IpNet::V6(n) if n.prefix_len() < self.config.v6_prefix_len => Ok(BanKey::Net6(n.network().octets(), n.prefix_len())),
+            IpNet::V6(n) => Ok(BanKey::V6(v6_key(&n.network().octets(), &self.config.v6_mask).prefix)),
         }
     }
 
@@ -328,6 +375,8 @@ impl Dataplane {
         match key {
             BanKey::V4(k) => SourceAddr::from_ip(IpAddr::from(k.0), 128),
             BanKey::V6(p) => SourceAddr::from_ip(IpAddr::V6(Ipv6Addr::from(*p)), self.config.v6_prefix_len),
+            BanKey::Net4(a, len) => SourceAddr::prefix_of(IpAddr::from(*a), *len, 128),
+            BanKey::Net6(a, len) => SourceAddr::prefix_of(IpAddr::V6(Ipv6Addr::from(*a)), 32, *len),
         }
     }
 
@@ -335,29 +384,87 @@ impl Dataplane {
         let r = match key {
             BanKey::V4(k) => self.bans_v4.get(&BanKeyV4 { addr: k.0 }, 0),
             BanKey::V6(p) => self.bans_v6.get(&BanKeyV6 { prefix: *p }, 0),
+            // A trie lookup finds the longest entry covering the key: it must be this one.
+            BanKey::Net4(a, len) => self.bannet_v4.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
+                if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
+            }),
+            BanKey::Net6(a, len) => self.bannet_v6.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
+                if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
+            }),
         };
         match r {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    fn put(&mut self, key: &BanKey, value: BanValue) -> Result<(), MapError> {
+    fn put(&mut self, key: &BanKey, mut value: BanValue) -> Result<(), MapError> {
         match key {
             BanKey::V4(k) => self.bans_v4.insert(BanKeyV4 { addr: k.0 }, value, 0),
             BanKey::V6(p) => self.bans_v6.insert(BanKeyV6 { prefix: *p }, value, 0),
+            BanKey::Net4(a, len) => {
+                value.flags = (value.flags & 0xff) | (u32::from(*len) << BAN_FLAG_LEN_SHIFT);
+                self.bannet_v4.insert(&Key::new(u32::from(*len), *a), value, 0)
+            }
+            BanKey::Net6(a, len) => {
+                value.flags = (value.flags & 0xff) | (u32::from(*len) << BAN_FLAG_LEN_SHIFT);
+                self.bannet_v6.insert(&Key::new(u32::from(*len), *a), value, 0)
+            }
         }
+    }
+
+    /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
+    fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
+        let mut dirty = Vec::new();
+        for bit in hint_bits(key) {
+            let c = &mut self.hint_counts[bit as usize];
+            let was = *c > 0;
+            *c = if add { *c + 1 } else { c.saturating_sub(1) };
+            if was != (*c > 0) {
+                self.hint_words[bit as usize / 64] ^= 1 << (bit % 64);
+                dirty.push(bit / 64);
+            }
+        }
+        dirty.dedup();
+        for w in dirty {
+            self.hint_map.set(w, self.hint_words[w as usize], 0).context("writing the prefix-ban hint map")?;
+        }
+        Ok(())
+    }
+
+    /// Tell the program whether a prefix-ban trie is worth a lookup.
+    fn sync_prefix_flags(&mut self) -> anyhow::Result<()> {
+        let mut cfg = self.config;
+        cfg.flags &= !(CONFIG_BANNET_V4 | CONFIG_BANNET_V6);
+        if self.entries[2] > 0 {
+            cfg.flags |= CONFIG_BANNET_V4;
+        }
+        if self.entries[3] > 0 {
+            cfg.flags |= CONFIG_BANNET_V6;
+        }
+        if cfg != self.config {
+            self.config_map.set(0, cfg, 0).context("writing the config map")?;
+            self.config = cfg;
+        }
+        Ok(())
     }
 
     fn delete(&mut self, key: &BanKey) -> anyhow::Result<bool> {
         let r = match key {
             BanKey::V4(k) => self.bans_v4.remove(&BanKeyV4 { addr: k.0 }),
             BanKey::V6(p) => self.bans_v6.remove(&BanKeyV6 { prefix: *p }),
+            BanKey::Net4(a, len) => self.bannet_v4.remove(&Key::new(u32::from(*len), *a)),
+            BanKey::Net6(a, len) => self.bannet_v6.remove(&Key::new(u32::from(*len), *a)),
         };
         match r {
             Ok(()) => {
                 self.entries[key.family()] = self.entries[key.family()].saturating_sub(1);
+                if key.family() >= 2 {
+                    self.hint(key, false)?;
+                    self.sync_prefix_flags()?;
+                }
                 Ok(true)
             }
             Err(MapError::KeyNotFound) => Ok(false),
@@ -378,22 +485,44 @@ impl Dataplane {
             value.dropped = old.dropped;
             value.flags |= old.flags;
         }
-        match self.put(&key, value) {
+        // The hint goes up before the entry exists (and down after it is gone), so the
+        // program never skips a live prefix ban.
+        let new_prefix = old.is_none() && key.family() >= 2;
+        if new_prefix {
+            self.hint(&key, true)?;
+        }
+        let put = self.put(&key, value);
+        if put.is_err() && new_prefix {
+            self.hint(&key, false)?;
+        }
+        match put {
             Ok(()) => {}
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 let swept = self.sweep_expired()?.len();
-                self.put(&key, value).map_err(|_| {
-                    anyhow!(
-                        "ban map {} is full ({} entries, {swept} expired swept): ban of {source} refused",
-                        if source.is_v4() { map_names::BANS_V4 } else { map_names::BANS_V6 },
-                        blocksmtp_common::MAX_BANS
-                    )
+                if new_prefix {
+                    self.hint(&key, true)?;
+                }
+                let retry = self.put(&key, value);
+                if retry.is_err() && new_prefix {
+                    self.hint(&key, false)?;
+                }
+                retry.map_err(|_| {
+                    let (map, cap) = match key {
+                        BanKey::V4(_) => (map_names::BANS_V4, blocksmtp_common::MAX_BANS),
+                        BanKey::V6(_) => (map_names::BANS_V6, blocksmtp_common::MAX_BANS),
+                        BanKey::Net4(..) => (map_names::BANNET_V4, blocksmtp_common::MAX_PREFIX_BANS),
+                        BanKey::Net6(..) => (map_names::BANNET_V6, blocksmtp_common::MAX_PREFIX_BANS),
+                    };
+                    anyhow!("ban map {map} is full ({cap} entries, {swept} expired swept): ban of {source} refused")
                 })?;
             }
             Err(e) => return Err(e).with_context(|| format!("banning {source}")),
         }
         if old.is_none() {
             self.entries[key.family()] += 1;
+            if key.family() >= 2 {
+                self.sync_prefix_flags()?;
+            }
         }
         self.remember_expiry(value.expires_ns, key);
         Ok(value.expires_ns)
@@ -425,6 +554,31 @@ impl Dataplane {
                 out.push(self.kernel_ban(BanKey::V6(k.prefix), v));
             }
         }
+        for (k, v) in self.prefix_bans()? {
+            if v.active_at(now) {
+                out.push(self.kernel_ban(k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of the prefix-ban tries (few: a walk of their keys).
+    fn prefix_bans(&self) -> anyhow::Result<Vec<(BanKey, BanValue)>> {
+        let mut out = Vec::new();
+        for k in self.bannet_v4.keys() {
+            let k = k?;
+            let key = BanKey::Net4(k.data(), k.prefix_len() as u8);
+            if let Some(v) = self.get(&key)? {
+                out.push((key, v));
+            }
+        }
+        for k in self.bannet_v6.keys() {
+            let k = k?;
+            let key = BanKey::Net6(k.data(), k.prefix_len() as u8);
+            if let Some(v) = self.get(&key)? {
+                out.push((key, v));
+            }
+        }
         Ok(out)
     }
 
@@ -454,7 +608,14 @@ impl Dataplane {
                     self.expiry_v6.pop();
                     k
                 }
-                _ => break,
+                _ => match self.expiry_net.peek() {
+                    Some(Reverse((t, k))) if *t <= now => {
+                        let k = *k;
+                        self.expiry_net.pop();
+                        k
+                    }
+                    _ => break,
+                },
             };
             // Re-check: the ban may have been extended (a newer heap entry exists) or lifted.
             if let Some(v) = self.get(&key)?
@@ -467,15 +628,21 @@ impl Dataplane {
         Ok(removed)
     }
 
-    /// Number of entries in each ban map (expired ones included until swept).
+    /// Number of bans of each family, prefix bans included (expired ones until swept).
     pub fn counts(&self) -> (usize, usize) {
-        (self.entries[0], self.entries[1])
+        (self.entries[0] + self.entries[2], self.entries[1] + self.entries[3])
+    }
+
+    /// Number of prefix bans (IPv4, IPv6) of those.
+    pub fn prefix_counts(&self) -> (usize, usize) {
+        (self.entries[2], self.entries[3])
     }
 
     fn remember_expiry(&mut self, expires_ns: u64, key: BanKey) {
         match key {
             BanKey::V4(k) => self.expiry_v4.push(Reverse((expires_ns, k.0))),
             BanKey::V6(p) => self.expiry_v6.push(Reverse((expires_ns, p))),
+            k => self.expiry_net.push(Reverse((expires_ns, k))),
         }
     }
 
@@ -493,10 +660,26 @@ impl Dataplane {
     fn rebuild_expiry_index(&mut self) -> anyhow::Result<()> {
         let v4: Vec<_> = Self::dump(&self.bans_v4)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.addr))).collect();
         let v6: Vec<_> = Self::dump(&self.bans_v6)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.prefix))).collect();
-        self.entries = [v4.len(), v6.len()];
+        let nets: Vec<_> = self.prefix_bans()?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k))).collect();
+        let n4 = nets.iter().filter(|Reverse((_, k))| matches!(k, BanKey::Net4(..))).count();
+        self.entries = [v4.len(), v6.len(), n4, nets.len() - n4];
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
-        Ok(())
+        self.expiry_net = BinaryHeap::from(nets);
+        // The hint bitmap from the tries' contents (pinned ones may be from an earlier run).
+        self.hint_counts.iter_mut().for_each(|c| *c = 0);
+        self.hint_words.iter_mut().for_each(|w| *w = 0);
+        let keys: Vec<BanKey> = self.expiry_net.iter().map(|Reverse((_, k))| *k).collect();
+        for k in &keys {
+            for bit in hint_bits(k) {
+                self.hint_counts[bit as usize] += 1;
+                self.hint_words[bit as usize / 64] |= 1 << (bit % 64);
+            }
+        }
+        for (i, w) in self.hint_words.iter().enumerate() {
+            self.hint_map.set(i as u32, *w, 0).context("writing the prefix-ban hint map")?;
+        }
+        self.sync_prefix_flags()
     }
 
     /// The pinned IPv6 bans were keyed for another prefix length: re-key them.

@@ -8,8 +8,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{MapInfo, MapType};
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
-    STAT_COUNT, map_names,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
+    MAX_PREFIX_BANS, STAT_COUNT, map_names,
 };
 
 /// Default bpffs root for blocksmtp's pins.
@@ -127,7 +127,7 @@ pub struct MapLayout {
     pub max_entries: u32,
 }
 
-pub fn expected_layouts() -> [MapLayout; 6] {
+pub fn expected_layouts() -> [MapLayout; 9] {
     use std::mem::size_of;
     [
         MapLayout {
@@ -171,6 +171,27 @@ pub fn expected_layouts() -> [MapLayout; 6] {
             key_size: 4,
             value_size: 8,
             max_entries: STAT_COUNT,
+        },
+        MapLayout {
+            name: map_names::BANNET_V4,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 4,
+            value_size: size_of::<BanValue>() as u32,
+            max_entries: MAX_PREFIX_BANS,
+        },
+        MapLayout {
+            name: map_names::BANNET_V6,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 16,
+            value_size: size_of::<BanValue>() as u32,
+            max_entries: MAX_PREFIX_BANS,
+        },
+        MapLayout {
+            name: map_names::BANNET_HINT,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: HINT_WORDS,
         },
     ]
 }

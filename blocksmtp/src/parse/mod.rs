@@ -85,6 +85,10 @@ pub enum Event<'a> {
     PendingGuess { session: &'a [u8], kind: GuessKind, target: &'a [u8] },
     /// sendmail names the client of queue id `session`; `ends`: the transaction is over.
     Session { session: Option<&'a [u8]>, client: IpAddr, ends: bool },
+    /// The client had mail accepted: Postfix's `QID: client=name[ip]` (written at the
+    /// first accepted recipient), sendmail's `from=… nrcpts=N … relay=` with N > 0 (which
+    /// also ends the transaction, like [`Event::Session`]). Evidence of a real sender.
+    Delivered { session: Option<&'a [u8]>, client: IpAddr },
     /// sendmail's `Possible SMTP RCPT flood`: at least BadRcptThrottle (3) rejected
     /// recipients in this session.
     Flood { session: Option<&'a [u8]>, client: IpAddr },
@@ -374,6 +378,7 @@ mod tests {
                 Event::Guess { .. } => "guess",
                 Event::PendingGuess { .. } => "pending",
                 Event::Session { .. } => "session",
+                Event::Delivered { .. } => "delivered",
                 Event::Flood { .. } => "flood",
                 Event::ProbeAttack { .. } => "attack",
                 Event::Unattributable { .. } => "unattributable",

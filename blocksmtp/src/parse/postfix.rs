@@ -27,6 +27,9 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     if !msg[..colon].iter().all(u8::is_ascii_alphanumeric) {
         return Event::Other;
     }
+    if let Some(c) = msg[colon..].strip_prefix(b": client=") {
+        return delivered(c);
+    }
     let Some(rest) = msg[colon..].strip_prefix(b": reject: ") else { return Event::Other };
     let (kind, rest) = if let Some(r) = rest.strip_prefix(b"RCPT from ") {
         (GuessKind::UnknownRecipient, r)
@@ -55,6 +58,20 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     }
 }
 
+/// `client=name[ip]` (then the end of the line or `, sasl_…`/`, orig_…` fields):
+/// Postfix's verified name or `unknown` holds no `[`, so the first bracket is the address.
+fn delivered(c: &[u8]) -> Event<'_> {
+    let Some(open) = memchr::memchr(b'[', c) else { return Event::Other };
+    let Some(close) = memchr::memchr(b']', &c[open..]).map(|i| open + i) else { return Event::Other };
+    if !(close + 1 == c.len() || c[close + 1..].starts_with(b", ")) {
+        return Event::Other;
+    }
+    match parse_ip(&c[open + 1..close]) {
+        Some(client) => Event::Delivered { session: None, client },
+        None => Event::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -70,6 +87,17 @@ mod tests {
             Event::Guess { client, kind, target, .. } => (client, kind, String::from_utf8_lossy(target).into_owned()),
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn accepted_mail_names_its_client() {
+        assert_eq!(parse(b"4F1A2B3C4D: client=mail.example.net[192.0.2.10]"), Event::Delivered { session: None, client: ip("192.0.2.10") });
+        assert_eq!(
+            parse(b"4F1A2B3C4D: client=unknown[2001:db8::10], sasl_method=PLAIN, sasl_username=a[192.0.2.99]"),
+            Event::Delivered { session: None, client: ip("2001:db8::10") }
+        );
+        assert_eq!(parse(b"4F1A2B3C4D: client=unknown[192.0.2.10]x"), Event::Other);
+        assert_eq!(parse(b"4F1A2B3C4D: uid=0 from=<root>"), Event::Other);
     }
 
     #[test]

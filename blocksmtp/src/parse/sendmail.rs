@@ -36,6 +36,7 @@ const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
 
 static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
 static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
+static FIND_SIZE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", size="));
 
 /// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
 /// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
@@ -99,6 +100,16 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
             if let Some(pos) = FIND_RELAY.rfind(body)
                 && let Some(client) = relay_at_end(&body[pos + 8..])
             {
+                // nrcpts is sendmail's count of accepted recipients, read after the last
+                // `, size=`. Client text (sender, msgid) could fake it: that only spares
+                // the source the stricter rules for senders without valid mail.
+                let fields = FIND_SIZE.rfind(&body[..pos]).map_or(&body[..0], |s| &body[s..pos]);
+                let accepted = memchr::memmem::find(fields, b", nrcpts=")
+                    .and_then(|i| fields.get(i + 9))
+                    .is_some_and(|d| d.is_ascii_digit() && *d != b'0');
+                if accepted {
+                    return Event::Delivered { session: qid, client };
+                }
                 return Event::Session { session: qid, client, ends: true };
             }
         }
@@ -279,6 +290,14 @@ mod tests {
             Event::Session { session: Some(b"6ARCa7pt018879"), client: ip("192.0.2.66"), ends: true }
         );
         assert_eq!(parse(b"6ARCa4t9018871: from=root, size=10, class=0, nrcpts=1, relay=root@localhost"), Event::Other);
+        assert_eq!(
+            parse(b"6ARCa4t9018871: from=<a@example.net>, size=1200, class=0, nrcpts=2, msgid=<x@example.net>, proto=ESMTP, daemon=MTA-v4, relay=mail.example.net [192.0.2.10]"),
+            Event::Delivered { session: Some(b"6ARCa4t9018871"), client: ip("192.0.2.10") }
+        );
+        assert_eq!(
+            parse(b"6ARCa4t9018871: from=<a, nrcpts=1@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]"),
+            Event::Session { session: Some(b"6ARCa4t9018871"), client: ip("192.0.2.66"), ends: true }
+        );
     }
 
     #[test]

@@ -9,11 +9,11 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::Policy;
+use super::{Evidence, Policy};
 use crate::{addr::SourceAddr, duration::format_duration, parse::Mta};
 
 /// One ban of a source, kept as long as `--ban-time-max` after its end (escalation).
-/// Compact (36 bytes): a mail server under attack keeps hundreds of thousands.
+/// Compact (40 bytes): a mail server under attack keeps hundreds of thousands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offence {
     /// 1 for a first offence, n for the n-th in a row of repeat offences.
@@ -40,6 +40,17 @@ pub struct Offence {
     /// Lifted by an administrator before its end.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lifted: bool,
+    /// The rule that decided it (absent in the file: the per-address window).
+    #[serde(default, skip_serializing_if = "Evidence::is_address")]
+    pub evidence: Evidence,
+    /// Distinct addresses behind a prefix ban; harvest-dictionary names behind a
+    /// dictionary ban.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub addrs: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 impl Offence {
@@ -66,7 +77,38 @@ impl Offence {
             parts.push(plural(self.guesses, "guess", "guesses"));
         }
         let mta = self.mta.map_or(String::new(), |m| format!(" ({m})"));
-        format!("{} in {}{mta}", parts.join(", "), format_duration(Duration::from_secs(self.span.into())))
+        let span = format_duration(Duration::from_secs(self.span.into()));
+        match self.evidence {
+            Evidence::Address => format!("{} in {span}{mta}", parts.join(", ")),
+            Evidence::Prefix => format!(
+                "{} from {} of its network in {span}{mta}",
+                plural(self.guesses_at_decision(), "guess", "guesses"),
+                plural(self.addrs.into(), "address", "addresses")
+            ),
+            Evidence::Dictionary => format!(
+                "{} from the harvest dictionary ({}, no valid mail){mta}",
+                plural(self.addrs.into(), "guessed name", "guessed names"),
+                parts.join(", ")
+            ),
+            Evidence::Surge => format!("{} during a surge of unknown recipients, no valid mail{mta}", parts.join(", ")),
+            Evidence::Returning => format!("{}, back after an earlier ban{mta}", parts.join(", ")),
+        }
+    }
+
+    /// [`Self::reason`] naming the network of a prefix ban: `14 guesses from 9
+    /// addresses of 192.0.2.0/24 in 12m (postfix)`.
+    pub fn reason_for(&self, source: &SourceAddr) -> String {
+        let r = self.reason();
+        match self.evidence {
+            Evidence::Prefix => r.replacen("of its network", &format!("of {source}"), 1),
+            _ => r,
+        }
+    }
+
+    /// Guesses of the decision itself (the kinds' sum; `guesses` grows while banned).
+    fn guesses_at_decision(&self) -> u32 {
+        let k: u32 = self.kinds.iter().map(|&n| u32::from(n)).sum();
+        if k == 0 { self.guesses } else { k }
     }
 }
 
@@ -97,22 +139,26 @@ pub fn secs32(t: SystemTime) -> u32 {
 /// A source's offences; nearly always one, kept inline (no allocation of its own).
 pub(super) type History = smallvec::SmallVec<[Offence; 1]>;
 
-/// Offence histories by source, IPv4 keyed by a plain u32 (the common case, and the
-/// bulk of the daemon's memory under a large attack: 52 bytes an offender).
+/// Offence histories by source, IPv4 addresses keyed by a plain u32 (the common case,
+/// and the bulk of the daemon's memory under a large attack: 56 bytes an offender);
+/// IPv6 prefixes and IPv4 networks (prefix bans) by network and length.
 #[derive(Debug, Default)]
 pub(super) struct Histories {
     v4: HashMap<u32, History>,
     v6: HashMap<(u128, u8), History>,
+    v4net: HashMap<(u32, u8), History>,
 }
 
 enum Key {
     V4(u32),
     V6((u128, u8)),
+    V4Net((u32, u8)),
 }
 
 fn key(source: &SourceAddr) -> Key {
     match source.net() {
-        ipnet::IpNet::V4(n) => Key::V4(u32::from(n.addr())),
+        ipnet::IpNet::V4(n) if n.prefix_len() == 32 => Key::V4(u32::from(n.addr())),
+        ipnet::IpNet::V4(n) => Key::V4Net((u32::from(n.network()), n.prefix_len())),
         ipnet::IpNet::V6(n) => Key::V6((u128::from(n.network()), n.prefix_len())),
     }
 }
@@ -122,6 +168,7 @@ impl Histories {
         match key(source) {
             Key::V4(k) => self.v4.get(&k),
             Key::V6(k) => self.v6.get(&k),
+            Key::V4Net(k) => self.v4net.get(&k),
         }
     }
 
@@ -129,6 +176,7 @@ impl Histories {
         match key(source) {
             Key::V4(k) => self.v4.get_mut(&k),
             Key::V6(k) => self.v6.get_mut(&k),
+            Key::V4Net(k) => self.v4net.get_mut(&k),
         }
     }
 
@@ -136,6 +184,7 @@ impl Histories {
         match key(source) {
             Key::V4(k) => self.v4.entry(k).or_default(),
             Key::V6(k) => self.v6.entry(k).or_default(),
+            Key::V4Net(k) => self.v4net.entry(k).or_default(),
         }
     }
 
@@ -143,17 +192,20 @@ impl Histories {
         match key(source) {
             Key::V4(k) => self.v4.insert(k, h),
             Key::V6(k) => self.v6.insert(k, h),
+            Key::V4Net(k) => self.v4net.insert(k, h),
         };
     }
 
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut History) -> bool) {
         self.v4.retain(|_, h| keep(h));
         self.v6.retain(|_, h| keep(h));
+        self.v4net.retain(|_, h| keep(h));
     }
 
     pub(super) fn clear(&mut self) {
         self.v4.clear();
         self.v6.clear();
+        self.v4net.clear();
     }
 
     /// Every (source, history), in address order.
@@ -163,6 +215,7 @@ impl Histories {
             .iter()
             .map(|(k, h)| (SourceAddr::from_ip(std::net::Ipv4Addr::from(*k).into(), 128), h))
             .chain(self.v6.iter().map(|((a, len), h)| (SourceAddr::from_ip(std::net::Ipv6Addr::from(*a).into(), *len), h)))
+            .chain(self.v4net.iter().map(|((a, len), h)| (SourceAddr::prefix_of(std::net::Ipv4Addr::from(*a).into(), *len, 128), h)))
             .collect();
         v.sort_unstable_by_key(|(s, _)| *s);
         v

@@ -1,38 +1,125 @@
 //! Policy: when a source is banned and for how long.
 //!
-//! Rules:
-//! * A source (an IPv4 address, or an IPv6 prefix of `--v6-prefix` bits) making
-//!   `--max-unknown` guesses within `--window` is banned for `--ban-time`.
-//! * A repeat offence doubles the previous ban, up to `--ban-time-max`. An offence
-//!   repeats while the previous one ended less than `--ban-time-max` ago; the history
-//!   is kept that long, and can be saved and restored ([`PolicyState`]).
-//! * While a source is banned its guesses are counted on the offence but make no new
-//!   decision; after the ban the window starts empty.
-//! * Guesses from whitelisted addresses are ignored; a source the whitelist overlaps
-//!   (an IPv6 prefix holding a whitelisted host) is never banned.
+//! Rules, each with its evidence module:
+//! * [`address`]: a source (an IPv4 address, or an IPv6 prefix of `--v6-prefix` bits)
+//!   making `--max-unknown` guesses within `--window` is banned for `--ban-time`.
+//! * [`prefix`]: a network (`--prefix-v4`, `--prefix-v6` bits) whose sources together
+//!   make `--prefix-guesses` guesses from `--prefix-addresses` distinct sources within
+//!   `--prefix-window` is banned as a whole (twice the thresholds for a network some of
+//!   whose addresses deliver valid mail).
+//! * [`dictionary`]: a source without valid mail guessing names that independent
+//!   harvesters guessed before is banned after `--strict-unknown` such guesses (one
+//!   during a surge).
+//! * [`surge`]: while unknown recipients arrive far above the host's own baseline,
+//!   sources without valid mail (address and network) are banned after
+//!   `--strict-unknown` distinct unknown recipients.
+//! * [`rounds`]: a source banned before that comes back is judged as strictly.
+//! * Bans on network, dictionary and surge evidence last `--campaign-ban-time`
+//!   (harvests come back in rounds); a repeat offence doubles the previous ban, up to `--ban-time-max`.
+//!   An offence repeats while the previous one ended less than `--ban-time-max` ago;
+//!   the history is kept that long, and can be saved and restored ([`PolicyState`]).
+//! * While a source (or a network holding it) is banned its guesses are counted on the
+//!   offence but make no decision and feed no evidence (live, they never reach the
+//!   log); after the ban the window starts empty.
+//! * The whitelist is checked here, once: guesses from whitelisted addresses are
+//!   ignored; a source or network the whitelist overlaps is never banned.
 //! * Guesses attributed late (sendmail's `from=` line) keep their own times; a guess
 //!   older than the window relative to the source's newest guess does not count.
+//! * `--per-address-only` turns every rule but the first off (today's behaviour).
+//!
+//! Memory stays bounded: each evidence module holds a capped map that forgets the
+//! least recently seen entries first, and entries idle longer than `--memory`.
 use std::{
-    collections::{HashMap, VecDeque},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     addr::SourceAddr,
     correlate::Attributed,
     detect::DetectArgs,
-    parse::{GuessKind, Mta, time::format_rfc3339},
+    parse::{Mta, time::format_rfc3339},
     whitelist::Whitelist,
 };
 
+mod address;
+mod dictionary;
 pub mod history;
+mod memory;
+mod prefix;
+mod rounds;
+mod surge;
 
+use address::{Added, Tracker};
 pub use history::{Offence, Offender, PolicyState, secs32};
 use history::{Histories, secs};
 
 const EVIDENCE: usize = 5;
+/// Caps of the evidence memories (entries): about 5 MB at most all together (the
+/// daemon's target is 20 MB at 100,000 bans).
+const CAP_SUSPECTS: usize = 16_384;
+const CAP_PREFIXES: usize = 8_192;
+const CAP_NAMES: usize = 16_384;
+const CAP_REPUTATION: usize = 65_536;
+
+/// Which rule decided a ban.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Evidence {
+    /// The source's own guesses in the window.
+    #[default]
+    Address,
+    /// Guesses from many addresses of one network.
+    Prefix,
+    /// Names of the harvest dictionary.
+    Dictionary,
+    /// Unknown recipients during a surge, from a source without valid mail.
+    Surge,
+    /// Back after an earlier ban.
+    Returning,
+}
+
+impl Evidence {
+    pub fn is_address(&self) -> bool {
+        *self == Evidence::Address
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Evidence::Address => "address",
+            Evidence::Prefix => "prefix",
+            Evidence::Dictionary => "dictionary",
+            Evidence::Surge => "surge",
+            Evidence::Returning => "returning",
+        }
+    }
+}
+
+/// Settings of the evidence beyond one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvidenceConfig {
+    /// Off: per-address counting only.
+    pub enabled: bool,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub prefix_window: Duration,
+    pub prefix_addresses: u32,
+    pub prefix_guesses: u32,
+    /// Independent networks that make a name a harvest-dictionary name.
+    pub dictionary_sources: u32,
+    /// Distinct unknown recipients that ban a source without valid mail under the
+    /// stricter rules (dictionary, surge, returning).
+    pub strict_unknown: u32,
+    /// A surge: this many times the baseline rate, and at least `surge_min` per window.
+    pub surge_factor: u32,
+    pub surge_min: u32,
+    pub campaign_ban_time: Duration,
+    /// How long quiet sources, names and senders of valid mail are remembered.
+    pub memory: Duration,
+}
 
 /// The numbers the policy works with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +129,20 @@ pub struct PolicyConfig {
     pub ban_time: Duration,
     pub ban_time_max: Duration,
     pub v6_prefix: u8,
+    pub evidence: EvidenceConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         DetectArgs::default().policy_config()
+    }
+}
+
+impl PolicyConfig {
+    /// Today's rule alone: per-address counting.
+    pub fn per_address_only(mut self) -> Self {
+        self.evidence.enabled = false;
+        self
     }
 }
 
@@ -69,6 +165,8 @@ pub struct BanDecision {
     pub mta: Mta,
     /// 1 for a first offence, 2 for the second within the history, …
     pub offence: u32,
+    /// The rule that decided it.
+    pub rule: Evidence,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -79,36 +177,48 @@ fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&format_rfc3339(*t))
 }
 
-#[derive(Debug)]
-struct Entry {
-    at: SystemTime,
-    kind: GuessKind,
-    count: u32,
-    sample: Option<String>,
-}
-
-#[derive(Debug)]
-struct Tracker {
-    entries: VecDeque<Entry>,
-    in_window: u32,
-    latest: SystemTime,
-}
-
 /// Counters of the policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PolicyStats {
     /// Guesses counted against sources.
     pub guesses: u64,
-    /// Of those, made while the source was banned.
+    /// Of those, made while the source (or its network) was banned.
     pub guesses_while_banned: u64,
     /// Guesses too old for the window when they were attributed.
     pub guesses_too_old: u64,
+    /// Guesses from whitelisted addresses (not counted).
+    pub guesses_whitelisted: u64,
     pub bans: u64,
     /// Sources that reached the threshold but overlap the whitelist.
     pub bans_whitelisted: u64,
+    /// Bans by rule beyond the per-address window.
+    pub bans_prefix: u64,
+    pub bans_dictionary: u64,
+    pub bans_surge: u64,
+    pub bans_returning: u64,
+    /// Networks that reached the prefix thresholds but overlap the whitelist.
+    pub prefixes_whitelisted: u64,
+    /// Surges of unknown recipients seen.
+    pub surges: u64,
+    /// Mail deliveries seen (evidence of real senders).
+    pub deliveries: u64,
 }
 
-/// Sliding-window counting and escalating bans per source.
+/// What one guess added to the evidence beyond its source.
+#[derive(Debug, Default)]
+struct Observed {
+    prefix: Option<prefix::PrefixCount>,
+    net: memory::Key,
+    /// Neither the address nor its network delivered valid mail.
+    no_mail: bool,
+    network_good: bool,
+    distinct: u32,
+    dict_hits: u32,
+    surge: bool,
+}
+
+/// Sliding-window counting and escalating bans per source, and the evidence beyond one
+/// source.
 #[derive(Debug)]
 pub struct Policy {
     cfg: PolicyConfig,
@@ -117,11 +227,28 @@ pub struct Policy {
     history: Histories,
     stats: PolicyStats,
     last_sweep: Option<SystemTime>,
+    prefixes: prefix::Prefixes,
+    dictionary: dictionary::Dictionary,
+    surge: surge::Surge,
+    reputation: surge::Reputation,
+    suspects: rounds::Suspects,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, whitelist: Whitelist) -> Self {
-        Self { cfg, whitelist, sources: HashMap::new(), history: Histories::default(), stats: Default::default(), last_sweep: None }
+        Self {
+            cfg,
+            whitelist,
+            sources: HashMap::new(),
+            history: Histories::default(),
+            stats: Default::default(),
+            last_sweep: None,
+            prefixes: prefix::Prefixes::new(CAP_PREFIXES),
+            dictionary: dictionary::Dictionary::new(CAP_NAMES, cfg.evidence.dictionary_sources),
+            surge: surge::Surge::default(),
+            reputation: surge::Reputation::new(CAP_REPUTATION),
+            suspects: rounds::Suspects::new(CAP_SUSPECTS),
+        }
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -133,7 +260,7 @@ impl Policy {
     }
 
     pub fn stats(&self) -> PolicyStats {
-        self.stats
+        PolicyStats { surges: self.surge.surges, ..self.stats }
     }
 
     /// Sources with guesses in their window. A banned source is not tracked: its ban
@@ -142,83 +269,192 @@ impl Policy {
         self.sources.len()
     }
 
+    /// Entries held by the evidence beyond one address (networks, names, suspects,
+    /// senders of valid mail); each bounded.
+    pub fn evidence_entries(&self) -> usize {
+        self.prefixes.len() + self.dictionary.len() + self.suspects.len() + self.reputation.len()
+    }
+
     /// The end (unix seconds) of `source`'s current ban, if one runs at `now_s`.
     fn banned_until(&self, source: &SourceAddr, now_s: u64) -> Option<u64> {
         let until = self.history.get(source)?.last()?.until();
         (until > now_s).then_some(until)
     }
 
-    /// Count one attributed guess; a ban decision when it crosses the threshold.
-    /// The caller has already dropped whitelisted addresses.
+    /// The network ban (decided by this policy) covering `ip` at `now`, if any.
+    pub fn covering_ban(&self, ip: IpAddr, now: SystemTime) -> Option<SourceAddr> {
+        let e = &self.cfg.evidence;
+        let net = SourceAddr::prefix_of(ip, e.prefix_v4, e.prefix_v6);
+        if !net.is_prefix_ban(self.cfg.v6_prefix) {
+            return None;
+        }
+        self.banned_until(&net, secs(now)).map(|_| net)
+    }
+
+    fn unit_key(&self, ip: IpAddr) -> memory::Key {
+        memory::net_key(ip, 32, self.cfg.v6_prefix)
+    }
+
+    /// The client had mail accepted at `at` (evidence of a real sender).
+    pub fn record_delivery(&mut self, client: IpAddr, at: SystemTime) {
+        self.stats.deliveries += 1;
+        let e = self.cfg.evidence;
+        let (addr, net) = (self.unit_key(client), memory::net_key(client, e.prefix_v4, e.prefix_v6));
+        self.reputation.note(addr, net, secs32(at));
+    }
+
+    /// Count one attributed guess; a ban decision when it completes the evidence for one.
     pub fn record(&mut self, g: &Attributed) -> Option<BanDecision> {
+        if self.whitelist.contains(&g.client) {
+            self.stats.guesses_whitelisted += u64::from(g.count);
+            return None;
+        }
         let source = SourceAddr::from_ip(g.client, self.cfg.v6_prefix);
         let at = g.at;
         self.maybe_sweep(at);
         self.stats.guesses += u64::from(g.count);
-        let window = self.cfg.window;
-        if self.banned_until(&source, secs(at)).is_some() {
+        let now_s = secs(at);
+        let covering = if self.banned_until(&source, now_s).is_some() { Some(source) } else { self.covering_ban(g.client, at) };
+        if let Some(banned) = covering {
             self.stats.guesses_while_banned += u64::from(g.count);
-            if let Some(o) = self.history.get_mut(&source).and_then(|h| h.last_mut()) {
+            if let Some(o) = self.history.get_mut(&banned).and_then(|h| h.last_mut()) {
                 o.guesses = o.guesses.saturating_add(g.count);
                 o.last_seen = o.last_seen.max(secs32(at));
             }
             return None;
         }
-        let t = self.sources.entry(source).or_insert_with(|| Tracker { entries: VecDeque::new(), in_window: 0, latest: at });
-        t.latest = t.latest.max(at);
-        let cutoff = t.latest.checked_sub(window).unwrap_or(UNIX_EPOCH);
-        if at < cutoff {
-            self.stats.guesses_too_old += u64::from(g.count);
-            return None;
-        }
-        t.entries.push_back(Entry { at, kind: g.kind, count: g.count, sample: g.sample.clone() });
-        t.in_window = t.in_window.saturating_add(g.count);
-        // Drop entries now outside the window (at most max_unknown are held).
-        let mut removed = 0;
-        t.entries.retain(|e| {
-            let keep = e.at >= cutoff;
-            if !keep {
-                removed += e.count;
+        let observed = if self.cfg.evidence.enabled { Some(self.observe(g)) } else { None };
+        let t = self.sources.entry(source).or_insert_with(|| Tracker::new(at));
+        match t.add(g, self.cfg.window) {
+            Added::TooOld => {
+                self.stats.guesses_too_old += u64::from(g.count);
+                return None;
             }
-            keep
+            Added::InWindow(n) if n >= self.cfg.max_unknown => {
+                let first_seen = t.entries.iter().map(|e| e.at).min().unwrap_or(at);
+                return self.decide(source, Evidence::Address, g, n, first_seen, 0);
+            }
+            Added::InWindow(_) => {}
+        }
+        self.beyond_one_address(g, source, observed?)
+    }
+
+    /// Feed the evidence beyond one source with a guess (no decision).
+    fn observe(&mut self, g: &Attributed) -> Observed {
+        let e = self.cfg.evidence;
+        let at_s = secs32(g.at);
+        let addr = self.unit_key(g.client);
+        let net = memory::net_key(g.client, e.prefix_v4, e.prefix_v6);
+        let address_good = self.reputation.address_good(addr);
+        let network_good = self.reputation.network_good(net);
+        let no_mail = !address_good && !network_good;
+        let window = u32::try_from(self.cfg.window.as_secs()).unwrap_or(u32::MAX);
+        let name = g.sample.as_deref().and_then(dictionary::Name::of);
+        let in_dictionary = name.is_some_and(|n| self.dictionary.contains(n));
+        let s = self.suspects.note(addr, at_s, name, g.count, in_dictionary);
+        let (distinct, dict_hits) = (s.distinct(), s.dict_hits());
+        // The host's rate of unknown recipients from sources without valid mail of their
+        // own, each source counted for its first two only: a surge is many sources, not
+        // one noisy one (which the per-address window handles).
+        let before = distinct.saturating_sub(g.count);
+        let fresh = if address_good { 0 } else { g.count.min(2u32.saturating_sub(before)) };
+        self.surge.note(at_s, fresh, window, e.surge_factor, e.surge_min);
+        // Names of a source with several distinct unknown recipients and no valid mail
+        // become dictionary evidence (a departed employee's senders have valid mail and
+        // try one name each).
+        if no_mail && distinct >= 2 {
+            for n in s.uncontributed() {
+                self.dictionary.contribute(n, net, at_s);
+            }
+        }
+        let unit_is_narrower = SourceAddr::prefix_of(g.client, e.prefix_v4, e.prefix_v6).is_prefix_ban(self.cfg.v6_prefix);
+        let prefix = (unit_is_narrower && !address_good).then(|| {
+            let w = u32::try_from(e.prefix_window.as_secs()).unwrap_or(u32::MAX);
+            self.prefixes.add(net, addr, at_s, g.count, w)
         });
-        t.in_window -= removed;
-        if t.in_window < self.cfg.max_unknown {
+        Observed { prefix, net, no_mail, network_good, distinct, dict_hits, surge: self.surge.active() }
+    }
+
+    /// The rules beyond one address's window, strongest first.
+    fn beyond_one_address(&mut self, g: &Attributed, source: SourceAddr, o: Observed) -> Option<BanDecision> {
+        let e = self.cfg.evidence;
+        if let Some(pc) = o.prefix {
+            // A network some of whose addresses deliver valid mail needs twice the evidence.
+            let k = if o.network_good { 2 } else { 1 };
+            if u32::from(pc.addrs) >= e.prefix_addresses * k && pc.guesses >= e.prefix_guesses * k {
+                let net = SourceAddr::prefix_of(g.client, e.prefix_v4, e.prefix_v6);
+                if self.whitelist.overlaps(&net) {
+                    self.stats.prefixes_whitelisted += 1;
+                } else {
+                    self.prefixes.forget(o.net);
+                    let first = std::time::UNIX_EPOCH + Duration::from_secs(pc.first.into());
+                    return self.decide(net, Evidence::Prefix, g, pc.guesses, first, pc.addrs);
+                }
+            }
+        }
+        if !o.no_mail {
             return None;
         }
-        let mut entries: Vec<Entry> = std::mem::take(&mut t.entries).into();
-        let guesses = t.in_window;
+        let strict = e.strict_unknown.max(1);
+        let first = self.sources.get(&source).and_then(|t| t.entries.iter().map(|e| e.at).min()).unwrap_or(g.at);
+        let rule = if o.dict_hits >= strict || (o.surge && o.dict_hits >= 1) {
+            Evidence::Dictionary
+        } else if o.distinct >= strict && self.history.get(&source).is_some_and(|h| !h.is_empty()) {
+            Evidence::Returning
+        } else if o.distinct >= strict && o.surge {
+            Evidence::Surge
+        } else {
+            return None;
+        };
+        let addrs = if rule == Evidence::Dictionary { u16::try_from(o.dict_hits).unwrap_or(u16::MAX) } else { 0 };
+        self.decide(source, rule, g, o.distinct, first, addrs)
+    }
+
+    /// Ban `source` on `rule`'s evidence: escalate, record the offence, report.
+    fn decide(
+        &mut self,
+        source: SourceAddr,
+        rule: Evidence,
+        g: &Attributed,
+        guesses: u32,
+        first_seen: SystemTime,
+        addrs: u16,
+    ) -> Option<BanDecision> {
+        let at = g.at;
         // Decided: the window's guesses move into the offence; the tracker goes.
-        self.sources.remove(&source);
+        let mut entries: Vec<address::Entry> = match self.sources.remove(&source) {
+            Some(t) => t.entries.into(),
+            None => Vec::new(),
+        };
         entries.sort_by_key(|e| e.at);
-        let first_seen = entries.first().map_or(at, |e| e.at);
-        let last_seen = entries.last().map_or(at, |e| e.at);
+        let last_seen = entries.last().map_or(at, |e| e.at).max(at);
+        let first_seen = first_seen.min(last_seen);
         if self.whitelist.overlaps(&source) {
             self.stats.bans_whitelisted += 1;
             return None;
         }
         let now_s = secs(at);
         let keep = self.cfg.ban_time_max.as_secs();
+        let base = match rule {
+            // A returning source escalates as it would have on its own window.
+            Evidence::Address | Evidence::Returning => self.cfg.ban_time,
+            _ => self.cfg.evidence.campaign_ban_time.clamp(self.cfg.ban_time, self.cfg.ban_time_max),
+        };
         let history = self.history.entry(&source);
         history.retain(|o| o.until().saturating_add(keep) >= now_s);
         // A repeat offence (the previous one ended less than ban_time_max ago) doubles
         // the previous ban.
         let (duration, number) = match history.last() {
             Some(prev) => (
-                Duration::from_secs(u64::from(prev.duration) * 2).clamp(self.cfg.ban_time, self.cfg.ban_time_max),
+                Duration::from_secs(u64::from(prev.duration) * 2).clamp(base, self.cfg.ban_time_max),
                 prev.number.max(1) + 1,
             ),
-            None => (self.cfg.ban_time, 1),
+            None => (base, 1),
         };
-        let mut kinds = [0u16; 3];
-        for e in &entries {
-            let k = match e.kind {
-                GuessKind::UnknownRecipient => 0,
-                GuessKind::Vrfy => 1,
-                GuessKind::Expn => 2,
-            };
-            kinds[k] = kinds[k].saturating_add(u16::try_from(e.count).unwrap_or(u16::MAX));
-        }
+        let kinds = match rule {
+            Evidence::Prefix => [u16::try_from(guesses).unwrap_or(u16::MAX), 0, 0],
+            _ => Tracker::kinds(&entries),
+        };
         let offence = Offence {
             number,
             at: secs32(at),
@@ -230,21 +466,28 @@ impl Policy {
             kinds,
             span: u32::try_from(last_seen.duration_since(first_seen).unwrap_or_default().as_secs()).unwrap_or(u32::MAX),
             lifted: false,
+            evidence: rule,
+            addrs,
         };
-        let reason = offence.reason();
+        let reason = offence.reason_for(&source);
         history.push(offence);
+        // After the ban the source's recipients count afresh (its offence remembers it).
+        self.suspects.forget(self.unit_key(g.client));
         self.stats.bans += 1;
-        Some(BanDecision {
-            source,
-            duration,
-            guesses,
-            first_seen,
-            last_seen,
-            evidence: entries.iter().filter_map(|e| e.sample.clone()).take(EVIDENCE).collect(),
-            reason,
-            mta: g.mta,
-            offence: number,
-        })
+        match rule {
+            Evidence::Address => {}
+            Evidence::Prefix => self.stats.bans_prefix += 1,
+            Evidence::Dictionary => self.stats.bans_dictionary += 1,
+            Evidence::Surge => self.stats.bans_surge += 1,
+            Evidence::Returning => self.stats.bans_returning += 1,
+        }
+        let mut evidence: Vec<String> = entries.iter().filter_map(|e| e.sample.clone()).take(EVIDENCE).collect();
+        if evidence.is_empty()
+            && let Some(s) = &g.sample
+        {
+            evidence.push(s.clone());
+        }
+        Some(BanDecision { source, duration, guesses, first_seen, last_seen, evidence, reason, mta: g.mta, offence: number, rule })
     }
 
     fn maybe_sweep(&mut self, now: SystemTime) {
@@ -254,8 +497,8 @@ impl Policy {
         }
     }
 
-    /// Forget sources with nothing in their window and no active ban, and offences
-    /// older than `ban_time_max` past their end.
+    /// Forget sources with nothing in their window and no active ban, offences older
+    /// than `ban_time_max` past their end, and evidence idle longer than its memory.
     pub fn sweep(&mut self, now: SystemTime) {
         self.last_sweep = Some(now);
         let window = self.cfg.window;
@@ -266,6 +509,12 @@ impl Policy {
             h.retain(|o| o.until().saturating_add(keep) >= now_s);
             !h.is_empty()
         });
+        let e = self.cfg.evidence;
+        let oldest = |d: Duration| u32::try_from(now_s.saturating_sub(d.as_secs())).unwrap_or(u32::MAX);
+        self.prefixes.expire(oldest(e.prefix_window));
+        self.dictionary.expire(oldest(e.memory));
+        self.suspects.expire(oldest(e.memory));
+        self.reputation.expire(oldest(e.memory));
     }
 
     /// Whether `source` is under a ban decided by this policy at `now`.
@@ -299,9 +548,10 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
+    use std::{net::IpAddr, time::UNIX_EPOCH};
 
     use super::*;
+    use crate::parse::GuessKind;
 
     fn t(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
@@ -372,6 +622,7 @@ mod tests {
             ban_time: Duration::from_secs(3600),
             ban_time_max: Duration::from_secs(3 * 3600),
             v6_prefix: 64,
+            ..PolicyConfig::default()
         };
         let mut p = Policy::new(cfg, Whitelist::new());
         let mut now = 0;
@@ -440,5 +691,182 @@ mod tests {
         assert_eq!(q.state().offenders[0].offences.len(), 2);
         assert!(q.load_json("{\"version\":1,\"offenders\":[{\"source\":\"nope\",\"offences\":[]}]}", t(0)).is_err());
     }
+
+    fn named(ip: &str, at: SystemTime, rcpt: &str) -> Attributed {
+        Attributed { sample: Some(format!("<{rcpt}>")), ..guess(ip, at) }
+    }
+
+    /// One row: guesses (address, second, recipient) and deliveries (address, second),
+    /// interleaved by time → the bans made (source, rule).
+    struct Case {
+        name: &'static str,
+        guesses: Vec<(String, u64, String)>,
+        deliveries: Vec<(String, u64)>,
+        want: Vec<(&'static str, Evidence)>,
+    }
+
+    fn run(c: &Case, cfg: PolicyConfig, wl: Whitelist) -> Vec<(String, Evidence, String)> {
+        let mut p = Policy::new(cfg, wl);
+        let mut events: Vec<(u64, Option<&(String, u64, String)>, Option<&String>)> =
+            c.guesses.iter().map(|g| (g.1, Some(g), None)).chain(c.deliveries.iter().map(|d| (d.1, None, Some(&d.0)))).collect();
+        events.sort_by_key(|e| (e.0, e.2.is_none()));
+        let mut bans = Vec::new();
+        for (at, g, d) in events {
+            if let Some(ip) = d {
+                p.record_delivery(ip.parse().unwrap(), t(at));
+            }
+            if let Some((ip, _, rcpt)) = g
+                && let Some(b) = p.record(&named(ip, t(at), rcpt))
+            {
+                bans.push((b.source.to_string(), b.rule, b.reason));
+            }
+        }
+        bans
+    }
+
+    fn cases() -> Vec<Case> {
+        let ip = |n: u32| format!("203.0.113.{n}");
+        let scattered = |i: u32| format!("198.18.{i}.7");
+        let mut v = Vec::new();
+        // 9 addresses of one /24, two guesses each, over 12 minutes: the network goes at
+        // the third address's second guess.
+        v.push(Case {
+            name: "one network",
+            guesses: (0..9).flat_map(|a| (0..2).map(move |k| (ip(10 + a), u64::from(a) * 80 + k * 5, format!("n{a}x{k}@example.com")))).collect(),
+            deliveries: vec![],
+            want: vec![("203.0.113.0/24", Evidence::Prefix)],
+        });
+        // A NAT pool: two guessing addresses (two each) among senders of valid mail.
+        v.push(Case {
+            name: "nat pool",
+            guesses: (0..2).flat_map(|a| (0..2).map(move |k| (ip(200 + a), 100 + u64::from(a) * 60 + k, format!("x{a}{k}@example.com")))).collect(),
+            deliveries: (0..30).map(|a| (ip(10 + a), u64::from(a) * 10)).collect(),
+            want: vec![],
+        });
+        // Harvesters of three networks try john/mary at several domains: a fourth
+        // network's source is banned after two dictionary names.
+        let mut g = Vec::new();
+        for (i, d) in [(0u32, "a"), (1, "b"), (2, "c")] {
+            g.push((scattered(i), u64::from(i) * 400, format!("john@{d}.example")));
+            g.push((scattered(i), u64::from(i) * 400 + 1, format!("mary@{d}.example")));
+        }
+        g.push((scattered(9), 3000, "john@z.example".into()));
+        g.push((scattered(9), 3001, "mary@z.example".into()));
+        v.push(Case { name: "dictionary", guesses: g, deliveries: vec![], want: vec![("198.18.9.7", Evidence::Dictionary)] });
+        // A departed employee: thirty senders of valid mail each try her address once.
+        v.push(Case {
+            name: "departed employee",
+            guesses: (0..30).map(|i| (scattered(i), u64::from(i) * 30 + 1, "karen@example.com".into())).collect(),
+            deliveries: (0..30).map(|i| (scattered(i), u64::from(i) * 30)).collect(),
+            want: vec![],
+        });
+        // A surge: forty sources in forty networks, two guesses each within minutes.
+        v.push(Case {
+            name: "surge",
+            guesses: (0..40).flat_map(|i| (0..2).map(move |k| (scattered(i), 5000 + u64::from(i) * 5 + k, format!("s{i}k{k}@example.com")))).collect(),
+            deliveries: vec![],
+            want: (0..40).map(|_| ("", Evidence::Surge)).collect(),
+        });
+        v
+    }
+
+    #[test]
+    fn evidence_beyond_one_address_table() {
+        for c in cases() {
+            let got = run(&c, PolicyConfig::default(), Whitelist::new());
+            if c.name == "surge" {
+                // The first sources make the surge; every later one is banned on it.
+                let n = got.iter().filter(|b| b.1 == Evidence::Surge).count();
+                assert!((30..=40).contains(&n), "{}: {got:?}", c.name);
+                assert!(got[0].2.contains("during a surge of unknown recipients"), "{got:?}");
+                continue;
+            }
+            let rules: Vec<(String, Evidence)> = got.iter().map(|b| (b.0.clone(), b.1)).collect();
+            let want: Vec<(String, Evidence)> = c.want.iter().map(|(s, e)| (s.to_string(), *e)).collect();
+            assert_eq!(rules, want, "{}: {got:?}", c.name);
+            // Per-address counting alone bans none of these.
+            assert!(run(&c, PolicyConfig::default().per_address_only(), Whitelist::new()).is_empty(), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn prefix_ban_reason_covering_and_whitelist() {
+        let c = &cases()[0];
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        let mut ban = None;
+        for (ip, at, r) in &c.guesses {
+            if let Some(b) = p.record(&named(ip, t(*at), r)) {
+                ban = Some((b, *at));
+            }
+        }
+        let (b, at) = ban.unwrap();
+        assert_eq!(b.reason, "6 guesses from 3 addresses of 203.0.113.0/24 in 2m45s (postfix)");
+        assert_eq!(b.duration, Duration::from_secs(4 * 3600));
+        // Every address of the network is covered now; a new one's guesses count on it.
+        assert_eq!(p.covering_ban("203.0.113.99".parse().unwrap(), t(at + 1)).unwrap().to_string(), "203.0.113.0/24");
+        assert!(p.record(&guess("203.0.113.99", t(at + 2))).is_none());
+        assert!(p.stats().guesses_while_banned > 0);
+        let net: SourceAddr = "203.0.113.0/24".parse().unwrap();
+        assert!(p.offences(&net)[0].reason().contains("of its network"));
+        // Saved and restored as a network.
+        let mut q = Policy::new(PolicyConfig::default(), Whitelist::new());
+        q.load_json(&p.save_json(), t(at + 3)).unwrap();
+        assert!(q.is_banned(&net, t(at + 3)));
+        // A whitelisted host inside: the network is never banned (its addresses still can be).
+        let wl = Whitelist::from_nets(["203.0.113.250/32".parse().unwrap()]);
+        let got = run(c, PolicyConfig::default(), wl);
+        assert!(got.iter().all(|b| b.1 != Evidence::Prefix && !b.0.contains('/')), "{got:?}");
+        assert!(!got.is_empty(), "the surge rule still bans its addresses");
+    }
+
+    #[test]
+    fn returning_source_is_judged_strictly() {
+        let mut p = policy(5, 600);
+        for i in 0..5 {
+            p.record(&named("198.18.5.5", t(i), &format!("r{i}@example.com")));
+        }
+        assert_eq!(p.stats().bans, 1);
+        // Two hours later (the ban over) two guesses are enough.
+        assert!(p.record(&named("198.18.5.5", t(7200), "q1@example.com")).is_none());
+        let b = p.record(&named("198.18.5.5", t(7201), "q2@example.com")).unwrap();
+        assert_eq!((b.rule, b.offence), (Evidence::Returning, 2));
+        assert!(b.reason.ends_with("back after an earlier ban (postfix)"), "{}", b.reason);
+        // With valid mail from it, it is not.
+        let mut p = policy(5, 600);
+        for i in 0..5 {
+            p.record(&named("198.18.5.5", t(i), &format!("r{i}@example.com")));
+        }
+        p.record_delivery("198.18.5.5".parse().unwrap(), t(7000));
+        assert!(p.record(&named("198.18.5.5", t(7200), "q1@example.com")).is_none());
+        assert!(p.record(&named("198.18.5.5", t(7201), "q2@example.com")).is_none());
+    }
+
+    #[test]
+    fn whitelist_is_checked_in_the_policy() {
+        let wl = Whitelist::from_nets(["192.0.2.0/24".parse().unwrap()]);
+        let mut p = Policy::new(PolicyConfig { max_unknown: 2, ..PolicyConfig::default() }, wl);
+        for i in 0..20 {
+            assert!(p.record(&guess("192.0.2.66", t(i))).is_none());
+        }
+        assert_eq!((p.stats().guesses_whitelisted, p.stats().guesses), (20, 0));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        // 200,000 sources of as many networks, one guess each, one a second.
+        for i in 0..200_000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000u32.wrapping_add(i << 8) | 7));
+            p.record(&Attributed { sample: Some(format!("<n{i}@example.com>")), ..guess("192.0.2.1", t(u64::from(i))) }.with_client(ip));
+        }
+        assert!(p.evidence_entries() <= CAP_SUSPECTS + CAP_PREFIXES + CAP_NAMES + CAP_REPUTATION + CAP_REPUTATION / 4);
+    }
 }
 
+#[cfg(test)]
+impl Attributed {
+    fn with_client(mut self, ip: IpAddr) -> Self {
+        self.client = ip;
+        self
+    }
+}

@@ -1,0 +1,116 @@
+//! Bounded memory for the evidence modules: a map with a size cap that forgets the
+//! least recently touched entries first, and entries idle longer than a given age.
+//! An attacker flooding it with sources only evicts old, quiet entries.
+use std::collections::HashMap;
+
+/// A key for an address or a network: IPv4 as its IPv4-mapped IPv6 form, so the two
+/// families never collide; networks are masked by the caller.
+pub type Key = u128;
+
+pub fn ip_key(ip: std::net::IpAddr) -> Key {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(v4.to_ipv6_mapped()),
+            None => u128::from(v6),
+        },
+    }
+}
+
+/// The key of the network of `v4_len` / `v6_len` bits holding `ip`.
+pub fn net_key(ip: std::net::IpAddr, v4_len: u8, v6_len: u8) -> Key {
+    let k = ip_key(ip);
+    let len = if k >> 32 == 0xffff { 96 + u32::from(v4_len.min(32)) } else { u32::from(v6_len.min(128)) };
+    if len == 0 { 0 } else { k & (u128::MAX << (128 - len)) }
+}
+
+/// A short hash of text (names, domains, sources) for compact sets.
+pub fn hash32(b: &[u8]) -> u32 {
+    // FNV-1a: stable across runs (replay and daemon agree), good enough for sets of a few.
+    let mut h: u32 = 0x811c_9dc5;
+    for &c in b {
+        h ^= u32::from(c);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+/// A capped map of `V` with a last-touched time (unix seconds) per entry.
+#[derive(Debug)]
+pub struct Bounded<V> {
+    map: HashMap<Key, (V, u32)>,
+    cap: usize,
+}
+
+impl<V: Default> Bounded<V> {
+    pub fn new(cap: usize) -> Self {
+        Self { map: HashMap::new(), cap: cap.max(8) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn get(&self, k: &Key) -> Option<&V> {
+        self.map.get(k).map(|(v, _)| v)
+    }
+
+    pub fn remove(&mut self, k: &Key) {
+        self.map.remove(k);
+    }
+
+    /// The entry of `k`, created if missing, marked as touched at `now`. At the cap, the
+    /// least recently touched eighth is forgotten first (amortised O(1)).
+    pub fn touch(&mut self, k: Key, now: u32) -> &mut V {
+        if self.map.len() >= self.cap && !self.map.contains_key(&k) {
+            self.evict();
+        }
+        let e = self.map.entry(k).or_insert_with(|| (V::default(), now));
+        e.1 = e.1.max(now);
+        &mut e.0
+    }
+
+    fn evict(&mut self) {
+        let mut times: Vec<u32> = self.map.values().map(|(_, t)| *t).collect();
+        let nth = times.len() / 8;
+        let (_, cut, _) = times.select_nth_unstable(nth);
+        let cut = *cut;
+        let mut room = nth.max(1);
+        self.map.retain(|_, (_, t)| {
+            if *t <= cut && room > 0 {
+                room -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Forget entries not touched since `oldest` (unix seconds).
+    pub fn expire(&mut self, oldest: u32) {
+        self.map.retain(|_, (_, t)| *t >= oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_caps() {
+        let a = net_key("192.0.2.66".parse().unwrap(), 24, 48);
+        assert_eq!(a, net_key("192.0.2.1".parse().unwrap(), 24, 48));
+        assert_eq!(a, net_key("::ffff:192.0.2.9".parse().unwrap(), 24, 48));
+        assert_ne!(a, net_key("192.0.3.1".parse().unwrap(), 24, 48));
+        assert_eq!(net_key("2001:db8:bad:1::1".parse().unwrap(), 24, 48), net_key("2001:db8:bad:ff::2".parse().unwrap(), 24, 48));
+        let mut m: Bounded<u32> = Bounded::new(16);
+        for i in 0..1000u32 {
+            *m.touch(u128::from(i), i) += 1;
+            assert!(m.len() <= 16);
+        }
+        // The newest survive eviction.
+        assert!(m.get(&999).is_some() && m.get(&0).is_none());
+        m.expire(995);
+        assert_eq!(m.len(), 5);
+    }
+}

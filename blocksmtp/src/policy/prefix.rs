@@ -1,0 +1,107 @@
+//! Evidence of a network: guesses from many addresses of one prefix (IPv4 /24, IPv6
+//! /48 by default), each address staying under the per-address threshold. Counted per
+//! network over `--prefix-window`: guesses and distinct sources (IPv4 addresses, IPv6
+//! /64s), with thresholds of their own.
+use std::collections::VecDeque;
+
+use super::memory::{Bounded, Key};
+
+/// Guesses held per network: beyond this the oldest go (a network past it has long
+/// crossed any sane threshold).
+const ENTRIES: usize = 64;
+
+#[derive(Debug, Default)]
+pub(super) struct NetWindow {
+    /// (unix seconds, source key folded to 32 bits, guesses)
+    entries: VecDeque<(u32, u32, u16)>,
+}
+
+/// A network's count within the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PrefixCount {
+    pub guesses: u32,
+    pub addrs: u16,
+    pub first: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Prefixes {
+    nets: Bounded<NetWindow>,
+}
+
+fn fold(k: Key) -> u32 {
+    let x = (k ^ (k >> 64)) as u64;
+    ((x ^ (x >> 32)) as u32).max(1)
+}
+
+impl Prefixes {
+    pub fn new(cap: usize) -> Self {
+        Self { nets: Bounded::new(cap) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    /// Count `count` guesses of source `src` in network `net` at `at` (unix seconds).
+    pub fn add(&mut self, net: Key, src: Key, at: u32, count: u32, window: u32) -> PrefixCount {
+        let w = self.nets.touch(net, at);
+        w.entries.push_back((at, fold(src), u16::try_from(count).unwrap_or(u16::MAX)));
+        let cutoff = at.saturating_sub(window);
+        w.entries.retain(|e| e.0 >= cutoff);
+        while w.entries.len() > ENTRIES {
+            w.entries.pop_front();
+        }
+        let mut srcs: Vec<u32> = w.entries.iter().map(|e| e.1).collect();
+        srcs.sort_unstable();
+        srcs.dedup();
+        PrefixCount {
+            guesses: w.entries.iter().map(|e| u32::from(e.2)).sum(),
+            addrs: srcs.len() as u16,
+            first: w.entries.iter().map(|e| e.0).min().unwrap_or(at),
+        }
+    }
+
+    /// Start the network's count afresh (after its ban).
+    pub fn forget(&mut self, net: Key) {
+        self.nets.remove(&net);
+    }
+
+    pub fn expire(&mut self, oldest: u32) {
+        self.nets.expire(oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_table() {
+        // (source, at) guesses in one network → (guesses, distinct sources), window 3600 s.
+        let cases: &[(&[(u128, u32)], (u32, u16))] = &[
+            (&[(1, 0)], (1, 1)),
+            (&[(1, 0), (1, 10)], (2, 1)),
+            (&[(1, 0), (2, 10), (3, 20), (3, 30)], (4, 3)),
+            // The first two fall out of the window.
+            (&[(1, 0), (2, 10), (3, 4000), (4, 4001)], (2, 2)),
+        ];
+        for (guesses, want) in cases {
+            let mut p = Prefixes::new(16);
+            let mut last = None;
+            for (src, at) in *guesses {
+                last = Some(p.add(7, *src, *at, 1, 3600));
+            }
+            let c = last.unwrap();
+            assert_eq!((c.guesses, c.addrs), *want, "{guesses:?}");
+        }
+        let mut p = Prefixes::new(16);
+        for i in 0..500u32 {
+            p.add(7, u128::from(i), i, 1, 3600);
+        }
+        let c = p.add(7, 1, 500, 1, 3600);
+        assert_eq!(c.guesses as usize, ENTRIES, "bounded per network");
+        p.forget(7);
+        assert_eq!(p.add(7, 1, 501, 1, 3600).guesses, 1);
+    }
+}
