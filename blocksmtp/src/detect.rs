@@ -270,8 +270,19 @@ pub struct LineStats {
     pub other: u64,
     /// Guesses ignored because the client is whitelisted.
     pub whitelisted: u64,
-    /// Guess lines (unknown recipients and probes) by MTA: sendmail, Postfix, Exim.
+    /// Guess lines (unknown recipients and probes) by MTA: sendmail, Postfix, Exim
+    /// (JSON: `{"sendmail": N, "postfix": N, "exim": N}`).
+    #[serde(serialize_with = "by_mta_name")]
     pub guesses_by_mta: [u64; 3],
+}
+
+fn by_mta_name<S: serde::Serializer>(v: &[u64; 3], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut m = s.serialize_map(Some(3))?;
+    for mta in [Mta::Sendmail, Mta::Postfix, Mta::Exim] {
+        m.serialize_entry(mta.name(), &v[mta_index(mta)])?;
+    }
+    m.end()
 }
 
 impl LineStats {
@@ -474,6 +485,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn guesses_by_mta_are_labelled_in_json() {
+        let st = LineStats { guesses_by_mta: [3, 2, 1], ..LineStats::default() };
+        let v = serde_json::to_value(st).unwrap();
+        assert_eq!(v["guesses_by_mta"], serde_json::json!({"sendmail": 3, "postfix": 2, "exim": 1}));
+    }
 
     #[test]
     fn args_validate_and_deserialize() {

@@ -49,6 +49,15 @@ pub use pin::{DEFAULT_PIN_ROOT, PinDir};
 pub use reconcile::AttachmentStatus;
 
 /// The compiled eBPF object, embedded at build time (blocksmtp/build.rs).
+/// A binary built with `AYA_BUILD_SKIP=1` (for `cargo check`/clippy) carries an empty
+/// stand-in: say so rather than fail parsing it.
+fn object_built() -> anyhow::Result<()> {
+    if EBPF_OBJECT.is_empty() {
+        anyhow::bail!("this blocksmtp was built with AYA_BUILD_SKIP=1 and holds no eBPF object: rebuild it after `cargo xtask setup` (or use --mode iptables)");
+    }
+    Ok(())
+}
+
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocksmtp"));
 
 /// The benchmark's baseline: one XDP hash lookup, nothing else (blocksmtp-ebpf/src/bin/baseline.rs).
@@ -217,6 +226,7 @@ impl Dataplane {
     /// Load the programs with fresh, unpinned maps (tests, benchmarks, replay tools).
     pub fn load_unpinned(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
         attach::check_kernel()?;
+        object_built()?;
         let ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
         Self::finish_load(ebpf, cfg, None, false)
     }
@@ -226,6 +236,7 @@ impl Dataplane {
     pub fn load_pinned(cfg: &DataplaneConfig, pins: PinDir) -> anyhow::Result<Self> {
         // Before the verifier can fail on an old kernel with something obscure.
         attach::check_kernel()?;
+        object_built()?;
         pins.create()?;
         let restored = pin::validate_pinned(&pins)?;
         let load = || -> anyhow::Result<Self> {
