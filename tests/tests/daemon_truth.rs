@@ -472,20 +472,27 @@ fn bad_manual_bans_are_refused() {
         return;
     }
     let d = Daemon::start(None, &["--mode", "dry-run", "--ban-time-max", "7d"]).unwrap();
-    for (args, why) in [
-        (vec!["ban", "0.0.0.0"], "unspecified"),
-        (vec!["ban", "255.255.255.255"], "broadcast"),
-        (vec!["ban", "224.0.0.1"], "multicast"),
-        (vec!["ban", "ff02::1"], "multicast"),
-        (vec!["ban", "::"], "unspecified"),
-        (vec!["ban", "192.0.2.66", "--for", "0s"], "longer than 0s"),
-        (vec!["ban", "192.0.2.66", "--for", "30d"], "--ban-time-max"),
+    // Exit 1: the daemon refused; exit 2: the command line did, before asking it.
+    for (args, code, why) in [
+        (vec!["ban", "0.0.0.0"], 1, "unspecified"),
+        (vec!["ban", "255.255.255.255"], 1, "broadcast"),
+        (vec!["ban", "224.0.0.1"], 1, "multicast"),
+        (vec!["ban", "ff02::1"], 1, "multicast"),
+        (vec!["ban", "::"], 1, "unspecified"),
+        (vec!["ban", "192.0.2.66", "--for", "0s"], 2, "no time"),
+        (vec!["ban", "192.0.2.66", "--for", "30d"], 1, "--ban-time-max"),
     ] {
         let out = d.ctl(&args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
         assert!(err.contains(why), "{args:?}: {err}");
     }
+    // The daemon refuses a zero duration too, when a client sends one anyway.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    std::io::Write::write_all(&mut s, b"{\"cmd\":\"ban\",\"source\":\"192.0.2.66\",\"secs\":0}\n").unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut reply).unwrap();
+    assert!(reply.contains("\"ok\":false") && reply.contains("longer than 0s"), "{reply}");
     let mut s = UnixStream::connect(&d.socket).unwrap();
     std::io::Write::write_all(&mut s, format!("{{\"cmd\":\"ban\",\"source\":\"192.0.2.66\",\"secs\":{}}}\n", u64::MAX).as_bytes()).unwrap();
     let mut reply = String::new();

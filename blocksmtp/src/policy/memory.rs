@@ -55,6 +55,11 @@ impl<V: Default> Bounded<V> {
         self.map.get(k).map(|(v, _)| v)
     }
 
+    /// The entry of `k`, if any, without touching it.
+    pub fn get_mut(&mut self, k: &Key) -> Option<&mut V> {
+        self.map.get_mut(k).map(|(v, _)| v)
+    }
+
     pub fn remove(&mut self, k: &Key) {
         self.map.remove(k);
     }

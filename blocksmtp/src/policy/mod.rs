@@ -473,6 +473,10 @@ impl Policy {
         history.push(offence);
         // After the ban the source's recipients count afresh (its offence remembers it).
         self.suspects.forget(self.unit_key(g.client));
+        if rule == Evidence::Address {
+            let e = self.cfg.evidence;
+            self.prefixes.answered(memory::net_key(g.client, e.prefix_v4, e.prefix_v6), self.unit_key(g.client));
+        }
         self.stats.bans += 1;
         match rule {
             Evidence::Address => {}

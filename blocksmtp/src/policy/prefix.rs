@@ -62,6 +62,16 @@ impl Prefixes {
         }
     }
 
+    /// `src` was banned on its own: it is answered, and its guesses no longer speak for
+    /// its network (a network ban is for harvesters that each stay under the
+    /// per-address threshold, not for neighbours of harvesters already cut off).
+    pub fn answered(&mut self, net: Key, src: Key) {
+        let src = fold(src);
+        if let Some(w) = self.nets.get_mut(&net) {
+            w.entries.retain(|e| e.1 != src);
+        }
+    }
+
     /// Start the network's count afresh (after its ban).
     pub fn forget(&mut self, net: Key) {
         self.nets.remove(&net);
@@ -103,5 +113,12 @@ mod tests {
         assert_eq!(c.guesses as usize, ENTRIES, "bounded per network");
         p.forget(7);
         assert_eq!(p.add(7, 1, 501, 1, 3600).guesses, 1);
+        // An address banned on its own leaves its network's count.
+        let mut p = Prefixes::new(16);
+        for (src, at) in [(1u128, 0u32), (1, 1), (2, 2), (3, 3)] {
+            p.add(7, src, at, 1, 3600);
+        }
+        p.answered(7, 1);
+        assert_eq!(p.add(7, 4, 4, 1, 3600), PrefixCount { guesses: 3, addrs: 3, first: 2 });
     }
 }
