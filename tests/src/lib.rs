@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+pub mod fleet;
 pub mod loggen;
 pub mod lab;
 pub mod netns;
