@@ -10,7 +10,9 @@
 //! MX1's log (`--max-unknown 5`); a prober in the client namespace connects from the
 //! harvester's address to MX2:25 every ~1 ms (20 ms timeout); the drop is the send time of
 //! the first of two consecutive failed connects. Afterwards the source is checked in the
-//! enforcer's own state (blocksmtp's pinned map, the bouncer's nftables set). Every harvest
+//! enforcer's own state (blocksmtp's pinned map, the bouncer's nftables set). MX1's share
+//! of the time — threshold line to its alert accepted by LAPI — is sampled on the side
+//! through its control socket (`crowdsec.pushed_total`, every ~2 ms). Every harvest
 //! uses a new source and starts after a random pause of up to one pull interval, so the
 //! harvests fall at all phases of the pull timer; each row's first harvest is a warm-up.
 use std::{
@@ -73,18 +75,34 @@ fn mx2_addr(src: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::new(o[0], o[1], o[2], 26)
 }
 
-/// One harvest from `src` logged on MX1; the time from the threshold line to the first
-/// dropped SYN on MX2.
-fn harvest(client: &Netns, mx1_log: &Path, src: Ipv4Addr, pid: u32, deadline: Duration) -> anyhow::Result<Duration> {
+fn pushed(mx1: &BenchDaemon) -> anyhow::Result<u64> {
+    mx1.status()?["crowdsec"]["pushed_total"].as_u64().context("MX1's status has no crowdsec.pushed_total")
+}
+
+/// One harvest from `src` logged on MX1: the time from the threshold line to the first
+/// dropped SYN on MX2, and to MX1's alert being accepted by LAPI (its `pushed_total`).
+fn harvest(client: &Netns, mx1: &BenchDaemon, src: Ipv4Addr, pid: u32, deadline: Duration) -> anyhow::Result<(Duration, Duration)> {
     let ip = src.to_string();
+    let mx1_log = &mx1.log;
     let first: Vec<String> = (0..THRESHOLD - 1).map(|i| bench::check_rcpt_line(&ip, pid, i)).collect();
     append(mx1_log, &first)?;
+    let before = pushed(mx1)?;
     let dst = SocketAddr::new(IpAddr::V4(mx2_addr(src)), 25);
     let prober = Prober::start(client, IpAddr::V4(src), dst, Duration::from_millis(20), Duration::from_millis(1), deadline);
     // Let the prober see that the source connects before the ban exists anywhere.
     std::thread::sleep(Duration::from_millis(20));
     let t0 = Instant::now();
     append(mx1_log, &[bench::check_rcpt_line(&ip, pid, THRESHOLD - 1)])?;
+    // MX1's push, sampled through its control socket every ~2 ms while the prober runs.
+    let push = loop {
+        if pushed(mx1)? > before {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("{src}: MX1 pushed no alert within 10 s: {}\n{}", mx1.status()?, mx1.stderr_tail());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let r = prober.join()?;
     let Some(first_drop) = r.first_drop else {
         bail!("{src}: not dropped on MX2 within {deadline:?} ({} connects succeeded)", r.ok);
@@ -95,12 +113,13 @@ fn harvest(client: &Netns, mx1_log: &Path, src: Ipv4Addr, pid: u32, deadline: Du
     if first_drop < t0 {
         bail!("{src}: dropped on MX2 before the threshold line was written on MX1");
     }
-    Ok(first_drop - t0)
+    Ok((first_drop - t0, push))
 }
 
 struct Row {
     enforcer: Enforcer,
     samples: Vec<Duration>,
+    pushes: Vec<Duration>,
     note: String,
 }
 
@@ -167,18 +186,19 @@ fn measure(
         Enforcer::Bouncer { interval, .. } => Mx2::Peer(FirewallBouncer::start(&f.mx2.name, &url, &key, interval, &format!("bsmbench{tag}"))?),
     };
     let ready = t.elapsed();
-    let mut samples = Vec::new();
+    let (mut samples, mut pushes) = (Vec::new(), Vec::new());
     for (k, src) in srcs.iter().enumerate() {
         // A random phase against the enforcer's pull timer.
         std::thread::sleep(Duration::from_secs_f64(rng.f64() * interval.as_secs_f64()));
         let pid = 40_000 + (tag * 1000 + k) as u32;
-        let d = harvest(&f.client, &mx1.log, *src, pid, interval + Duration::from_secs(15))
+        let (d, push) = harvest(&f.client, mx1, *src, pid, interval + Duration::from_secs(15))
             .with_context(|| format!("{} harvest {k}:\nMX1:\n{}\nMX2:\n{}", enforcer.name(), mx1.stderr_tail(), mx2.diagnostics()))?;
         if !mx2.holds(*src)? {
             bail!("{}: {src} was dropped on MX2 but its enforcer holds no ban for it:\n{}", enforcer.name(), mx2.diagnostics());
         }
         if k > 0 {
             samples.push(d);
+            pushes.push(push);
         }
     }
     let note = match &mx2 {
@@ -190,7 +210,7 @@ fn measure(
     };
     drop(mx2);
     lapi.cscli(&["bouncers", "delete", &name])?;
-    Ok(Row { enforcer, samples, note })
+    Ok(Row { enforcer, samples, pushes, note })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -281,6 +301,17 @@ fn main() -> anyhow::Result<()> {
         };
         t.row(vec![r.enforcer.name(), s.n.to_string(), format!("{:.1}", s.p50), format!("{:.1}", s.p99), format!("{:.1}", s.max), r50, r99]);
     }
+    let all_pushes: Vec<Duration> = results.iter().flat_map(|r| r.pushes.iter().copied()).collect();
+    let p = summarize(&all_pushes);
+    t.row(vec![
+        "(MX1 alone: threshold line → alert accepted by LAPI, all rows)".into(),
+        p.n.to_string(),
+        format!("{:.1}", p.p50),
+        format!("{:.1}", p.p99),
+        format!("{:.1}", p.max),
+        String::new(),
+        String::new(),
+    ]);
     t.print();
     // Each at its default: blocksmtp's 2 s against the bouncer's 10 s.
     let ours_default = results.iter().find(|r| matches!(r.enforcer, Enforcer::Blocksmtp { default: true, .. }));
