@@ -5,6 +5,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod guest;
 pub mod distributed;
+pub mod fleet;
 pub mod loggen;
 pub mod lab;
 pub mod netns;

@@ -146,33 +146,7 @@ impl Topology {
     /// Listen on `ports` (IPv4 and IPv6) in the server namespace, accepting and
     /// closing connections until the guard drops.
     pub fn serve(&self, ports: &[u16]) -> anyhow::Result<Servers> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &port in ports {
-            for addr in [format!("0.0.0.0:{port}"), format!("[::]:{port}")] {
-                let stop = stop.clone();
-                let (tx, rx) = std::sync::mpsc::channel();
-                threads.push(self.server.spawn_in(move || {
-                    let l = match bind_v6only(&addr) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    l.set_nonblocking(true).expect("nonblocking");
-                    let _ = tx.send(Ok(()));
-                    while !stop.load(Ordering::Relaxed) {
-                        match l.accept() {
-                            Ok((s, _)) => drop(s),
-                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                        }
-                    }
-                }));
-                rx.recv().context("server thread")??;
-            }
-        }
-        Ok(Servers { stop, threads })
+        serve(&self.server, ports)
     }
 
     /// Connect from `src` (a client address) to `dst`, with a short timeout.
@@ -181,6 +155,38 @@ impl Topology {
         let dst: SocketAddr = dst.parse()?;
         self.client.run_in(move || connect_from(src, dst, timeout))
     }
+}
+
+/// Listen on `ports` (IPv4 and IPv6) in `ns`, accepting and closing connections until
+/// the guard drops.
+pub fn serve(ns: &Netns, ports: &[u16]) -> anyhow::Result<Servers> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for &port in ports {
+        for addr in [format!("0.0.0.0:{port}"), format!("[::]:{port}")] {
+            let stop = stop.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            threads.push(ns.spawn_in(move || {
+                let l = match bind_v6only(&addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                l.set_nonblocking(true).expect("nonblocking");
+                let _ = tx.send(Ok(()));
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => drop(s),
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+            rx.recv().context("server thread")??;
+        }
+    }
+    Ok(Servers { stop, threads })
 }
 
 fn bind_v6only(addr: &str) -> anyhow::Result<TcpListener> {

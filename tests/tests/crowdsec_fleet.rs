@@ -12,7 +12,8 @@ use std::{
 use blocksmtp_tests::{
     crowdsec::Lapi,
     daemon::{Daemon, sendmail_harvest},
-    netns::{Netns, connect_from},
+    fleet::{Fleet, FleetAddrs},
+    netns::{Netns, connect_from, serve},
 };
 
 const LAPI: &str = "192.0.2.10:8080";
@@ -28,60 +29,19 @@ const LOCAL_DURING_OUTAGE: &str = "192.0.2.69";
 const IN_RANGE: &str = "198.51.100.66";
 const T: Duration = Duration::from_millis(400);
 
-struct Fleet {
-    // Drop order: daemons and LAPI (fields of the test) go first; namespaces last.
-    client: Netns,
-    mx1: Netns,
-    mx2: Netns,
-    lapi: Netns,
-    _hub: Netns,
-}
-
 /// hub: bridge br0; lapi, mx1, mx2, client each joined by a veth.
 fn fleet() -> Fleet {
-    let hub = Netns::new("hub").unwrap();
-    hub.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-    hub.ip(&["link", "set", "br0", "up"]).unwrap();
-    let mut hosts = Vec::new();
-    for (tag, addrs) in [
-        ("lapi", vec!["192.0.2.10/24"]),
-        ("mx1", vec!["192.0.2.25/24", "198.51.100.25/24"]),
-        ("mx2", vec!["192.0.2.26/24", "198.51.100.26/24"]),
-        ("cl", vec!["192.0.2.66/24", "192.0.2.67/24", "192.0.2.68/24", "192.0.2.69/24", "198.51.100.66/24"]),
-    ] {
-        let ns = Netns::new(tag).unwrap();
-        let hub_end = format!("h{tag}");
-        hub.ip(&["link", "add", &hub_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]).unwrap();
-        hub.ip(&["link", "set", &hub_end, "master", "br0", "up"]).unwrap();
-        for a in addrs {
-            ns.ip(&["addr", "add", a, "dev", "eth0"]).unwrap();
-        }
-        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-        hosts.push(ns);
-    }
-    let client = hosts.pop().unwrap();
-    let mx2 = hosts.pop().unwrap();
-    let mx1 = hosts.pop().unwrap();
-    let lapi = hosts.pop().unwrap();
-    Fleet { client, mx1, mx2, lapi, _hub: hub }
-}
-
-/// Accept and close connections on port 25 in `ns` until the namespace goes.
-fn serve25(ns: &Netns) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = ns.spawn_in(move || {
-        let l = std::net::TcpListener::bind("0.0.0.0:25").expect("bind :25");
-        l.set_nonblocking(true).unwrap();
-        tx.send(()).unwrap();
-        // Ends with the test process; the namespace's deletion closes the socket.
-        loop {
-            match l.accept() {
-                Ok((s, _)) => drop(s),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    Fleet::new(
+        "",
+        &FleetAddrs {
+            lapi: s(&["192.0.2.10/24"]),
+            mx1: s(&["192.0.2.25/24", "198.51.100.25/24"]),
+            mx2: s(&["192.0.2.26/24", "198.51.100.26/24"]),
+            client: s(&["192.0.2.66/24", "192.0.2.67/24", "192.0.2.68/24", "192.0.2.69/24", "198.51.100.66/24"]),
+        },
+    )
+    .unwrap()
 }
 
 fn can_connect(f: &Fleet, src: &str, dst: &str) -> bool {
@@ -147,8 +107,8 @@ fn two_mx_hosts_share_bans_through_lapi() {
     }
     let f = fleet();
     let mut lapi = Lapi::start(Some(&f.lapi), LAPI).unwrap();
-    serve25(&f.mx1);
-    serve25(&f.mx2);
+    let _s1 = serve(&f.mx1, &[25]).unwrap();
+    let _s2 = serve(&f.mx2, &[25]).unwrap();
     let mx1 = mx(&f, &f.mx1, &lapi, "mx1");
     let mx2 = mx(&f, &f.mx2, &lapi, "mx2");
     let both = [&mx1, &mx2];

@@ -121,7 +121,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench { quick } => {
             ensure_setup()?;
             let mut changed = Vec::new();
-            setup::debian_packages(&["iproute2", "iptables", "ipset", "fail2ban", "time", "hyperfine"], &mut changed)?;
+            // bench-fleet runs a private LAPI and the packaged firewall bouncer; neither may
+            // register with or start anything on the host (see setup.rs).
+            setup::crowdsec_offline();
+            setup::firewall_bouncer_offline();
+            let fresh_bouncer = !setup::installed("crowdsec-firewall-bouncer");
+            setup::debian_packages(
+                &["iproute2", "iptables", "ipset", "nftables", "fail2ban", "time", "hyperfine", "crowdsec", "crowdsec-firewall-bouncer"],
+                &mut changed,
+            )?;
+            if fresh_bouncer {
+                setup::firewall_bouncer_disabled();
+            }
             for bench in [
                 "bench-dataplane",
                 "bench-replay",
@@ -132,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "bench-startup",
                 "bench-guesses",
                 "bench-distributed",
+                "bench-fleet",
             ] {
                 let mut b = cargo();
                 b.args(["run", "--release", "-p", "blocksmtp-tests", "--bin", bench, "--"]);

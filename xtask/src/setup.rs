@@ -200,14 +200,48 @@ fn guest_kernel(changed: &mut Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BOUNCER_UNIT: &str = "crowdsec-firewall-bouncer.service";
+
+/// crowdsec-firewall-bouncer's postinst registers a bouncer with the host's own crowdsec
+/// database (`cscli bouncers add`) unless its override file exists; the benchmark runs
+/// the bouncer with a private config and key only, so create the override first.
+pub fn firewall_bouncer_offline() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = Path::new("/etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml.local");
+    if !f.exists() {
+        let _ = std::fs::create_dir_all("/etc/crowdsec/bouncers");
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f)
+            .and_then(|mut w| std::io::Write::write_all(&mut w, b"# blocksmtp benchmarks: no automatic registration\n"));
+    }
+}
+
+/// The postinst enables the bouncer's unit (policy-rc.d only stops the start now): with
+/// no key it would fail at every boot. Called after a fresh install only (an admin's own
+/// choice stays), it leaves the unit disabled, recorded so that upgrades keep it so.
+pub fn firewall_bouncer_disabled() {
+    if Path::new("/etc/systemd/system/multi-user.target.wants").join(BOUNCER_UNIT).exists() {
+        let _ = Command::new("deb-systemd-helper")
+            .args(["disable", BOUNCER_UNIT])
+            .env("DPKG_MAINTSCRIPT_PACKAGE", "crowdsec-firewall-bouncer")
+            .status();
+    }
+}
+
+/// Whether Debian package `p` is installed.
+pub fn installed(p: &str) -> bool {
+    let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+    matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
 pub fn debian_packages(pkgs: &[&str], changed: &mut Vec<String>) -> anyhow::Result<()> {
     let missing: Vec<&str> = pkgs
         .iter()
         .copied()
-        .filter(|p| {
-            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
-            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
+        .filter(|p| !installed(p))
         .collect();
     if missing.is_empty() {
         return Ok(());

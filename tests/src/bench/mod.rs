@@ -2,6 +2,7 @@
 //! and fail2ban under test, the network lab they run in, probes that prove a drop, CPU
 //! and memory readings, and the tables the benchmarks print. Nothing here asserts on
 //! timings: benchmarks print figures and ratios.
+pub mod bouncer;
 pub mod daemon;
 pub mod fail2ban;
 pub mod net;
