@@ -114,10 +114,12 @@ impl Daemon {
             }
             None => Command::new(binary()),
         };
-        cmd.arg("run")
-            .arg("--log")
-            .arg(&self.log)
-            .arg("--control-socket")
+        cmd.arg("run");
+        // `--no-log` (an enforce-only fleet member) reads no log at all.
+        if !self.args.iter().any(|a| a == "--no-log") {
+            cmd.arg("--log").arg(&self.log);
+        }
+        cmd.arg("--control-socket")
             .arg(&self.socket)
             .arg("--state-file")
             .arg(&self.state)

@@ -178,3 +178,77 @@ fn two_mx_hosts_share_bans_through_lapi() {
         assert_eq!(st["crowdsec"]["up"], true, "{st}");
     }
 }
+
+/// The fleet with a central log host: one blocksmtp reads the syslog of every MX host
+/// and only detects and pushes (dry-run: nothing enforced where it runs); the MX host
+/// reads no log and only pulls and enforces.
+#[test]
+fn central_detector_pushes_and_a_log_less_mx_enforces() {
+    if !blocksmtp_tests::is_root() {
+        panic!("needs root (namespaces, BPF)");
+    }
+    let f = fleet();
+    let lapi = Lapi::start(Some(&f.lapi), LAPI).unwrap();
+    let _srv = serve(&f.mx2, &[25]).unwrap();
+    let dir = lapi.dir.path();
+    let (machine, key) = (dir.join("central.yaml"), dir.join("mx2.key"));
+    lapi.add_machine("central", "central-password-0123456789", &machine).unwrap();
+    lapi.add_bouncer("mx2", &key).unwrap();
+    // The central log host sits beside LAPI; it hears mx1's and mx2's lines and counts
+    // only mx1's (--mailer-syslog-host), as a per-host detector would.
+    let central = Daemon::start(
+        Some(&f.lapi),
+        &[
+            "--mode",
+            "dry-run",
+            "--max-unknown",
+            "3",
+            "--cmd-read-timeout",
+            "0",
+            "--mailer-syslog-host",
+            "mx1",
+            "--crowdsec-url",
+            &format!("http://{LAPI}"),
+            "--crowdsec-machine-file",
+            path(&machine),
+        ],
+    )
+    .unwrap();
+    let mx2 = Daemon::start(
+        Some(&f.mx2),
+        &[
+            "--no-log",
+            "--interface",
+            "eth0",
+            "--crowdsec-url",
+            &format!("http://{LAPI}"),
+            "--crowdsec-bouncer-key-file",
+            path(&key),
+            "--crowdsec-pull-interval",
+            "1s",
+        ],
+    )
+    .unwrap();
+    let both = [&central, &mx2];
+    assert!(mx2.status().unwrap()["sources"].as_array().is_some_and(|s| s.is_empty()), "MX2 reads no log: {:?}", mx2.status());
+    assert!(can_connect(&f, HARVESTER, MX2) && can_connect(&f, CSCLI_IP, MX2));
+
+    // Another host's harvest (host mx9) is not counted; mx1's is, and MX2 drops it.
+    let other: Vec<String> = sendmail_harvest(CSCLI_IP, 18900, 3).into_iter().map(|l| l.replace(" mx ", " mx9 ")).collect();
+    central.write_log(&other).unwrap();
+    let ours: Vec<String> = sendmail_harvest(HARVESTER, 18901, 3).into_iter().map(|l| l.replace(" mx ", " mx1 ")).collect();
+    assert!(ours.iter().all(|l| l.contains(" mx1 ")), "the harness's lines name host mx: {ours:?}");
+    central.write_log(&ours).unwrap();
+    until_connect(&f, HARVESTER, MX2, false, Duration::from_secs(5), "MX2 drops what the central host saw", &both);
+    assert!(can_connect(&f, INNOCENT, MX2), "the innocent neighbour connects");
+    assert!(can_connect(&f, CSCLI_IP, MX2), "mx9's lines were not counted");
+    assert_eq!(row(&mx2, HARVESTER).expect("listed on MX2")["origin"], "crowdsec/blocksmtp");
+    // The central host enforces nothing where it runs: no program on its interface, its
+    // "ban" is the dry run's, and exactly one alert reached LAPI.
+    assert_eq!(central.status().unwrap()["mode"], "dry-run");
+    let link = String::from_utf8(f.lapi.ip(&["link", "show", "eth0"]).unwrap().stdout).unwrap();
+    assert!(!link.contains("xdp"), "{link}");
+    let alerts = lapi.alerts("blocksmtp/smtp-harvest").unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["source"]["value"], HARVESTER);
+}
