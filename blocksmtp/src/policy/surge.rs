@@ -34,12 +34,17 @@ impl Surge {
             self.baseline += (seen - self.baseline) * ALPHA;
             self.prev = self.cur;
             self.cur = 0;
-            self.bucket_start += window;
+            self.bucket_start = self.bucket_start.saturating_add(window);
             if self.prev == 0 && at >= self.bucket_start.saturating_add(window) {
                 // A long quiet gap: jump, decaying the baseline once per skipped window (bounded).
                 let skipped = (at - self.bucket_start) / window;
                 self.baseline *= (1.0 - ALPHA).powi(skipped.min(1000) as i32);
-                self.bucket_start += skipped * window;
+                self.bucket_start = self.bucket_start.saturating_add(skipped.saturating_mul(window));
+            }
+            // At the end of u32 time (a hostile or broken timestamp) windows cannot roll
+            // further: stay in the last one rather than loop or overflow.
+            if self.bucket_start.checked_add(window).is_none() {
+                break;
             }
         }
         self.cur = self.cur.saturating_add(count);
@@ -111,6 +116,18 @@ impl Reputation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_at_the_end_of_u32_time_neither_overflow_nor_loop() {
+        let mut s = Surge::default();
+        for at in [u32::MAX - 700, u32::MAX - 1, u32::MAX, u32::MAX] {
+            s.note(at, 3, 600, 4, 8);
+        }
+        let mut s = Surge::default();
+        s.note(1_800_000_000, 1, 600, 4, 8);
+        s.note(u32::MAX, 1, 600, 4, 8);
+        assert!(!s.active());
+    }
 
     #[test]
     fn surge_table() {
