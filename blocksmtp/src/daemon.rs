@@ -56,7 +56,8 @@ use crate::{
     reaper::{ReapAction, Reaper, ReaperConfig},
     source::{
         SourceHandle,
-        follow::{FollowOptions, Follower, LogLine},
+        LogLine,
+        follow::{FollowOptions, Follower},
         journal::{Journal, JournalOptions},
         stdin::stdin_lines,
     },

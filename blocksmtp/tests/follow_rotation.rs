@@ -161,7 +161,7 @@ async fn rename_then_late_writes_to_old_file() {
     std::fs::rename(&path, path.with_extension("1")).unwrap();
     old.write_all(b"b\nc").unwrap();
     let mut new = append(&path);
-    let got = |l: blocksmtp::source::follow::LogLine| String::from_utf8(l.line).unwrap();
+    let got = |l: blocksmtp::source::LogLine| String::from_utf8(l.line).unwrap();
     let next = async |f: &mut Follower| got(tokio::time::timeout(Duration::from_secs(5), f.next()).await.unwrap().unwrap());
     assert_eq!(next(&mut f).await, "a");
     assert_eq!(next(&mut f).await, "b");

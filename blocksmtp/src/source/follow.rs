@@ -44,20 +44,9 @@ use std::{
 };
 
 use inotify::{Inotify, WatchMask};
-
-use super::split::Splitter;
 use tokio::io::unix::AsyncFd;
 
-/// One line from a followed file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
-    /// The followed path (as given, not the rotated name).
-    pub source: Arc<Path>,
-    /// The line without its `\n` (a trailing `\r` is kept).
-    pub line: Vec<u8>,
-    /// The line was longer than `max_line` and was cut.
-    pub truncated: bool,
-}
+use super::{LogLine, split::Splitter};
 
 /// How to follow.
 #[derive(Clone, Debug)]

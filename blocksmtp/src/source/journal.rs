@@ -15,7 +15,7 @@ use tokio::{
     process::{Child, ChildStderr, ChildStdout, Command},
 };
 
-use super::{follow::LogLine, stdin::LineReader};
+use super::{LogLine, stdin::LineReader};
 
 /// How to run journalctl.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,18 @@ pub mod split;
 pub mod stdin;
 
 use crate::{control::SourceStatus, logging::RateLimit};
-pub use follow::LogLine;
+
+/// One line from a source: every source (followed files, journald, stdin) makes these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Where it came from: the followed path (as given, not the rotated name),
+    /// `journal`, `stdin`.
+    pub source: std::sync::Arc<std::path::Path>,
+    /// The line without its `\n` (a trailing `\r` is kept).
+    pub line: Vec<u8>,
+    /// The line was longer than the source's limit and was cut.
+    pub truncated: bool,
+}
 
 /// A live source of log lines, as the daemon runs it.
 pub trait LineSource: Send + 'static {

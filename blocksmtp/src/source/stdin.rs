@@ -4,7 +4,7 @@ use std::{path::Path, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::{follow::LogLine, split::Splitter};
+use super::{LogLine, split::Splitter};
 
 /// Reads `\n`-terminated lines from any async reader, as bytes, cutting lines longer
 /// than `max_line` (the rest up to the newline is dropped and the line is marked
