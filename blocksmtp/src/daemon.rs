@@ -129,6 +129,8 @@ struct PendingBan {
     /// When the ban would have ended had it held.
     until: Instant,
     manual: bool,
+    /// `crowdsec/ORIGIN` for a fleet decision the enforcer refused (None: detected or manual).
+    crowdsec: Option<String>,
     attempts: u32,
     next_try: Instant,
     error: String,
@@ -428,7 +430,7 @@ impl Daemon {
             let now = Instant::now();
             self.pending.insert(
                 d.source,
-                PendingBan { until: now + d.duration, manual: false, attempts: 1, next_try: now + Duration::from_secs(1), error: format!("{e:#}") },
+                PendingBan { until: now + d.duration, manual: false, crowdsec: None, attempts: 1, next_try: now + Duration::from_secs(1), error: format!("{e:#}") },
             );
             // The offence is on record (reason, guesses): saved like any ban.
             self.dirty = true;
@@ -464,16 +466,35 @@ impl Daemon {
             match a {
                 CsAction::Ban { source, duration, origin } => match self.enforcer.ban(&source, duration, false) {
                     Ok(()) => {
+                        self.pending.remove(&source);
                         log::warn!("ban {source} for {} ({origin}, from CrowdSec)", format_duration(duration));
                         self.metrics.banned("crowdsec", Duration::ZERO);
                         self.end_sessions(source);
                     }
                     Err(e) => {
-                        log::error!("ban of {source} ({origin}, from CrowdSec) failed: {e:#}; the next full pull retries it");
+                        // Pending like a detected ban: retried with backoff, not only at the next full pull.
+                        log::error!("ban of {source} ({origin}, from CrowdSec) failed: {e:#}; pending, retrying until it holds");
                         self.metrics.ban_failed();
+                        let at = Instant::now();
+                        self.pending.entry(source).or_insert(PendingBan {
+                            until: at + duration,
+                            manual: false,
+                            crowdsec: Some(origin),
+                            attempts: 1,
+                            next_try: at + Duration::from_secs(1),
+                            error: format!("{e:#}"),
+                        });
+                        self.metrics.set_pending(self.pending.len() as u64);
                     }
                 },
                 CsAction::Unban { source, origin } => {
+                    // A fleet ban still pending here is dropped with its decision.
+                    if self.pending.get(&source).is_some_and(|p| p.crowdsec.is_some()) {
+                        self.pending.remove(&source);
+                        self.metrics.set_pending(self.pending.len() as u64);
+                        log::warn!("pending ban of {source} dropped ({origin}: decision deleted in CrowdSec)");
+                        continue;
+                    }
                     // A ban our own detection made on the same source stays.
                     if self.detector.policy().current_offence(&source, now).is_some() {
                         continue;
@@ -678,15 +699,25 @@ impl Daemon {
             .collect();
         let at = Instant::now();
         for (src, p) in &self.pending {
-            let offence = self.detector.policy().offences(src).last().filter(|_| !p.manual);
+            let offence = self.detector.policy().offences(src).last().filter(|_| !p.manual && p.crowdsec.is_none());
+            let scenario = p.crowdsec.as_ref().and(self.crowdsec.as_ref()).and_then(|c| c.fleet.held_ban(src)).map(|h| h.scenario.clone());
             rows.push(BanRow {
                 source: src.to_string(),
-                reason: offence.map_or("manual".into(), |o| o.reason()),
+                reason: match (scenario, offence) {
+                    (Some(s), _) => s,
+                    (None, Some(o)) => o.reason(),
+                    (None, None) if p.crowdsec.is_some() => "crowdsec".into(),
+                    (None, None) => "manual".into(),
+                },
                 guesses: offence.map_or(0, |o| o.guesses),
                 expires_in_secs: p.until.saturating_duration_since(at).as_secs(),
                 dropped: None,
                 manual: p.manual,
-                origin: if p.manual { "manual".into() } else { "detected".into() },
+                origin: match &p.crowdsec {
+                    Some(o) => o.clone(),
+                    None if p.manual => "manual".into(),
+                    None => "detected".into(),
+                },
                 pending: true,
             });
         }
@@ -850,24 +881,25 @@ impl Daemon {
                 self.detector.policy_mut().lift(&src);
                 continue;
             }
-            batch.push((src, left, p.manual));
+            batch.push((src, left, p.manual, p.crowdsec.is_some()));
         }
         if batch.is_empty() {
             self.metrics.set_pending(self.pending.len() as u64);
             return;
         }
-        match self.enforcer.ban_many(&batch) {
+        let plain: Vec<_> = batch.iter().map(|&(src, left, manual, _)| (src, left, manual)).collect();
+        match self.enforcer.ban_many(&plain) {
             Ok(()) => {
-                for (src, left, manual) in batch {
+                for (src, left, manual, fleet) in batch {
                     let attempts = self.pending.remove(&src).map_or(0, |p| p.attempts);
                     log::warn!("ban {src} for {} now in force (after {attempts} failed attempt(s))", format_duration(left));
-                    self.metrics.banned(if manual { "manual" } else { "retried" }, Duration::ZERO);
+                    self.metrics.banned(if manual { "manual" } else if fleet { "crowdsec" } else { "retried" }, Duration::ZERO);
                     self.end_sessions(src);
                 }
             }
             Err(e) => {
                 let e = format!("{e:#}");
-                for (src, _, _) in &batch {
+                for (src, _, _, _) in &batch {
                     let Some(p) = self.pending.get_mut(src) else { continue };
                     p.attempts += 1;
                     // 1 s, 2 s, 4 s … up to 16 s between attempts.

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+pub mod faults;
 pub mod guest;
 pub mod distributed;
 pub mod fleet;
