@@ -53,7 +53,7 @@ pub struct DetectArgs {
     pub journal_trusted_user: Vec<String>,
     /// Journal lines count only from these programs (repeatable; journald's _EXE; a path
     /// ending in / takes the programs under it). Default: sendmail's, Postfix's and Exim's
-    /// usual paths (/usr/lib/sm.bin/, /usr/lib/postfix/, /usr/sbin/exim4, …).
+    /// usual paths (/usr/libexec/sendmail/, /usr/lib/sm.bin/, /usr/lib/postfix/, /usr/sbin/exim4, …).
     #[arg(long, value_name = "PATH")]
     pub journal_trusted_exe: Vec<String>,
     /// Judge every address alone (the --max-unknown window only): no prefix,

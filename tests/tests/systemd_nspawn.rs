@@ -52,9 +52,10 @@ const FILE_HARVESTER: &str = "192.0.2.70";
 const UPGRADE_HARVESTER: &str = "192.0.2.71";
 const POSTFIX_HARVESTER: &str = "192.0.2.72";
 const EXIM_HARVESTER: &str = "192.0.2.73";
-/// Where Debian's sendmail binary lives (`/usr/sbin/sendmail-mta` links to it): the path
-/// journald records as _EXE for sendmail's lines.
-const SENDMAIL_EXE: &str = "/usr/lib/sm.bin/sendmail";
+/// Where Debian 12's sendmail binary lives (`/usr/sbin/sendmail-mta` links to it through
+/// /etc/alternatives; /usr/lib/sm.bin/ before Debian 12): the path journald records as
+/// _EXE for sendmail's lines.
+const SENDMAIL_EXE: &str = "/usr/libexec/sendmail/sendmail";
 /// Postfix's smtpd and Debian's Exim, likewise.
 const POSTFIX_SMTPD_EXE: &str = "/usr/lib/postfix/sbin/smtpd";
 const EXIM_EXE: &str = "/usr/sbin/exim4";

@@ -176,8 +176,8 @@ impl MailerFilter {
 /// no `_UID` at all was not received by journald from a local process (hand-written
 /// JSON fed to replay or stdin) and is judged by its tag alone.
 ///
-/// Defaults fit Debian's sendmail (root, /usr/lib/sm.bin/sendmail behind
-/// /usr/sbin/sendmail-mta), Postfix (user postfix, /usr/lib/postfix/sbin/) and Exim
+/// Defaults fit Debian's sendmail (root, /usr/libexec/sendmail/sendmail behind
+/// /usr/sbin/sendmail-mta since Debian 12, /usr/lib/sm.bin/sendmail before), Postfix (user postfix, /usr/lib/postfix/sbin/) and Exim
 /// (Debian-exim, /usr/sbin/exim4), and the same MTAs' paths on other distributions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalTrust {
