@@ -39,8 +39,9 @@ const CACHE_DIR: &str = "/var/cache/blocksmtp-tests";
 /// What the container needs besides the minimal base: systemd as init, journald's
 /// peers, the tools the package and the test use inside (ip, iptables for the package's
 /// Recommends-free install, socat as the port-25 listener). The package's own
-/// dependencies (libc6, libgcc-s1) are in the base.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,iproute2,iptables,procps,socat,bsdutils";
+/// dependencies (libc6, libgcc-s1) are in the base. rsyslog, disabled until the phase
+/// that sets up README.Debian's trusted-sender filter.
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,iproute2,iptables,procps,socat,bsdutils,rsyslog";
 const SUITE: &str = "bookworm";
 /// The server's address inside the container and the clients' addresses.
 const SERVER: &str = "192.0.2.25";
@@ -52,6 +53,8 @@ const FILE_HARVESTER: &str = "192.0.2.70";
 const UPGRADE_HARVESTER: &str = "192.0.2.71";
 const POSTFIX_HARVESTER: &str = "192.0.2.72";
 const EXIM_HARVESTER: &str = "192.0.2.73";
+const RSYSLOG_HARVESTER: &str = "192.0.2.74";
+const RSYSLOG_FORGED: &str = "192.0.2.75";
 /// Where Debian 12's sendmail binary lives (`/usr/sbin/sendmail-mta` links to it through
 /// /etc/alternatives; /usr/lib/sm.bin/ before Debian 12): the path journald records as
 /// _EXE for sendmail's lines.
@@ -211,6 +214,8 @@ impl Container {
             UPGRADE_HARVESTER,
             POSTFIX_HARVESTER,
             EXIM_HARVESTER,
+            RSYSLOG_HARVESTER,
+            RSYSLOG_FORGED,
         ] {
             client.ip(&["addr", "add", &format!("{a}/24"), "dev", "vc0"]).unwrap();
         }
@@ -254,6 +259,10 @@ impl Container {
             let to = r.join(exe.trim_start_matches('/'));
             fs::create_dir_all(to.parent().unwrap()).unwrap();
             fs::copy(r.join("usr/bin/logger"), to).unwrap();
+        }
+        // rsyslog stays off (journal mode, no /var/log/mail.log) until its own phase.
+        for l in ["etc/systemd/system/syslog.service", "etc/systemd/system/multi-user.target.wants/rsyslog.service"] {
+            let _ = fs::remove_file(r.join(l));
         }
         c.root = Some(root);
 
@@ -442,6 +451,26 @@ impl Drop for Container {
     }
 }
 
+/// README.Debian's rsyslog set-up: the imuxsock module line for /etc/rsyslog.conf and
+/// the filter file's text (the indented lines after its `# /etc/rsyslog.d/…` comment).
+fn readme_rsyslog() -> (String, String) {
+    let readme = include_str!("../../packaging/README.Debian");
+    let module = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("module(load=\"imuxsock\"") && l.contains("ParseTrusted"))
+        .expect("README.Debian shows no imuxsock module line")
+        .to_string();
+    let mut filter = String::new();
+    let mut lines = readme.lines().skip_while(|l| !l.trim_start().starts_with("# /etc/rsyslog.d/10-mail-trusted.conf"));
+    for l in lines.by_ref().take_while(|l| l.starts_with("    ")) {
+        filter.push_str(l.trim_start());
+        filter.push('\n');
+    }
+    assert!(filter.contains("then stop"), "README.Debian's filter not found:\n{filter}");
+    (module, filter)
+}
+
 /// A sendmail 8.17 harvest of six unknown recipients and the session summary naming
 /// the client, as syslog messages (without the syslog header).
 fn sendmail_harvest(qid: &str, client: &str) -> String {
@@ -601,6 +630,43 @@ fn package_on_debian_12_systemd() {
         eprintln!("note: this blocksmtp has no `reload` command yet; only the failing reload was checked");
     }
     assert!(!c.connects(JOURNAL_HARVESTER), "{JOURNAL_HARVESTER} connects after the reload");
+
+    // rsyslog set up as README.Debian says (imuxsock's trusted properties, a filter on
+    // the sender's program), journald forwarding to it as on Debian: sendmail's lines
+    // reach /var/log/mail.log and are banned on, a forged `logger -t sm-mta` does not.
+    let (module_line, filter) = readme_rsyslog();
+    c.ok(&["systemctl", "enable", "rsyslog.service"]);
+    let conf = c.ok(&["cat", "/etc/rsyslog.conf"]);
+    assert!(conf.contains("module(load=\"imuxsock\")"), "Debian's rsyslog.conf has no imuxsock line to edit:\n{conf}");
+    let conf = conf.replacen("module(load=\"imuxsock\")", &module_line, 1);
+    c.feed(&["sh", "-c", "cat > /etc/rsyslog.conf"], &conf);
+    c.feed(&["sh", "-c", "cat > /etc/rsyslog.d/10-mail-trusted.conf"], &filter);
+    c.ok(&["rsyslogd", "-N1"]);
+    c.ok(&["systemctl", "restart", "rsyslog.service"]);
+    // Facility mail, as sendmail logs (logger's default, user, goes elsewhere).
+    c.feed_and_linger(&["logger", "-p", "mail.info", "-t", "sm-mta", "--id=4252"], &sendmail_harvest("6B1B0AAh004252", RSYSLOG_FORGED), linger);
+    c.feed_and_linger(&[SENDMAIL_EXE, "-p", "mail.info", "-t", "sm-mta", "--id=4253"], &sendmail_harvest("6B1B0AAi004253", RSYSLOG_HARVESTER), linger);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.ok(&["cat", "/var/log/mail.log"]).contains(&format!("relay=[{RSYSLOG_HARVESTER}]")) {
+        if Instant::now() > deadline {
+            let o = c.exec(&[
+                "sh",
+                "-c",
+                "tail -n 20 /var/log/mail.log; systemctl status --no-pager rsyslog syslog.socket; journalctl --no-pager -n 30 -u rsyslog; \
+                 grep -ri forward /etc/systemd/journald.conf; cat /etc/rsyslog.d/10-mail-trusted.conf; grep imuxsock /etc/rsyslog.conf",
+            ]);
+            panic!("sendmail's lines never reached /var/log/mail.log through rsyslog:\n{}", text(&o));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.wait_banned(RSYSLOG_HARVESTER, "sendmail's harvest through rsyslog");
+    let maillog = c.ok(&["cat", "/var/log/mail.log"]);
+    assert!(maillog.contains(&format!("relay=[{RSYSLOG_HARVESTER}]")), "sendmail's lines not in mail.log:\n{maillog}");
+    assert!(!maillog.contains(RSYSLOG_FORGED), "the forged lines passed rsyslog's filter:\n{maillog}");
+    // They did reach rsyslog (and the journal), and were refused there: not lost on the way.
+    let journal = c.ok(&["journalctl", "--no-pager", "-t", "sm-mta", "-g", RSYSLOG_FORGED]);
+    assert!(journal.contains(RSYSLOG_FORGED), "the forged lines were never logged:\n{journal}");
+    assert!(c.connects(RSYSLOG_FORGED), "a forged syslog line banned {RSYSLOG_FORGED}\n{}", c.listed());
 
     // A broken config: the restart fails at once (no restart loop), and the bans stay in
     // force meanwhile (keep-bans: the pinned program goes on dropping).
