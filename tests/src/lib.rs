@@ -15,3 +15,24 @@ pub mod packet;
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// For tests that skip without root: true when root, else says `SKIP: needs root (why)`.
+pub fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("SKIP: needs root ({why})");
+        return false;
+    }
+    true
+}
+
+/// Poll `cond` every 50 ms until it holds (true) or `timeout` passes (false).
+pub fn poll(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
