@@ -3,6 +3,9 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+/// xtask's Debian package cache, the same file (xtask must build without this crate).
+#[path = "../../xtask/src/debcache.rs"]
+pub mod debcache;
 pub mod guest;
 pub mod distributed;
 pub mod fleet;
