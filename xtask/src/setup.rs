@@ -22,6 +22,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec", "systemd-container", "debootstrap",
     // tests/tests/guest_debian_6_1.rs: Debian's 6.1 kernel booted in qemu (TCG) with a busybox initramfs.
     "qemu-system-x86", "busybox-static",
+    // tests/tests/crowdsec_tls.rs: the private CA and LAPI's certificate.
+    "openssl",
 ];
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
