@@ -325,20 +325,10 @@ pub fn append(path: &Path, lines: &[String]) -> anyhow::Result<()> {
 /// SIGTERM, an unsuccessful exit is an error: the daemon must stop cleanly.
 pub fn signal_and_wait(mut child: Child, sig: i32, timeout: Duration) -> anyhow::Result<()> {
     unsafe { libc::kill(child.id() as i32, sig) };
-    let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if sig == libc::SIGTERM && !status.success() {
-                bail!("blocksmtp exited with {status} after SIGTERM");
-            }
-            return Ok(());
-        }
-        if t.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("blocksmtp did not stop within {timeout:?} of signal {sig}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match crate::wait_or_kill(&mut child, timeout) {
+        None => bail!("blocksmtp did not stop within {timeout:?} of signal {sig}"),
+        Some(status) if sig == libc::SIGTERM && !status.success() => bail!("blocksmtp exited with {status} after SIGTERM"),
+        Some(_) => Ok(()),
     }
 }
 

@@ -39,3 +39,19 @@ pub fn poll(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> boo
     }
     false
 }
+
+/// Wait up to `timeout` for `child` to exit (after it was asked to: a signal, a stop
+/// command); then SIGKILL and reap it. Its exit status, or None when it had to be killed.
+pub fn wait_or_kill(child: &mut std::process::Child, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
