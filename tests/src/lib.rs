@@ -55,3 +55,17 @@ pub fn wait_or_kill(child: &mut std::process::Child, timeout: std::time::Duratio
     let _ = child.wait();
     None
 }
+
+/// For tests of the sendmail lab: true when root and sendmail is installed; else says
+/// SKIP, except in CI (`CI` set), where a missing sendmail fails: xtask installs it.
+pub fn sendmail_lab_ready() -> bool {
+    if !root_or_skip("namespaces, mounts, port 25") {
+        return false;
+    }
+    if let Err(why) = lab::Sendmail::available() {
+        assert!(std::env::var_os("CI").is_none(), "sendmail is needed in CI: {why} (cargo xtask setup --test-deps)");
+        eprintln!("SKIP: {why}");
+        return false;
+    }
+    true
+}

@@ -9,20 +9,13 @@ use std::{
 
 use blocksmtp_tests::{
     daemon::Daemon,
-    is_root,
-    lab::{HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, MailLab, Sendmail, SendmailConfig, smtp::Timeouts},
+    lab::{HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, MailLab, SendmailConfig, smtp::Timeouts},
 };
 
 const MAX_UNKNOWN: usize = 5;
 
 fn lab() -> Option<MailLab> {
-    if !is_root() {
-        eprintln!("SKIP: needs root");
-        return None;
-    }
-    if let Err(why) = Sendmail::available() {
-        assert!(std::env::var_os("CI").is_none(), "sendmail is needed in CI: {why} (cargo xtask setup --test-deps)");
-        eprintln!("SKIP: {why}");
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return None;
     }
     Some(MailLab::start(SendmailConfig::default()).expect("start sendmail"))
