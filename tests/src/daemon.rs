@@ -45,6 +45,10 @@ pub struct Launch {
     pub ready_timeout: Duration,
     /// How long `stop` waits after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// Run the daemon in a process group of its own: a terminal's Ctrl-C then reaches the
+    /// test (which cleans up on unwinding), not the daemon. Benchmarks share theirs, so
+    /// that a Ctrl-C stops their daemons too.
+    pub own_process_group: bool,
 }
 
 impl Launch {
@@ -56,6 +60,7 @@ impl Launch {
             tag: "test".into(),
             ready_timeout: Duration::from_secs(20),
             stop_timeout: Duration::from_secs(15),
+            own_process_group: true,
         }
     }
 
@@ -67,6 +72,7 @@ impl Launch {
             tag: "bench".into(),
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
+            own_process_group: false,
         }
     }
 }
@@ -188,11 +194,12 @@ impl Daemon {
             .args(&self.args)
             .env("RUST_LOG", &self.settings.rust_log)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Its own process group: a terminal's Ctrl-C reaches the test, not the daemon.
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?);
+        if self.settings.own_process_group {
+            cmd.process_group(0);
+        }
         let t = Instant::now();
         self.child = Some(cmd.spawn().context("starting blocksmtp")?);
         Ok(t)

@@ -61,6 +61,7 @@ impl Lapi {
         // with update-ca-certificates); ureq's built-in Mozilla roots where there is none.
         let (certs, trust) = match ca {
             Some(ca) => (Some(pem_certs(ca, "the CrowdSec CA file")?), format!("only the CA in --crowdsec-ca-file {}", ca.display())),
+            None if base.starts_with("http://") => (None, String::new()),
             None => match pem_certs(Path::new(SYSTEM_ROOTS), "the system's CA bundle") {
                 Ok(c) => (Some(c), format!("the system's CA roots ({SYSTEM_ROOTS})")),
                 Err(_) => (None, "the built-in public CA roots".to_string()),
@@ -280,5 +281,31 @@ impl Alert {
                 scenario: super::SCENARIO.into(),
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_errors_name_the_url() {
+        // A port just freed: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let l = Lapi::new(&format!("http://127.0.0.1:{port}/"), None).unwrap();
+        let e = l.stream("key", true).unwrap_err().to_string();
+        assert!(e.starts_with("LAPI unreachable: ") && e.contains(&format!("http://127.0.0.1:{port}: ")), "{e}");
+        assert!(!e.contains("TLS"), "no TLS hint for a refused connection: {e}");
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "not a certificate\n").unwrap();
+        let e = Lapi::new("https://192.0.2.10:8080", Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("the CrowdSec CA file") && e.contains(&f.display().to_string()), "{e}");
+        let e = Lapi::new("https://192.0.2.10:8080", Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(format!("{e:#}").contains("reading the CrowdSec CA file"), "{e:#}");
     }
 }
