@@ -178,7 +178,9 @@ fn restarts_neither_blind_detection_nor_lose_the_reason() {
     // was saved in time for the restart to show why.
     d.write_log(&sendmail_harvest("192.0.2.67", 43002, 4)).unwrap();
     assert!(poll(HEAL, || d.in_force("192.0.2.67")));
-    std::thread::sleep(Duration::from_secs(1));
+    // Saves are at most one a second, on the 1 s tick: a fixed sleep here raced the tick.
+    let saved = poll(Duration::from_secs(5), || std::fs::read_to_string(&d.state).is_ok_and(|s| s.contains("192.0.2.67")));
+    assert!(saved, "the new ban's history is saved within seconds:\n{}", d.stderr_text());
     d.kill9().unwrap();
     d.spawn().unwrap();
     let row = d.row("192.0.2.67").expect("listed after the restart");
