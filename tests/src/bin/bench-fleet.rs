@@ -250,6 +250,9 @@ fn main() -> anyhow::Result<()> {
             "eth0",
             "--max-unknown",
             "5",
+            // Many harvesters in a row are a surge: without this MX1 would ban before the
+            // threshold line the measurement starts at.
+            "--per-address-only",
             "--ban-time",
             "1h",
             "--cmd-read-timeout",
