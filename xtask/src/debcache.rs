@@ -47,6 +47,8 @@ pub fn unpacked(
     let dl = sibling(tree, "download");
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    // A kernel package is ~70 MB: say why this takes a while.
+    eprintln!("debcache: fetching {} into {}", packages.join(" "), tree.display());
     download(packages, &dl)?;
     let tmp = sibling(tree, "tmp");
     let _ = fs::remove_dir_all(&tmp);
