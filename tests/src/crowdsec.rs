@@ -15,9 +15,11 @@ pub struct Lapi {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
-    /// `http://HOST:PORT`, as machine files carry it.
+    /// `http://HOST:PORT` (`https://` with TLS), as machine files carry it.
     pub url: String,
     ns: Option<String>,
+    /// The CA cscli trusts (TLS only).
+    ca: Option<PathBuf>,
 }
 
 /// Whether Debian's crowdsec is installed (xtask's test setup installs it).
@@ -28,6 +30,15 @@ pub fn available() -> bool {
 impl Lapi {
     /// Start LAPI listening on `listen` (`ADDR:PORT`), in `ns` if given.
     pub fn start(ns: Option<&Netns>, listen: &str) -> anyhow::Result<Self> {
+        Self::start_with(ns, listen, None)
+    }
+
+    /// Like `start`, serving https with `pki`'s server certificate (`api.server.tls`).
+    pub fn start_tls(ns: Option<&Netns>, listen: &str, pki: &TestPki) -> anyhow::Result<Self> {
+        Self::start_with(ns, listen, Some(pki))
+    }
+
+    fn start_with(ns: Option<&Netns>, listen: &str, tls: Option<&TestPki>) -> anyhow::Result<Self> {
         if !available() {
             bail!("Debian's crowdsec package is not installed (cargo xtask setup --test-deps installs it)");
         }
@@ -46,6 +57,13 @@ impl Lapi {
                 format!("credentials_path: {}/local_api_credentials.yaml", d.display()),
             ),
             ("prometheus:\n  enabled: true", "prometheus:\n  enabled: false".to_string()),
+            (
+                "#    tls:\n#      cert_file: /etc/crowdsec/ssl/cert.pem\n#      key_file: /etc/crowdsec/ssl/key.pem",
+                match tls {
+                    Some(t) => format!("    tls:\n      cert_file: {}\n      key_file: {}", t.cert.display(), t.key.display()),
+                    None => "#    tls: (off)".to_string(),
+                },
+            ),
         ] {
             if !cfg.contains(from) {
                 bail!("/etc/crowdsec/config.yaml has no {from:?}: not the crowdsec 1.4 layout this test knows");
@@ -54,11 +72,14 @@ impl Lapi {
         }
         let config = d.join("config.yaml");
         std::fs::write(&config, cfg)?;
-        std::fs::write(d.join("local_api_credentials.yaml"), format!("url: http://{listen}\n"))?;
-        let mut l = Self { child: None, config, url: format!("http://{listen}"), ns: ns.map(|n| n.name.clone()), dir };
+        let url = format!("{}://{listen}", if tls.is_some() { "https" } else { "http" });
+        std::fs::write(d.join("local_api_credentials.yaml"), format!("url: {url}\n"))?;
+        let ns = ns.map(|n| n.name.clone());
+        let mut l = Self { child: None, config, url, ns, dir, ca: tls.map(|t| t.ca.clone()) };
         l.spawn()?;
         // cscli's own machine, so `cscli decisions add/list` work against this LAPI.
-        l.cscli(&["machines", "add", "cli", "--auto", "--force", "-f", &l.path("local_api_credentials.yaml")])?;
+        let url = l.url.clone();
+        l.cscli(&["machines", "add", "cli", "--auto", "--force", "-f", &l.path("local_api_credentials.yaml"), "--url", &url])?;
         Ok(l)
     }
 
@@ -67,14 +88,19 @@ impl Lapi {
     }
 
     fn command(&self, prog: &str) -> Command {
-        match &self.ns {
+        let mut c = match &self.ns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, prog]);
                 c
             }
             None => Command::new(prog),
+        };
+        // cscli (Go) trusts the test's CA through the standard variable.
+        if let Some(ca) = &self.ca {
+            c.env("SSL_CERT_FILE", ca);
         }
+        c
     }
 
     /// (Re)start the LAPI process and wait until it answers.
@@ -110,15 +136,7 @@ impl Lapi {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            crate::wait_or_kill(&mut c, Duration::from_secs(10));
         }
     }
 
@@ -164,6 +182,49 @@ impl Lapi {
         let out = self.cscli(&["alerts", "list", "-a", "-o", "json", "--scenario", scenario])?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         Ok(v.as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// A private CA, a server certificate it signed for 127.0.0.1 (and its key), and a second
+/// CA that signed nothing of LAPI's: made with the openssl CLI in `dir`.
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl (Debian package openssl)")?;
+            if !out.status.success() {
+                bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        for (name, cn) in [("ca", "blocksmtp test CA"), ("other-ca", "blocksmtp other test CA")] {
+            let (key, pem, subj) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={cn}"));
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+            a.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(&a)?;
+        }
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        openssl(&a)?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "2", "-days", "2", "-extfile",
+            "server.ext", "-out", "server.pem",
+        ])?;
+        Ok(Self { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key"), other_ca: dir.join("other-ca.pem") })
     }
 }
 

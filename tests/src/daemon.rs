@@ -1,5 +1,6 @@
-//! Running the real `blocksmtp` binary in tests: a daemon with its own log file,
-//! control socket, state file and pin directory, stopped and cleaned up on drop.
+//! Running the real `blocksmtp` binary in tests and benchmarks: a daemon with its own log
+//! file, control socket, state file and pin directory, stopped and cleaned up on drop.
+//! The one launcher: `crate::bench::daemon::BenchDaemon` is this with other [`Launch`] settings.
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -11,6 +12,7 @@ use std::{
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::{Context as _, bail};
+use blocksmtp::control::{Request, request};
 
 use crate::netns::Netns;
 
@@ -30,6 +32,51 @@ pub fn binary() -> PathBuf {
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// How a daemon is run: tests take the debug build at debug level; benchmarks the
+/// release build at info level (debug logging would be measured too), with more time to
+/// start and stop (a million restored bans).
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub bin: PathBuf,
+    pub rust_log: String,
+    /// Names the temporary directory (`blocksmtp-<tag>-…`) and the pin directory.
+    pub tag: String,
+    /// How long `spawn` waits for the control socket to answer.
+    pub ready_timeout: Duration,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Run the daemon in a process group of its own: a terminal's Ctrl-C then reaches the
+    /// test (which cleans up on unwinding), not the daemon. Benchmarks share theirs, so
+    /// that a Ctrl-C stops their daemons too.
+    pub own_process_group: bool,
+}
+
+impl Launch {
+    /// The tests' settings: `binary()`, `RUST_LOG=blocksmtp=debug`.
+    pub fn test() -> Self {
+        Self {
+            bin: binary(),
+            rust_log: "blocksmtp=debug".into(),
+            tag: "test".into(),
+            ready_timeout: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(15),
+            own_process_group: true,
+        }
+    }
+
+    /// The benchmarks' settings: `bin` (the release build), `RUST_LOG=blocksmtp=info`.
+    pub fn bench(bin: &Path) -> Self {
+        Self {
+            bin: bin.to_path_buf(),
+            rust_log: "blocksmtp=info".into(),
+            tag: "bench".into(),
+            ready_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+            own_process_group: false,
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -44,6 +91,7 @@ pub struct Daemon {
     args: Vec<String>,
     /// Extra environment for the daemon process (e.g. an LD_PRELOAD shim).
     pub env: Vec<(String, String)>,
+    pub settings: Launch,
 }
 
 impl Daemon {
@@ -55,14 +103,24 @@ impl Daemon {
 
     /// Like `start`, following `log` (e.g. a real sendmail's) instead of a fresh file.
     pub fn start_following(ns: Option<&Netns>, log: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
-        let mut d = Self::prepare(ns, log, args)?;
+        let mut d = Self::prepare(ns.map(|n| n.name.as_str()), log, args, Launch::test())?;
         d.spawn()?;
         Ok(d)
     }
 
-    /// The files and arguments of a daemon, not started yet.
-    fn prepare(ns: Option<&Netns>, log: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("blocksmtp-test-").tempdir()?;
+    /// Like `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(ns: Option<&Netns>, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
+        let mut d = Self::prepare(ns.map(|n| n.name.as_str()), None, args, Launch::test())?;
+        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The files and arguments of a daemon in network namespace `ns` (by name), not
+    /// started yet: `spawn` (or `launch` and `wait_ready`) starts it. `log`: follow this
+    /// file instead of a fresh one.
+    pub fn prepare(ns: Option<&str>, log: Option<&Path>, args: &[&str], launch: Launch) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix(&format!("blocksmtp-{}-", launch.tag)).tempdir()?;
         // World-traversable, so that only the socket's own mode keeps others out.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let log = match log {
@@ -74,7 +132,8 @@ impl Daemon {
             }
         };
         let pins = PathBuf::from(format!(
-            "/sys/fs/bpf/blocksmtp-test-d{}-{}",
+            "/sys/fs/bpf/blocksmtp-{}-d{}-{}",
+            launch.tag,
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
@@ -87,32 +146,39 @@ impl Daemon {
             pins,
             dir,
             cleanup_pins: true,
-            ns: ns.map(|n| n.name.clone()),
+            ns: ns.map(str::to_string),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            settings: launch,
         })
     }
 
-    /// Like `start`, with extra environment variables for the daemon.
-    pub fn start_with_env(ns: Option<&Netns>, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
-        let mut d = Self::prepare(ns, None, args)?;
-        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        d.spawn()?;
-        Ok(d)
+    /// (Re)start the process with the same files and arguments; waits until the control
+    /// socket answers.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let t = self.launch()?;
+        self.wait_ready(t, Duration::from_millis(20), self.settings.ready_timeout).map(|_| ())
     }
 
-    /// (Re)start the process with the same files and arguments.
-    pub fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Start the process without waiting for it; returns the instant just before the spawn.
+    pub fn launch(&mut self) -> anyhow::Result<Instant> {
+        if let Some(child) = self.child.as_mut()
+            && child.try_wait()?.is_none()
+        {
+            bail!("blocksmtp (pid {}) is still running: stop it before starting it again", child.id());
+        }
+        // A killed daemon's socket file stays: readiness must be the new one's.
+        let _ = std::fs::remove_file(&self.socket);
         let mut cmd = match &self.ns {
             // nsenter --net, not `ip netns exec`: the latter gives the process its
             // own mount namespace, without the host's bpffs (and so no pins that
             // outlive it).
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(binary());
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.settings.bin);
                 c
             }
-            None => Command::new(binary()),
+            None => Command::new(&self.settings.bin),
         };
         cmd.arg("run");
         // `--no-log` (an enforce-only fleet member) reads no log at all.
@@ -126,25 +192,31 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(&self.pins)
             .args(&self.args)
-            .env("RUST_LOG", "blocksmtp=debug")
+            .env("RUST_LOG", &self.settings.rust_log)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Its own process group: a terminal's Ctrl-C reaches the test, not the daemon.
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?);
-        self.child = Some(cmd.spawn().context("starting blocksmtp")?);
+        if self.settings.own_process_group {
+            cmd.process_group(0);
+        }
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Some(status) = self.child.as_mut().expect("child").try_wait()? {
+        self.child = Some(cmd.spawn().context("starting blocksmtp")?);
+        Ok(t)
+    }
+
+    /// Poll the control socket every `every` until it answers `status`; the time since `from`.
+    pub fn wait_ready(&mut self, from: Instant, every: Duration, timeout: Duration) -> anyhow::Result<Duration> {
+        while from.elapsed() < timeout {
+            if let Some(status) = self.child.as_mut().context("blocksmtp is not running")?.try_wait()? {
                 bail!("blocksmtp exited at start ({status}):\n{}", self.stderr_text());
             }
-            if self.ctl(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
-                return Ok(());
+            if request(&self.socket, &Request::Status).is_ok_and(|r| r.ok) {
+                return Ok(from.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(every);
         }
-        bail!("blocksmtp did not answer on its control socket within 20 s:\n{}", self.stderr_text())
+        bail!("blocksmtp did not answer on its control socket within {timeout:?}:\n{}", self.stderr_text())
     }
 
     /// Arguments for the next `spawn` (same files and pin dir: e.g. a restart in another mode).
@@ -160,9 +232,26 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The last 20 lines of the daemon's log (for error messages of long runs).
+    pub fn stderr_tail(&self) -> String {
+        let s = self.stderr_text();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
     /// `blocksmtp ARGS --control-socket S`
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(binary()).args(args).arg("--control-socket").arg(&self.socket).output()?)
+        Ok(Command::new(&self.settings.bin).args(args).arg("--control-socket").arg(&self.socket).output()?)
+    }
+
+    /// One control request made in this process (no CLI in between: cheap enough to poll
+    /// in a benchmark); the response's data, or its error.
+    pub fn request(&self, req: &Request) -> anyhow::Result<serde_json::Value> {
+        let r = request(&self.socket, req)?;
+        if !r.ok {
+            bail!("{req:?}: {}", r.error.unwrap_or_default());
+        }
+        Ok(r.data)
     }
 
     /// `blocksmtp list --json`'s rows.
@@ -170,6 +259,21 @@ impl Daemon {
         let out = self.ctl(&["list", "--json"])?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("list --json: {out:?}"))?;
         Ok(v["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `list`'s row for `source` (an address, or a prefix as `list` writes it: `2001:db8::/64`).
+    pub fn row(&self, source: &str) -> Option<serde_json::Value> {
+        self.list().ok()?.into_iter().find(|r| r["source"] == source)
+    }
+
+    /// Whether `list` shows `source`, in force or pending.
+    pub fn listed(&self, source: &str) -> bool {
+        self.row(source).is_some()
+    }
+
+    /// Whether `list` shows `source` in force (not pending a retry).
+    pub fn in_force(&self, source: &str) -> bool {
+        self.row(source).is_some_and(|r| r["pending"] != true)
     }
 
     /// `blocksmtp status --json`'s data.
@@ -181,14 +285,7 @@ impl Daemon {
 
     /// Append lines to the followed log, flushed at once.
     pub fn write_log(&self, lines: &[String]) -> anyhow::Result<()> {
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.log)?;
-        let mut buf = String::new();
-        for l in lines {
-            buf.push_str(l);
-            buf.push('\n');
-        }
-        f.write_all(buf.as_bytes())?;
-        Ok(())
+        append(&self.log, lines)
     }
 
     /// Poll `cond` every 5 ms until it holds or `timeout` passes; returns the time it took.
@@ -215,28 +312,30 @@ impl Daemon {
 
     fn signal_and_wait(&mut self, sig: i32) -> anyhow::Result<()> {
         let Some(child) = self.child.take() else { return Ok(()) };
-        signal_and_wait(child, sig, Duration::from_secs(15)).map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.stderr_text()))
+        signal_and_wait(child, sig, self.settings.stop_timeout).map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.stderr_text()))
     }
+}
+
+/// Append lines to a file in one write.
+pub fn append(path: &Path, lines: &[String]) -> anyhow::Result<()> {
+    let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        buf.push_str(l);
+        buf.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(buf.as_bytes())?;
+    Ok(())
 }
 
 /// Send `sig` to `child` and wait for it to exit (SIGKILL after `timeout`). After
 /// SIGTERM, an unsuccessful exit is an error: the daemon must stop cleanly.
 pub fn signal_and_wait(mut child: Child, sig: i32, timeout: Duration) -> anyhow::Result<()> {
     unsafe { libc::kill(child.id() as i32, sig) };
-    let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if sig == libc::SIGTERM && !status.success() {
-                bail!("blocksmtp exited with {status} after SIGTERM");
-            }
-            return Ok(());
-        }
-        if t.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("blocksmtp did not stop within {timeout:?} of signal {sig}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match crate::wait_or_kill(&mut child, timeout) {
+        None => bail!("blocksmtp did not stop within {timeout:?} of signal {sig}"),
+        Some(status) if sig == libc::SIGTERM && !status.success() => bail!("blocksmtp exited with {status} after SIGTERM"),
+        Some(_) => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Extracted kernel packages live here between runs.
-pub const CACHE: &str = "/var/cache/blocksmtp-tests";
+pub const CACHE: &str = crate::debcache::CACHE;
 
 /// Kernel modules the guest loads (with their dependencies from modules.dep): veth, the
 /// clsact qdisc and cls_bpf for TC before TCX, nf_tables with the xtables matches the
@@ -30,66 +30,17 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// The package `linux-image-amd64` depends on (Debian 12: linux-image-6.1.0-N-amd64).
-fn kernel_package() -> anyhow::Result<String> {
-    let out = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output().context("running apt-cache")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-6.1.") && p.ends_with("-amd64"))
-        .map(str::to_string)
-        .with_context(|| format!("apt-cache depends linux-image-amd64 names no linux-image-6.1.*-amd64: {text}"))
-}
-
-/// Download (apt-get download) and extract (dpkg-deb -x) Debian's 6.1 kernel, or reuse
-/// the cached copy. Err only when the package cannot be obtained at all.
+/// Debian's 6.1 kernel, fetched and unpacked on first use (crate::debcache, which
+/// `cargo xtask setup --test-deps` runs too). Err only when it cannot be obtained at all.
 pub fn debian_6_1_kernel() -> anyhow::Result<Kernel> {
-    let base = Path::new(CACHE).join("kernel-6.1");
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    if let Some(k) = cached(&base) {
-        return Ok(k);
-    }
-    let pkg = kernel_package()?;
-    let dl = base.join("download");
-    std::fs::create_dir_all(&dl)?;
-    let st = Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(&dl).status().context("running apt-get download")?;
-    if !st.success() {
-        bail!("apt-get download {pkg} failed ({st})");
-    }
-    let deb = std::fs::read_dir(&dl)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let tmp = base.join("tree.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let st = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp).status()?;
-    if !st.success() {
-        bail!("dpkg-deb -x {} failed", deb.display());
-    }
-    let tree = base.join("tree");
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::rename(&tmp, &tree)?;
-    let _ = std::fs::remove_dir_all(&dl);
-    let k = cached(&base).context("the extracted kernel package has no boot/vmlinuz-* and lib/modules/*")?;
-    // The package's postinst would run depmod; we need modules.dep to resolve dependencies.
-    let st = Command::new("depmod").arg("-b").arg(&tree).arg(&k.version).status().context("running depmod")?;
-    if !st.success() {
-        bail!("depmod -b {} {} failed", tree.display(), k.version);
-    }
-    Ok(k)
-}
-
-fn cached(base: &Path) -> Option<Kernel> {
-    let tree = base.join("tree");
-    let vmlinuz = std::fs::read_dir(tree.join("boot"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))?;
-    let version = vmlinuz.file_name()?.to_str()?.strip_prefix("vmlinuz-")?.to_string();
-    let modules = tree.join("lib/modules").join(&version);
-    modules.join("modules.dep").exists().then_some(Kernel { version, vmlinuz, modules })
+    let k = crate::debcache::kernel_6_1()?
+        .context("apt-cache depends linux-image-amd64 names no linux-image-6.1.*-amd64 (not Debian 12?)")?;
+    let version = crate::debcache::kernel_version(&k.tree).context("the unpacked kernel has no boot/vmlinuz-* and modules.dep")?;
+    Ok(Kernel {
+        vmlinuz: k.tree.join("boot").join(format!("vmlinuz-{version}")),
+        modules: k.tree.join("lib/modules").join(&version),
+        version,
+    })
 }
 
 /// `MODULES` and their dependencies, in load order (dependencies first).

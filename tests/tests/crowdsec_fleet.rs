@@ -96,10 +96,6 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn row(d: &Daemon, source: &str) -> Option<serde_json::Value> {
-    d.list().ok()?.into_iter().find(|r| r["source"] == source)
-}
-
 #[test]
 fn two_mx_hosts_share_bans_through_lapi() {
     if !blocksmtp_tests::is_root() {
@@ -123,9 +119,9 @@ fn two_mx_hosts_share_bans_through_lapi() {
     let took = until_connect(&f, HARVESTER, MX2, false, Duration::from_secs(4), "MX2 drops MX1's ban", &both);
     eprintln!("MX1's ban enforced on MX2 after {took:?}");
     assert!(can_connect(&f, INNOCENT, MX2) && can_connect(&f, INNOCENT, MX1), "the innocent neighbour connects");
-    let r2 = row(&mx2, HARVESTER).expect("listed on MX2");
+    let r2 = mx2.row(HARVESTER).expect("listed on MX2");
     assert_eq!(r2["origin"], "crowdsec/blocksmtp", "{r2}");
-    let r1 = row(&mx1, HARVESTER).expect("listed on MX1");
+    let r1 = mx1.row(HARVESTER).expect("listed on MX1");
     assert_eq!(r1["origin"], "detected", "MX1's own ban stays its own: {r1}");
     assert_eq!(r1["guesses"], 3, "{r1}");
 
@@ -138,8 +134,8 @@ fn two_mx_hosts_share_bans_through_lapi() {
     for dst in [MX1_RANGE, MX2_RANGE] {
         until_connect(&f, IN_RANGE, dst, false, Duration::from_secs(4), "cscli --range", &both);
     }
-    assert_eq!(row(&mx1, CSCLI_IP).expect("listed")["origin"], "crowdsec/cscli");
-    assert!(row(&mx2, "198.51.100.0/24").is_some(), "{:?}", mx2.list());
+    assert_eq!(mx1.row(CSCLI_IP).expect("listed")["origin"], "crowdsec/cscli");
+    assert!(mx2.row("198.51.100.0/24").is_some(), "{:?}", mx2.list());
     // ... and their deletion lifts them on both.
     lapi.cscli(&["decisions", "delete", "--ip", CSCLI_IP]).unwrap();
     lapi.cscli(&["decisions", "delete", "--range", "198.51.100.0/24"]).unwrap();
@@ -242,7 +238,7 @@ fn central_detector_pushes_and_a_log_less_mx_enforces() {
     until_connect(&f, HARVESTER, MX2, false, Duration::from_secs(5), "MX2 drops what the central host saw", &both);
     assert!(can_connect(&f, INNOCENT, MX2), "the innocent neighbour connects");
     assert!(can_connect(&f, CSCLI_IP, MX2), "mx9's lines were not counted");
-    assert_eq!(row(&mx2, HARVESTER).expect("listed on MX2")["origin"], "crowdsec/blocksmtp");
+    assert_eq!(mx2.row(HARVESTER).expect("listed on MX2")["origin"], "crowdsec/blocksmtp");
     // The central host enforces nothing where it runs: no program on its interface, its
     // "ban" is the dry run's, and exactly one alert reached LAPI.
     assert_eq!(central.status().unwrap()["mode"], "dry-run");

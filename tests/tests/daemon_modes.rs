@@ -7,23 +7,11 @@ use std::{
 
 use blocksmtp_tests::{
     daemon::{Daemon, sendmail_harvest},
-    is_root,
+    root_or_skip,
     netns::Topology,
 };
 
 const T: Duration = Duration::from_millis(500);
-
-fn ready() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: needs root");
-        return false;
-    }
-    true
-}
-
-fn listed(d: &Daemon, source: &str) -> bool {
-    d.list().map(|l| l.iter().any(|r| r["source"] == source)).unwrap_or(false)
-}
 
 fn iptables_s(topo: &Topology, bin: &str) -> String {
     String::from_utf8_lossy(&topo.server.exec(&[bin, "-S"]).unwrap().stdout).into_owned()
@@ -33,7 +21,7 @@ fn iptables_s(topo: &Topology, bin: &str) -> String {
 /// from INPUT, one DROP rule per offender, gone when the ban ends and on exit.
 #[test]
 fn iptables_mode_chain_jump_and_rules() {
-    if !ready() {
+    if !root_or_skip("network namespaces, iptables") {
         return;
     }
     let topo = Topology::new().unwrap();
@@ -48,7 +36,7 @@ fn iptables_mode_chain_jump_and_rules() {
     assert!(rules.contains("-A INPUT -d 192.0.2.25/32 -p tcp -m tcp --dport 25 -j SPAM_UNAME_GUESSERS"), "{rules}");
 
     d.write_log(&sendmail_harvest("192.0.2.66", 18868, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66")).expect("ban");
+    d.wait_for(Duration::from_secs(5), |d| d.listed("192.0.2.66")).expect("ban");
     let rules = iptables_s(&topo, "iptables");
     assert!(
         rules.lines().any(|l| l.starts_with("-A SPAM_UNAME_GUESSERS -s 192.0.2.66/32 -p tcp") && l.contains("--dport 25") && l.ends_with("-j DROP")),
@@ -59,7 +47,7 @@ fn iptables_mode_chain_jump_and_rules() {
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
 
     d.write_log(&sendmail_harvest("2001:db8::66", 18869, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "2001:db8::/64")).expect("v6 ban");
+    d.wait_for(Duration::from_secs(5), |d| d.listed("2001:db8::/64")).expect("v6 ban");
     assert!(iptables_s(&topo, "ip6tables").contains("-A SPAM_UNAME_GUESSERS -s 2001:db8::/64"));
 
     // Expiry removes the rules.
@@ -81,7 +69,7 @@ fn iptables_mode_chain_jump_and_rules() {
 /// the detector: count them through `status`.
 #[test]
 fn rotation_during_a_burst_loses_no_line() {
-    if !ready() {
+    if !root_or_skip("network namespaces, iptables") {
         return;
     }
     let d = Daemon::start(None, &["--mode", "dry-run", "--max-unknown", "1000000"]).unwrap();
@@ -136,7 +124,7 @@ fn rotation_during_a_burst_loses_no_line() {
 /// file, line and key; SIGHUP re-reads the whitelist.
 #[test]
 fn config_file_and_sighup_reload() {
-    if !ready() {
+    if !root_or_skip("network namespaces, iptables") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -147,8 +135,8 @@ fn config_file_and_sighup_reload() {
     let d = Daemon::start(None, &["--config", cfg.to_str().unwrap(), "--ban-time", "7m"]).unwrap();
     assert_eq!(d.status().unwrap()["mode"], "dry-run", "mode from the file");
     d.write_log(&sendmail_harvest("192.0.2.66", 1111, 2)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66")).expect("max-unknown 2 from the file");
-    let row = d.list().unwrap().into_iter().find(|r| r["source"] == "192.0.2.66").unwrap();
+    d.wait_for(Duration::from_secs(5), |d| d.listed("192.0.2.66")).expect("max-unknown 2 from the file");
+    let row = d.row("192.0.2.66").unwrap();
     let secs = row["expires_in_secs"].as_u64().unwrap();
     assert!((400..=420).contains(&secs), "--ban-time 7m on the command line wins over the file's 5m: {secs}");
 
@@ -181,7 +169,7 @@ fn config_file_and_sighup_reload() {
 /// The Prometheus endpoint (on loopback) reports bans, lines and latency.
 #[test]
 fn metrics_endpoint() {
-    if !ready() {
+    if !root_or_skip("network namespaces, iptables") {
         return;
     }
     let port = {
@@ -191,7 +179,7 @@ fn metrics_endpoint() {
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(None, &["--mode", "dry-run", "--max-unknown", "3", "--metrics-listen", &addr]).unwrap();
     d.write_log(&sendmail_harvest("192.0.2.66", 2222, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66")).expect("ban");
+    d.wait_for(Duration::from_secs(5), |d| d.listed("192.0.2.66")).expect("ban");
     std::thread::sleep(Duration::from_millis(600)); // one sweep tick refreshes the detector counters
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

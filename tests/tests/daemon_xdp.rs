@@ -5,27 +5,15 @@ use std::time::{Duration, Instant};
 
 use blocksmtp_tests::{
     daemon::{Daemon, remove_pins, sendmail_harvest},
-    is_root,
+    root_or_skip,
     netns::Topology,
 };
 
 const T: Duration = Duration::from_millis(500);
 
-fn ready() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: needs root (namespaces, BPF)");
-        return false;
-    }
-    true
-}
-
-fn listed(d: &Daemon, source: &str) -> Option<serde_json::Value> {
-    d.list().ok()?.into_iter().find(|r| r["source"] == source)
-}
-
 #[test]
 fn harvest_is_cut_off_and_the_ban_expires_v4_and_v6() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let topo = Topology::new().unwrap();
@@ -41,20 +29,20 @@ fn harvest_is_cut_off_and_the_ban_expires_v4_and_v6() {
     let written = Instant::now();
     d.write_log(&sendmail_harvest("192.0.2.66", 18868, 3)).unwrap();
     let took = d
-        .wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66").is_some())
+        .wait_for(Duration::from_secs(5), |d| d.row("192.0.2.66").is_some())
         .unwrap_or_else(|| panic!("no ban within 5 s:\n{}", d.stderr_text()));
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "banned: SMTP blocked");
     eprintln!("log line → ban listed in {took:?}; → connection refused by {:?}", written.elapsed());
     assert!(topo.connect("192.0.2.66", "192.0.2.25:2525", T).unwrap(), "other ports stay open");
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "an innocent neighbour connects");
-    let row = listed(&d, "192.0.2.66").unwrap();
+    let row = d.row("192.0.2.66").unwrap();
     assert!(row["reason"].as_str().unwrap().contains("sendmail"), "{row}");
     assert_eq!(row["guesses"], 3);
     assert!(row["dropped"].as_u64().unwrap() >= 1, "{row}");
 
     // IPv6: banned per /64.
     d.write_log(&sendmail_harvest("2001:db8::66", 18869, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "2001:db8::/64").is_some()).expect("IPv6 ban");
+    d.wait_for(Duration::from_secs(5), |d| d.row("2001:db8::/64").is_some()).expect("IPv6 ban");
     assert!(!topo.connect("2001:db8::66", "[2001:db8::25]:25", T).unwrap());
     assert!(!topo.connect("2001:db8::67", "[2001:db8::25]:25", T).unwrap(), "same /64");
     assert!(topo.connect("2001:db8:0:1::67", "[2001:db8:0:1::25]:25", T).unwrap(), "another /64");
@@ -73,7 +61,7 @@ fn harvest_is_cut_off_and_the_ban_expires_v4_and_v6() {
 
 #[test]
 fn manual_ban_unban_and_whitelist_refusal() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let topo = Topology::new().unwrap();
@@ -91,7 +79,7 @@ fn manual_ban_unban_and_whitelist_refusal() {
     let out = d.ctl(&["ban", "192.0.2.66", "--for", "1h"]).unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap());
-    let row = listed(&d, "192.0.2.66").unwrap();
+    let row = d.row("192.0.2.66").unwrap();
     assert_eq!(row["manual"], true);
     assert!(row["expires_in_secs"].as_u64().unwrap() > 3500);
     let out = d.ctl(&["unban", "192.0.2.66"]).unwrap();
@@ -108,7 +96,7 @@ fn manual_ban_unban_and_whitelist_refusal() {
 /// gets double the ban time; a stop without --keep-bans removes every trace.
 #[test]
 fn restart_keeps_bans_and_history() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let topo = Topology::new().unwrap();
@@ -119,21 +107,21 @@ fn restart_keeps_bans_and_history() {
     )
     .unwrap();
     d.write_log(&sendmail_harvest("192.0.2.66", 20001, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66").is_some()).expect("ban");
+    d.wait_for(Duration::from_secs(5), |d| d.row("192.0.2.66").is_some()).expect("ban");
     d.stop().unwrap();
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "enforced while stopped");
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap());
 
     d.spawn().unwrap();
-    let row = listed(&d, "192.0.2.66").expect("ban restored");
+    let row = d.row("192.0.2.66").expect("ban restored");
     assert!(row["reason"].as_str().unwrap().contains("3 unknown recipients"), "reason restored: {row}");
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap());
 
     // Lift it by hand, offend again: the second ban is twice as long.
     assert!(d.ctl(&["unban", "192.0.2.66"]).unwrap().status.success());
     d.write_log(&sendmail_harvest("192.0.2.66", 20002, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66").is_some()).expect("second ban");
-    let secs = listed(&d, "192.0.2.66").unwrap()["expires_in_secs"].as_u64().unwrap();
+    d.wait_for(Duration::from_secs(5), |d| d.row("192.0.2.66").is_some()).expect("second ban");
+    let secs = d.row("192.0.2.66").unwrap()["expires_in_secs"].as_u64().unwrap();
     assert!((7100..=7200).contains(&secs), "second offence: 2h, got {secs}s");
 
     // Restart without --keep-bans: on stop everything goes.
@@ -147,7 +135,7 @@ fn restart_keeps_bans_and_history() {
 
 #[test]
 fn clean_stop_without_keep_bans_removes_everything() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let topo = Topology::new().unwrap();
@@ -164,14 +152,14 @@ fn clean_stop_without_keep_bans_removes_everything() {
 /// After `kill -9` the pinned program keeps enforcing, and the ban still ends on time.
 #[test]
 fn kill9_bans_still_enforced_and_expire() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let topo = Topology::new().unwrap();
     let _srv = topo.serve(&[25]).unwrap();
     let mut d = Daemon::start(Some(&topo.server), &["--interface", "vs0", "--max-unknown", "3", "--ban-time", "3s"]).unwrap();
     d.write_log(&sendmail_harvest("192.0.2.66", 20003, 3)).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| listed(d, "192.0.2.66").is_some()).expect("ban");
+    d.wait_for(Duration::from_secs(5), |d| d.row("192.0.2.66").is_some()).expect("ban");
     let banned = Instant::now();
     d.kill9().unwrap();
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "enforced after kill -9");
@@ -182,7 +170,7 @@ fn kill9_bans_still_enforced_and_expire() {
 /// The control socket is root's: `nobody` is refused.
 #[test]
 fn control_socket_refuses_non_root() {
-    if !ready() {
+    if !root_or_skip("namespaces, BPF") {
         return;
     }
     let d = Daemon::start(None, &["--mode", "dry-run"]).unwrap();

@@ -8,7 +8,7 @@ use std::{
 };
 
 use blocksmtp::dataplane::{AttachMode, Attached, Dataplane, DataplaneConfig, PinDir};
-use blocksmtp_tests::{is_root, netns::Topology};
+use blocksmtp_tests::netns::Topology;
 
 const T: Duration = Duration::from_millis(700);
 
@@ -35,8 +35,7 @@ impl Drop for Pins {
 }
 
 fn ready() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: needs root (namespaces, BPF)");
+    if !blocksmtp_tests::root_or_skip("namespaces, BPF") {
         return false;
     }
     assert!(

@@ -12,28 +12,12 @@ use std::{
 };
 
 use blocksmtp_tests::{
-    is_root,
     lab::{
-        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFollower, LogFormat, LogLine, MailLab, Sendmail,
+        HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, LogFollower, LogFormat, LogLine, MailLab,
         SendmailConfig, SessionEnd,
         smtp::{HarvestReport, Timeouts},
     },
 };
-
-fn ready() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: needs root (namespaces, mounts, port 25)");
-        return false;
-    }
-    if let Err(why) = Sendmail::available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{why}: run `cargo xtask setup --test-deps`");
-        }
-        eprintln!("SKIP: {why}");
-        return false;
-    }
-    true
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -76,7 +60,7 @@ fn latencies(lines: &[LogLine], report: &HarvestReport) -> Vec<f64> {
 
 #[test]
 fn ipv4_harvest_logs_each_unknown_user_and_the_flood() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -125,7 +109,7 @@ fn ipv4_harvest_logs_each_unknown_user_and_the_flood() {
 
 #[test]
 fn ipv6_harvest_names_the_fully_expanded_address() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -146,7 +130,7 @@ fn ipv6_harvest_names_the_fully_expanded_address() {
 
 #[test]
 fn legitimate_delivery_is_accepted_logged_and_delivered() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -175,7 +159,7 @@ fn legitimate_delivery_is_accepted_logged_and_delivered() {
 
 #[test]
 fn idle_client_and_vrfy_prober() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -217,7 +201,7 @@ fn idle_client_and_vrfy_prober() {
 
 #[test]
 fn options_shutdown_command_timeout_and_rfc3339_log() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let config = SendmailConfig {
@@ -272,7 +256,7 @@ fn options_shutdown_command_timeout_and_rfc3339_log() {
 /// a reply before the cut and returns after its read timeout instead of hanging.
 #[test]
 fn harvest_cut_off_mid_way_reports_the_replies_it_got() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -313,7 +297,7 @@ fn mounts_mentioning(p: &Path) -> Vec<String> {
 
 #[test]
 fn stop_leaves_no_process_namespace_mount_or_directory() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let lab = lab();
@@ -350,7 +334,7 @@ fn stop_leaves_no_process_namespace_mount_or_directory() {
 /// Drop runs while unwinding).
 #[test]
 fn a_panicking_test_still_cleans_up() {
-    if !ready() {
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return;
     }
     let (tx, rx) = std::sync::mpsc::channel();

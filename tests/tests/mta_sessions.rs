@@ -69,7 +69,7 @@ fn run(kind: Kind, harvester: &str, legit: &str, banned: &str) {
         })
         .unwrap()
         .unwrap();
-    d.wait_for(Duration::from_secs(10), |d| d.list().map(|l| l.iter().any(|r| r["source"] == banned)).unwrap_or(false))
+    d.wait_for(Duration::from_secs(10), |d| d.listed(banned))
         .unwrap_or_else(|| panic!("{kind:?}: no ban of {banned}:\n{}\n{}", d.stderr_text(), mta.log()));
 
     // The session is reset at the ban: the MTA's process sees the connection end ...

@@ -9,20 +9,13 @@ use std::{
 
 use blocksmtp_tests::{
     daemon::Daemon,
-    is_root,
-    lab::{HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, MailLab, Sendmail, SendmailConfig, smtp::Timeouts},
+    lab::{HARVESTER_V4, HARVESTER_V6, HarvestOptions, LEGIT_V4, MailLab, SendmailConfig, smtp::Timeouts},
 };
 
 const MAX_UNKNOWN: usize = 5;
 
 fn lab() -> Option<MailLab> {
-    if !is_root() {
-        eprintln!("SKIP: needs root");
-        return None;
-    }
-    if let Err(why) = Sendmail::available() {
-        assert!(std::env::var_os("CI").is_none(), "sendmail is needed in CI: {why} (cargo xtask setup --test-deps)");
-        eprintln!("SKIP: {why}");
+    if !blocksmtp_tests::sendmail_lab_ready() {
         return None;
     }
     Some(MailLab::start(SendmailConfig::default()).expect("start sendmail"))
@@ -30,10 +23,6 @@ fn lab() -> Option<MailLab> {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn listed(d: &Daemon, source: &str) -> Option<serde_json::Value> {
-    d.list().ok()?.into_iter().find(|r| r["source"] == source)
 }
 
 /// `User unknown` lines sendmail logged since `mark` for sessions of `pid`s serving `client`.
@@ -61,7 +50,7 @@ fn cut_off_scenario(mode: &str) {
     let mark = lab.sendmail.syslog().mark();
     let started = Instant::now();
     let report = harvest_30(&lab, HARVESTER_V4);
-    let row = listed(&d, "192.0.2.66").unwrap_or_else(|| panic!("not banned:\n{}", d.stderr_text()));
+    let row = d.row("192.0.2.66").unwrap_or_else(|| panic!("not banned:\n{}", d.stderr_text()));
     let logged = unknown_lines(&lab, mark);
     eprintln!(
         "{mode}: harvest of 30 cut after {} replies / {logged} `User unknown` lines, in {:?}, end {:?}",
@@ -107,7 +96,7 @@ fn ipv6_harvest_is_cut_per_64() {
     .unwrap();
     let mark = lab.sendmail.syslog().mark();
     let report = harvest_30(&lab, HARVESTER_V6);
-    assert!(listed(&d, "2001:db8::/64").is_some(), "{}", d.stderr_text());
+    assert!(d.row("2001:db8::/64").is_some(), "{}", d.stderr_text());
     assert!(!report.completed());
     assert!(unknown_lines(&lab, mark) <= MAX_UNKNOWN + 1);
     assert!(!lab.can_connect(ip("2001:db8::67"), Duration::from_millis(700)).unwrap(), "the /64 is banned");

@@ -168,7 +168,7 @@ fn daemon_resets_the_banned_harvesters_open_session() {
     g.postfix_harvest("2001:db8::66".parse().unwrap(), None, 3, 1.0);
     let lines: Vec<String> = String::from_utf8(g.finish()).unwrap().lines().map(str::to_string).collect();
     d.write_log(&lines).unwrap();
-    d.wait_for(Duration::from_secs(5), |d| d.list().map(|l| l.iter().any(|r| r["source"] == "2001:db8::/64")).unwrap_or(false))
+    d.wait_for(Duration::from_secs(5), |d| d.listed("2001:db8::/64"))
         .unwrap_or_else(|| panic!("no ban:\n{}", d.stderr_text()));
     let banned_at = Instant::now();
     let e = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| panic!("session not reset within 1 s of the ban:\n{}", d.stderr_text()));

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod copyright;
 mod deb;
+mod debcache;
 mod setup;
 
 #[derive(Parser)]

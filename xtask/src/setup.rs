@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, cmd_output};
+use crate::{cmd, cmd_output, debcache};
 
 /// Debian packages the end-to-end tests and benchmarks drive.
 pub const TEST_PACKAGES: &[&str] = &[
@@ -22,10 +22,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "dpkg-dev", "binutils", "systemd", "man-db", "logrotate", "crowdsec", "systemd-container", "debootstrap",
     // tests/tests/guest_debian_6_1.rs: Debian's 6.1 kernel booted in qemu (TCG) with a busybox initramfs.
     "qemu-system-x86", "busybox-static",
+    // tests/tests/crowdsec_tls.rs: the private CA and LAPI's certificate.
+    "openssl",
 ];
-
-/// Where the guest test keeps Debian's extracted 6.1 kernel package (tests/src/guest.rs).
-const GUEST_KERNEL_CACHE: &str = "/var/cache/blocksmtp-tests/kernel-6.1";
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     let mut changed = Vec::new();
@@ -159,44 +158,14 @@ pub fn crowdsec_offline() {
     }
 }
 
-/// Debian 12's own kernel for the qemu guest test: `linux-image-amd64`'s dependency
-/// (linux-image-6.1.0-N-amd64), downloaded and extracted into the cache, never installed.
+/// Debian 12's own kernel for the qemu guest test (tests/src/guest.rs), unpacked into
+/// the cache, never installed.
 fn guest_kernel(changed: &mut Vec<String>) -> anyhow::Result<()> {
-    let base = Path::new(GUEST_KERNEL_CACHE);
-    let tree = base.join("tree");
-    let have = std::fs::read_dir(tree.join("boot"))
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")))
-        .unwrap_or(false);
-    if have {
-        return Ok(());
+    match debcache::kernel_6_1()? {
+        None => println!("setup: WARNING: apt offers no linux-image-6.1.*-amd64 (not Debian 12?): the 6.1 guest test will skip"),
+        Some(k) if k.fetched => changed.push(format!("unpacked Debian's 6.1 kernel into {} for the qemu guest test", k.tree.display())),
+        Some(_) => {}
     }
-    let deps = cmd_output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-    let Some(pkg) = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-6.1.") && p.ends_with("-amd64"))
-    else {
-        println!("setup: WARNING: apt offers no linux-image-6.1.*-amd64 (not Debian 12?): the 6.1 guest test will skip");
-        return Ok(());
-    };
-    let dl = base.join("download");
-    std::fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
-    cmd(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(&dl)).with_context(|| format!("apt-get download {pkg}"))?;
-    let deb = std::fs::read_dir(&dl)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let tmp = base.join("tree.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    let version = pkg.trim_start_matches("linux-image-");
-    // The package's postinst would run depmod: the guest test resolves module dependencies from modules.dep.
-    cmd(Command::new("depmod").arg("-b").arg(&tmp).arg(version))?;
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::rename(&tmp, &tree)?;
-    let _ = std::fs::remove_dir_all(&dl);
-    changed.push(format!("extracted {pkg} into {} for the qemu guest test", tree.display()));
     Ok(())
 }
 

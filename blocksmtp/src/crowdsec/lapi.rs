@@ -32,6 +32,9 @@ pub enum LapiError {
 pub struct Lapi {
     agent: ureq::Agent,
     base: String,
+    /// Which CA roots TLS trusts, for certificate errors; whether a CA file was given.
+    trust: String,
+    ca_file: bool,
 }
 
 impl std::fmt::Debug for Lapi {
@@ -54,23 +57,21 @@ impl Lapi {
             // Status codes are answers we act on, not transport errors.
             .http_status_as_error(false)
             .user_agent(concat!("blocksmtp/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = ca {
-            let pem = std::fs::read(ca).with_context(|| format!("reading the CrowdSec CA file {}", ca.display()))?;
-            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                .filter_map(|i| match i {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("the CrowdSec CA file {} is not PEM", ca.display()))?;
-            if certs.is_empty() {
-                anyhow::bail!("the CrowdSec CA file {} holds no certificate", ca.display());
-            }
+        // Without a CA file, the host's roots (Debian's bundle, where an admin's own CA goes
+        // with update-ca-certificates); ureq's built-in Mozilla roots where there is none.
+        let (certs, trust) = match ca {
+            Some(ca) => (Some(pem_certs(ca, "the CrowdSec CA file")?), format!("only the CA in --crowdsec-ca-file {}", ca.display())),
+            None if base.starts_with("http://") => (None, String::new()),
+            None => match pem_certs(Path::new(SYSTEM_ROOTS), "the system's CA bundle") {
+                Ok(c) => (Some(c), format!("the system's CA roots ({SYSTEM_ROOTS})")),
+                Err(_) => (None, "the built-in public CA roots".to_string()),
+            },
+        };
+        if let Some(certs) = certs {
             let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
             cfg = cfg.tls_config(tls);
         }
-        Ok(Self { agent: cfg.build().new_agent(), base })
+        Ok(Self { agent: cfg.build().new_agent(), base, trust, ca_file: ca.is_some() })
     }
 
     pub fn base(&self) -> &str {
@@ -85,7 +86,7 @@ impl Lapi {
     pub fn stream(&self, key: &str, startup: bool) -> Result<Stream, LapiError> {
         let what = "the decision stream";
         let url = self.url(&format!("/v1/decisions/stream?startup={startup}&scopes=ip,range"));
-        let resp = self.agent.get(&url).header("X-Api-Key", key).call().map_err(unreachable)?;
+        let resp = self.agent.get(&url).header("X-Api-Key", key).call().map_err(|e| self.unreachable(e))?;
         let body = read(resp, what)?;
         serde_json::from_str(&body).map_err(|e| LapiError::Bad { what, err: e.to_string() })
     }
@@ -111,7 +112,7 @@ impl Lapi {
             .post(&self.url("/v1/watchers/login"))
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
-            .map_err(unreachable)?;
+            .map_err(|e| self.unreachable(e))?;
         let a: Answer = serde_json::from_str(&read(resp, what)?).map_err(|e| LapiError::Bad { what, err: e.to_string() })?;
         // Renew a few minutes before the end LAPI names (one hour by default).
         let left = chrono::DateTime::parse_from_rfc3339(&a.expire)
@@ -131,13 +132,46 @@ impl Lapi {
             .header("Authorization", &format!("Bearer {}", token.jwt))
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
-            .map_err(unreachable)?;
+            .map_err(|e| self.unreachable(e))?;
         read(resp, what).map(drop)
+    }
+
+    /// A transport error, naming the URL; a TLS failure (most often a certificate whose
+    /// chain does not pass) says which roots were trusted and what to do.
+    fn unreachable(&self, e: ureq::Error) -> LapiError {
+        // ureq hands a handshake's rustls error on inside an io::Error.
+        let tls = match &e {
+            ureq::Error::Rustls(_) => true,
+            ureq::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+            _ => false,
+        };
+        let hint = match (tls, self.ca_file) {
+            (true, false) => format!(" (TLS trusting {}: for LAPI's own CA give its PEM file with --crowdsec-ca-file)", self.trust),
+            (true, true) => format!(" (TLS trusting {})", self.trust),
+            (false, _) => String::new(),
+        };
+        LapiError::Unreachable(format!("{}: {e}{hint}", self.base))
     }
 }
 
-fn unreachable(e: ureq::Error) -> LapiError {
-    LapiError::Unreachable(e.to_string())
+/// Debian's CA bundle (package ca-certificates).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The certificates of a PEM file; `what` names it in errors.
+fn pem_certs(path: &Path, what: &str) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{what} {} is not PEM", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{what} {} holds no certificate", path.display());
+    }
+    Ok(certs)
 }
 
 fn read(resp: ureq::http::Response<ureq::Body>, what: &'static str) -> Result<String, LapiError> {
@@ -247,5 +281,31 @@ impl Alert {
                 scenario: super::SCENARIO.into(),
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_errors_name_the_url() {
+        // A port just freed: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let l = Lapi::new(&format!("http://127.0.0.1:{port}/"), None).unwrap();
+        let e = l.stream("key", true).unwrap_err().to_string();
+        assert!(e.starts_with("LAPI unreachable: ") && e.contains(&format!("http://127.0.0.1:{port}: ")), "{e}");
+        assert!(!e.contains("TLS"), "no TLS hint for a refused connection: {e}");
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "not a certificate\n").unwrap();
+        let e = Lapi::new("https://192.0.2.10:8080", Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("the CrowdSec CA file") && e.contains(&f.display().to_string()), "{e}");
+        let e = Lapi::new("https://192.0.2.10:8080", Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(format!("{e:#}").contains("reading the CrowdSec CA file"), "{e:#}");
     }
 }

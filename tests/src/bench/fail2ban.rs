@@ -169,15 +169,7 @@ impl Drop for Fail2ban {
         // would take the rules anyway.
         let _ = self.client(&["stop"]);
         if let Some(mut c) = self.child.take() {
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            crate::wait_or_kill(&mut c, Duration::from_secs(10));
         }
     }
 }

@@ -98,6 +98,24 @@ pub struct ProbeResult {
     pub last_ok: Option<Instant>,
 }
 
+impl ProbeResult {
+    /// The time from `t0` (the line that makes the ban written) to the first dropped try;
+    /// an error when there was none, or when the drop cannot be timed (no try connected
+    /// first, or the drop began before `t0`). `what` names the source and the target.
+    pub fn drop_after(&self, t0: Instant, what: &str) -> anyhow::Result<Duration> {
+        let Some(first_drop) = self.first_drop else {
+            anyhow::bail!("{what}: not dropped before the prober's deadline ({} connects succeeded)", self.ok);
+        };
+        if self.ok == 0 {
+            anyhow::bail!("{what}: no connect succeeded before the ban: the measurement cannot tell when the drop began");
+        }
+        if first_drop < t0 {
+            anyhow::bail!("{what}: dropped before the threshold line was written");
+        }
+        Ok(first_drop - t0)
+    }
+}
+
 impl Prober {
     pub fn start(client: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration, gap: Duration, deadline: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use blocksmtp_tests::{
-    daemon::{Daemon, sendmail_harvest},
+    daemon::{Daemon, Launch, sendmail_harvest},
     netns::{Topology, sh},
 };
 
@@ -32,10 +32,6 @@ fn report(name: &str, r: anyhow::Result<String>) -> bool {
 
 fn iface_state(d: &Daemon) -> String {
     d.status().ok().and_then(|s| s["interfaces"]["vs0"].as_str().map(str::to_string)).unwrap_or_default()
-}
-
-fn listed(d: &Daemon, source: &str) -> bool {
-    d.list().map(|l| l.iter().any(|r| r["source"] == source)).unwrap_or(false)
 }
 
 fn args<'a>(attach: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -77,7 +73,7 @@ fn expect_state(d: &Daemon, attach: &str) -> anyhow::Result<String> {
 
 fn harvest_v4(topo: &Topology, d: &Daemon, pid: u32) -> anyhow::Result<String> {
     d.write_log(&sendmail_harvest("192.0.2.66", pid, 3))?;
-    ensure!(d.wait_for(WAIT, |d| listed(d, "192.0.2.66")).is_some(), "192.0.2.66 not banned:\n{}", d.stderr_text());
+    ensure!(d.wait_for(WAIT, |d| d.listed("192.0.2.66")).is_some(), "192.0.2.66 not banned:\n{}", d.stderr_text());
     ensure!(!topo.connect("192.0.2.66", "192.0.2.25:25", T)?, "banned 192.0.2.66 still connects");
     ensure!(topo.connect("192.0.2.67", "192.0.2.25:25", T)?, "innocent 192.0.2.67 cannot connect");
     Ok("192.0.2.66 dropped, 192.0.2.67 connects".into())
@@ -85,7 +81,7 @@ fn harvest_v4(topo: &Topology, d: &Daemon, pid: u32) -> anyhow::Result<String> {
 
 fn harvest_v6(topo: &Topology, d: &Daemon, pid: u32) -> anyhow::Result<String> {
     d.write_log(&sendmail_harvest("2001:db8::66", pid, 3))?;
-    ensure!(d.wait_for(WAIT, |d| listed(d, "2001:db8::/64")).is_some(), "2001:db8::/64 not banned:\n{}", d.stderr_text());
+    ensure!(d.wait_for(WAIT, |d| d.listed("2001:db8::/64")).is_some(), "2001:db8::/64 not banned:\n{}", d.stderr_text());
     ensure!(!topo.connect("2001:db8::66", "[2001:db8::25]:25", T)?, "banned 2001:db8::66 still connects");
     ensure!(!topo.connect("2001:db8::67", "[2001:db8::25]:25", T)?, "2001:db8::67 (same /64) still connects");
     ensure!(topo.connect("2001:db8:0:1::67", "[2001:db8:0:1::25]:25", T)?, "2001:db8:0:1::67 (another /64) cannot connect");
@@ -184,38 +180,22 @@ fn reattach(attach: &str) -> bool {
 fn sigterm_during_load(attach: &str) -> bool {
     let r = (|| {
         let topo = Topology::new()?;
-        let dir = tempfile::tempdir()?;
-        let log = dir.path().join("mail.log");
-        std::fs::write(&log, b"")?;
-        let pin_dir = format!("/sys/fs/bpf/blocksmtp-guest-early-{attach}");
-        let err = std::fs::File::create(dir.path().join("err"))?;
-        let mut child = std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", topo.server.name))
-            .arg(blocksmtp_tests::daemon::binary())
-            .args(["run", "--log"])
-            .arg(&log)
-            .arg("--control-socket")
-            .arg(dir.path().join("s"))
-            .arg("--state-file")
-            .arg(dir.path().join("state.json"))
-            .args(["--pin-dir", &pin_dir])
-            .args(args(attach, &[]))
-            .stderr(err)
-            .spawn()?;
+        let mut d = Daemon::prepare(Some(&topo.server.name), None, &args(attach, &[]), Launch::test())?;
+        let v1 = d.pins.join("v1");
+        d.launch()?;
         // The pin directory is made just before the eBPF object is loaded.
         let t = std::time::Instant::now();
-        while !std::path::Path::new(&pin_dir).join("v1").exists() && t.elapsed() < WAIT {
+        while !v1.exists() && t.elapsed() < WAIT {
             std::thread::sleep(Duration::from_millis(2));
         }
         let at = t.elapsed();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait()?;
-        let text = std::fs::read_to_string(dir.path().join("err"))?;
-        ensure!(status.success(), "exit {status} after an early SIGTERM:\n{text}");
+        // SIGTERM and wait: an exit other than 0 is an error.
+        d.stop().map_err(|e| anyhow::anyhow!("after an early SIGTERM: {e:#}"))?;
+        let text = d.stderr_text();
         ensure!(text.contains("SIGTERM: stopping"), "no clean stop:\n{text}");
         let left = leftovers(&topo)?;
         ensure!(left.is_empty(), "{left}");
-        ensure!(!std::path::Path::new(&pin_dir).join("v1").exists(), "pins left in {pin_dir}");
+        ensure!(!v1.exists(), "pins left in {}", d.pins.display());
         Ok(format!("exit 0 after a SIGTERM sent {at:?} after the start, as the pin dir appeared"))
     })();
     report(&format!("{attach}/sigterm-during-load"), r)

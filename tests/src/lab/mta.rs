@@ -40,38 +40,12 @@ pub enum Kind {
     Exim,
 }
 
-/// The unpacked packages, fetched and unpacked on first use.
+/// The unpacked packages, fetched and unpacked on first use (crate::debcache); a tree
+/// is complete once it has its `.complete` stamp.
 pub fn root() -> anyhow::Result<PathBuf> {
-    let root = PathBuf::from(CACHE);
-    let stamp = root.join(".complete");
-    if stamp.exists() {
-        return Ok(root);
-    }
-    let debs = PathBuf::from(format!("{CACHE}.debs"));
-    fs::create_dir_all(&debs)?;
-    let download = |update: bool| -> anyhow::Result<bool> {
-        if update {
-            let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
-        }
-        let st = Command::new("apt-get").arg("download").args(PACKAGES).current_dir(&debs).stdout(Stdio::null()).status()?;
-        Ok(st.success())
-    };
-    if !download(false)? && !download(true)? {
-        bail!("apt-get download {} failed", PACKAGES.join(" "));
-    }
-    let _ = fs::remove_dir_all(&root);
-    fs::create_dir_all(&root)?;
-    for e in fs::read_dir(&debs)? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "deb") {
-            let st = Command::new("dpkg-deb").arg("-x").arg(&p).arg(&root).status()?;
-            if !st.success() {
-                bail!("dpkg-deb -x {} failed", p.display());
-            }
-        }
-    }
-    fs::write(&stamp, "")?;
-    Ok(root)
+    let stamp = |t: &Path| t.join(".complete").exists();
+    let u = crate::debcache::unpacked(Path::new(CACHE), PACKAGES, stamp, |tmp| Ok(fs::write(tmp.join(".complete"), "")?))?;
+    Ok(u.tree)
 }
 
 /// One running MTA; stopped, with every process of its mount namespace, on drop.
