@@ -2,6 +2,7 @@
 //! and `list`), kept compact, and its persistence in the state file.
 use std::{
     collections::HashMap,
+    hash::Hash,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -136,17 +137,128 @@ pub fn secs32(t: SystemTime) -> u32 {
     u32::try_from(secs(t)).unwrap_or(u32::MAX)
 }
 
-/// A source's offences; nearly always one, kept inline (no allocation of its own).
-pub(super) type History = smallvec::SmallVec<[Offence; 1]>;
+/// Offences of the sources of one kind of key. Nearly every source has one offence: it
+/// sits inline in `one` (an IPv4 bucket is 44 bytes: the bulk of the daemon's memory
+/// under a large attack); a repeat offender's history moves to `many`. A source is in
+/// one of the two, never both.
+#[derive(Debug)]
+struct Table<K> {
+    one: HashMap<K, Offence>,
+    many: HashMap<K, Vec<Offence>>,
+}
 
-/// Offence histories by source, IPv4 addresses keyed by a plain u32 (the common case,
-/// and the bulk of the daemon's memory under a large attack: 56 bytes an offender);
+impl<K> Default for Table<K> {
+    fn default() -> Self {
+        Self { one: HashMap::new(), many: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq + Copy + Ord> Table<K> {
+    fn get(&self, k: &K) -> Option<&[Offence]> {
+        if let Some(o) = self.one.get(k) {
+            return Some(std::slice::from_ref(o));
+        }
+        if self.many.is_empty() {
+            return None;
+        }
+        self.many.get(k).map(Vec::as_slice)
+    }
+
+    fn get_mut(&mut self, k: &K) -> Option<&mut [Offence]> {
+        if let Some(o) = self.one.get_mut(k) {
+            return Some(std::slice::from_mut(o));
+        }
+        self.many.get_mut(k).map(Vec::as_mut_slice)
+    }
+
+    fn push(&mut self, k: K, o: Offence) {
+        if let Some(v) = self.many.get_mut(&k) {
+            v.push(o);
+        } else if let Some(prev) = self.one.remove(&k) {
+            self.many.insert(k, vec![prev, o]);
+        } else {
+            self.one.insert(k, o);
+        }
+    }
+
+    fn set(&mut self, k: K, mut offences: Vec<Offence>) {
+        self.one.remove(&k);
+        self.many.remove(&k);
+        match offences.len() {
+            0 => {}
+            1 => {
+                self.one.insert(k, offences.pop().expect("one"));
+            }
+            _ => {
+                self.many.insert(k, offences);
+            }
+        }
+    }
+
+    /// Keep the offences `keep` says to, of every source (`only`: of that one).
+    fn retain(&mut self, only: Option<&K>, mut keep: impl FnMut(&Offence) -> bool) {
+        let mut back = Vec::new();
+        let mut prune = |k: &K, v: &mut Vec<Offence>| {
+            v.retain(|o| keep(o));
+            match v.len() {
+                0 => false,
+                1 => {
+                    back.push((*k, v.pop().expect("one")));
+                    false
+                }
+                _ => true,
+            }
+        };
+        match only {
+            Some(k) => {
+                if let Some(v) = self.many.get_mut(k)
+                    && !prune(k, v)
+                {
+                    self.many.remove(k);
+                }
+                if self.one.get(k).is_some_and(|o| !keep(o)) {
+                    self.one.remove(k);
+                }
+            }
+            None => {
+                self.many.retain(|k, v| prune(k, v));
+                self.one.retain(|_, o| keep(o));
+                // After a mass expiry hand the table back rather than carry it empty.
+                if self.one.capacity() > 1024 && self.one.len() < self.one.capacity() / 4 {
+                    self.one.shrink_to_fit();
+                }
+            }
+        }
+        self.one.extend(back);
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    fn len(&self) -> usize {
+        self.one.len() + self.many.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &[Offence])> {
+        self.one.iter().map(|(k, o)| (k, std::slice::from_ref(o))).chain(self.many.iter().map(|(k, v)| (k, v.as_slice())))
+    }
+
+    /// The keys in order (4 bytes an IPv4 source: the state file is written from it).
+    fn sorted_keys(&self) -> Vec<K> {
+        let mut v: Vec<K> = self.one.keys().chain(self.many.keys()).copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Offence histories by source, IPv4 addresses keyed by a plain u32 (the common case);
 /// IPv6 prefixes and IPv4 networks (prefix bans) by network and length.
 #[derive(Debug, Default)]
 pub(super) struct Histories {
-    v4: HashMap<u32, History>,
-    v6: HashMap<(u128, u8), History>,
-    v4net: HashMap<(u32, u8), History>,
+    v4: Table<u32>,
+    v6: Table<(u128, u8)>,
+    v4net: Table<(u32, u8)>,
 }
 
 enum Key {
@@ -163,8 +275,20 @@ fn key(source: &SourceAddr) -> Key {
     }
 }
 
+fn v4_source(k: u32) -> SourceAddr {
+    SourceAddr::from_ip(std::net::Ipv4Addr::from(k).into(), 128)
+}
+
+fn v6_source(&(a, len): &(u128, u8)) -> SourceAddr {
+    SourceAddr::from_ip(std::net::Ipv6Addr::from(a).into(), len)
+}
+
+fn v4net_source(&(a, len): &(u32, u8)) -> SourceAddr {
+    SourceAddr::prefix_of(std::net::Ipv4Addr::from(a).into(), len, 128)
+}
+
 impl Histories {
-    pub(super) fn get(&self, source: &SourceAddr) -> Option<&History> {
+    pub(super) fn get(&self, source: &SourceAddr) -> Option<&[Offence]> {
         match key(source) {
             Key::V4(k) => self.v4.get(&k),
             Key::V6(k) => self.v6.get(&k),
@@ -172,7 +296,7 @@ impl Histories {
         }
     }
 
-    pub(super) fn get_mut(&mut self, source: &SourceAddr) -> Option<&mut History> {
+    pub(super) fn get_mut(&mut self, source: &SourceAddr) -> Option<&mut [Offence]> {
         match key(source) {
             Key::V4(k) => self.v4.get_mut(&k),
             Key::V6(k) => self.v6.get_mut(&k),
@@ -180,26 +304,37 @@ impl Histories {
         }
     }
 
-    pub(super) fn entry(&mut self, source: &SourceAddr) -> &mut History {
+    /// Append an offence to `source`'s history.
+    pub(super) fn push(&mut self, source: &SourceAddr, o: Offence) {
         match key(source) {
-            Key::V4(k) => self.v4.entry(k).or_default(),
-            Key::V6(k) => self.v6.entry(k).or_default(),
-            Key::V4Net(k) => self.v4net.entry(k).or_default(),
+            Key::V4(k) => self.v4.push(k, o),
+            Key::V6(k) => self.v6.push(k, o),
+            Key::V4Net(k) => self.v4net.push(k, o),
         }
     }
 
-    pub(super) fn insert(&mut self, source: &SourceAddr, h: History) {
+    pub(super) fn insert(&mut self, source: &SourceAddr, h: Vec<Offence>) {
         match key(source) {
-            Key::V4(k) => self.v4.insert(k, h),
-            Key::V6(k) => self.v6.insert(k, h),
-            Key::V4Net(k) => self.v4net.insert(k, h),
-        };
+            Key::V4(k) => self.v4.set(k, h),
+            Key::V6(k) => self.v6.set(k, h),
+            Key::V4Net(k) => self.v4net.set(k, h),
+        }
     }
 
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut History) -> bool) {
-        self.v4.retain(|_, h| keep(h));
-        self.v6.retain(|_, h| keep(h));
-        self.v4net.retain(|_, h| keep(h));
+    /// Keep the offences `keep` says to, of every source.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Offence) -> bool) {
+        self.v4.retain(None, &mut keep);
+        self.v6.retain(None, &mut keep);
+        self.v4net.retain(None, &mut keep);
+    }
+
+    /// Keep the offences `keep` says to, of `source` only.
+    pub(super) fn retain_of(&mut self, source: &SourceAddr, keep: impl FnMut(&Offence) -> bool) {
+        match key(source) {
+            Key::V4(k) => self.v4.retain(Some(&k), keep),
+            Key::V6(k) => self.v6.retain(Some(&k), keep),
+            Key::V4Net(k) => self.v4net.retain(Some(&k), keep),
+        }
     }
 
     pub(super) fn clear(&mut self) {
@@ -208,25 +343,44 @@ impl Histories {
         self.v4net.clear();
     }
 
-    /// Every (source, history), in address order.
-    pub(super) fn sorted(&self) -> Vec<(SourceAddr, &History)> {
-        let mut v: Vec<(SourceAddr, &History)> = self
-            .v4
+    pub(super) fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.v4net.len()
+    }
+
+    /// Every (source, history), in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SourceAddr, &[Offence])> {
+        self.v4
             .iter()
-            .map(|(k, h)| (SourceAddr::from_ip(std::net::Ipv4Addr::from(*k).into(), 128), h))
-            .chain(self.v6.iter().map(|((a, len), h)| (SourceAddr::from_ip(std::net::Ipv6Addr::from(*a).into(), *len), h)))
-            .chain(self.v4net.iter().map(|((a, len), h)| (SourceAddr::prefix_of(std::net::Ipv4Addr::from(*a).into(), *len, 128), h)))
-            .collect();
-        v.sort_unstable_by_key(|(s, _)| *s);
-        v
+            .map(|(k, h)| (v4_source(*k), h))
+            .chain(self.v6.iter().map(|(k, h)| (v6_source(k), h)))
+            .chain(self.v4net.iter().map(|(k, h)| (v4net_source(k), h)))
+    }
+
+    /// Every (source, history), by kind of source (IPv4 addresses, IPv4 networks, IPv6)
+    /// and in address order within each, made while iterating: only the sorted keys
+    /// are held.
+    pub(super) fn for_each_sorted<E>(&self, mut f: impl FnMut(SourceAddr, &[Offence]) -> Result<(), E>) -> Result<(), E> {
+        for k in self.v4.sorted_keys() {
+            f(v4_source(k), self.v4.get(&k).expect("key of the table"))?;
+        }
+        for k in self.v4net.sorted_keys() {
+            f(v4net_source(&k), self.v4net.get(&k).expect("key of the table"))?;
+        }
+        for k in self.v6.sorted_keys() {
+            f(v6_source(&k), self.v6.get(&k).expect("key of the table"))?;
+        }
+        Ok(())
     }
 }
 
 impl Policy {
     /// The offence history, for saving.
     pub fn state(&self) -> PolicyState {
-        let offenders: Vec<Offender> =
-            self.history.sorted().into_iter().map(|(source, o)| Offender { source, offences: o.to_vec() }).collect();
+        let mut offenders: Vec<Offender> = Vec::with_capacity(self.history.len());
+        let _ = self.history.for_each_sorted(|source, o| -> Result<(), ()> {
+            offenders.push(Offender { source, offences: o.to_vec() });
+            Ok(())
+        });
         PolicyState { version: STATE_VERSION, offenders }
     }
 
@@ -236,7 +390,7 @@ impl Policy {
     pub fn restore(&mut self, state: PolicyState, now: SystemTime) {
         self.history.clear();
         for o in state.offenders {
-            self.history.insert(&o.source, History::from_vec(o.offences));
+            self.history.insert(&o.source, o.offences);
         }
         // A ban still running is known from its offence: no tracker needed.
         self.sweep(now);
@@ -244,9 +398,10 @@ impl Policy {
 
     /// Sources whose latest offence's ban runs at `now`, by the policy's own reckoning
     /// (the daemon checks them against the enforcer: the kernel is the truth).
-    pub fn current_bans(&self, now: SystemTime) -> Vec<SourceAddr> {
+    /// In no particular order; nothing is copied.
+    pub fn current_bans(&self, now: SystemTime) -> impl Iterator<Item = SourceAddr> + '_ {
         let now_s = secs(now);
-        self.history.sorted().into_iter().filter(|(_, h)| h.last().is_some_and(|o| o.until() > now_s)).map(|(s, _)| s).collect()
+        self.history.iter().filter(move |(_, h)| h.last().is_some_and(|o| o.until() > now_s)).map(|(s, _)| s)
     }
 
     /// New settings and whitelist (a reload), keeping the windows, counters and history.
@@ -258,15 +413,18 @@ impl Policy {
     /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is
     /// made, however many offenders there are.
     pub fn write_state<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
-        struct Offenders<'a>(Vec<(SourceAddr, &'a History)>);
+        struct Offenders<'a>(&'a Histories);
         impl Serialize for Offenders<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq as _;
                 #[derive(Serialize)]
                 struct O<'a> {
                     source: &'a SourceAddr,
                     offences: &'a [Offence],
                 }
-                s.collect_seq(self.0.iter().map(|(source, offences)| O { source, offences: offences.as_slice() }))
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                self.0.for_each_sorted(|source, offences| seq.serialize_element(&O { source: &source, offences }))?;
+                seq.end()
             }
         }
         #[derive(Serialize)]
@@ -274,7 +432,7 @@ impl Policy {
             version: u32,
             offenders: Offenders<'a>,
         }
-        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(self.history.sorted()) })
+        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(&self.history) })
     }
 
     /// The history as JSON.
@@ -373,6 +531,45 @@ pub fn write_state(path: &Path, policy: &Policy) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offence(at: u32) -> Offence {
+        Offence {
+            number: 1,
+            at,
+            duration: 10,
+            guesses: 1,
+            first_seen: at,
+            last_seen: at,
+            span: 0,
+            kinds: [1, 0, 0],
+            mta: None,
+            lifted: false,
+            evidence: Evidence::Address,
+            addrs: 0,
+        }
+    }
+
+    #[test]
+    fn table_moves_between_one_and_many() {
+        let mut t: Table<u32> = Table::default();
+        t.push(7, offence(100));
+        assert_eq!((t.one.len(), t.many.len()), (1, 0));
+        t.push(7, offence(200));
+        t.push(8, offence(300));
+        assert_eq!((t.one.len(), t.many.len()), (1, 1), "a repeat offender moves to `many`");
+        assert_eq!(t.get(&7).unwrap().iter().map(|o| o.at).collect::<Vec<_>>(), [100, 200]);
+        t.get_mut(&7).unwrap().last_mut().unwrap().guesses = 5;
+        assert_eq!(t.get(&7).unwrap()[1].guesses, 5);
+        // The older offence expires: the source is back inline, once.
+        t.retain(None, |o| o.at >= 150);
+        assert_eq!((t.one.len(), t.many.len()), (2, 0));
+        assert_eq!(t.get(&7).unwrap().len(), 1);
+        t.retain(Some(&8), |_| false);
+        assert!(t.get(&8).is_none() && t.get(&7).is_some());
+        t.set(9, vec![offence(1), offence(2), offence(3)]);
+        assert_eq!(t.sorted_keys(), [7, 9]);
+        assert_eq!(t.iter().map(|(_, h)| h.len()).sum::<usize>(), 4);
+    }
 
     #[test]
     fn corrupt_file_is_moved_aside_unknown_version_refused_tmp_removed() {

@@ -440,11 +440,10 @@ impl Policy {
             Evidence::Address | Evidence::Returning => self.cfg.ban_time,
             _ => self.cfg.evidence.campaign_ban_time.clamp(self.cfg.ban_time, self.cfg.ban_time_max),
         };
-        let history = self.history.entry(&source);
-        history.retain(|o| o.until().saturating_add(keep) >= now_s);
+        self.history.retain_of(&source, |o| o.until().saturating_add(keep) >= now_s);
         // A repeat offence (the previous one ended less than ban_time_max ago) doubles
         // the previous ban.
-        let (duration, number) = match history.last() {
+        let (duration, number) = match self.history.get(&source).and_then(|h| h.last()) {
             Some(prev) => (
                 Duration::from_secs(u64::from(prev.duration) * 2).clamp(base, self.cfg.ban_time_max),
                 prev.number.max(1) + 1,
@@ -470,7 +469,7 @@ impl Policy {
             addrs,
         };
         let reason = offence.reason_for(&source);
-        history.push(offence);
+        self.history.push(&source, offence);
         // After the ban the source's recipients count afresh (its offence remembers it).
         self.suspects.forget(self.unit_key(g.client));
         if rule == Evidence::Address {
@@ -509,10 +508,7 @@ impl Policy {
         self.sources.retain(|_, t| t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now));
         let now_s = secs(now);
         let keep = self.cfg.ban_time_max.as_secs();
-        self.history.retain(|h| {
-            h.retain(|o| o.until().saturating_add(keep) >= now_s);
-            !h.is_empty()
-        });
+        self.history.retain(|o| o.until().saturating_add(keep) >= now_s);
         let e = self.cfg.evidence;
         let oldest = |d: Duration| u32::try_from(now_s.saturating_sub(d.as_secs())).unwrap_or(u32::MAX);
         self.prefixes.expire(oldest(e.prefix_window));
@@ -546,7 +542,7 @@ impl Policy {
 
     /// The offences on record for `source`, oldest first.
     pub fn offences(&self, source: &SourceAddr) -> &[Offence] {
-        self.history.get(source).map_or(&[], |h| h.as_slice())
+        self.history.get(source).unwrap_or(&[])
     }
 }
 
