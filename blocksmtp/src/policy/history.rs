@@ -10,7 +10,14 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::{Evidence, Policy};
+use super::{
+    Evidence, Policy,
+    dictionary::NameStat,
+    memory::Bounded,
+    prefix::NetWindow,
+    rounds::Suspect,
+    surge::Surge,
+};
 use crate::{addr::SourceAddr, duration::format_duration, parse::Mta};
 
 /// One ban of a source, kept as long as `--ban-time-max` after its end (escalation).
@@ -113,11 +120,61 @@ impl Offence {
     }
 }
 
-/// The persisted policy state: every source's offence history.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The persisted policy state: every source's offence history and (since version 2)
+/// the evidence beyond one address, so a restart neither forgets a harvest in progress
+/// nor judges against a baseline of zero.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyState {
     pub version: u32,
     pub offenders: Vec<Offender>,
+    /// Absent in version 1 files: they load with no evidence memory.
+    #[serde(default)]
+    pub evidence: EvidenceState,
+}
+
+/// The evidence memories as they are (each entry with its last-touched time, so it is
+/// forgotten when it would have been had the daemon run on).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceState {
+    /// The host's rate of unknown recipients and its baseline (`surge.rs`).
+    #[serde(default)]
+    surge: Surge,
+    /// Per network, its recent guesses (`prefix.rs`).
+    #[serde(default)]
+    prefixes: Bounded<NetWindow>,
+    /// The harvest dictionary (`dictionary.rs`).
+    #[serde(default)]
+    names: Bounded<NameStat>,
+    /// Per source, its distinct unknown recipients across rounds (`rounds.rs`).
+    #[serde(default)]
+    suspects: Bounded<Suspect>,
+    /// Addresses and networks that delivered valid mail (`surge.rs`).
+    #[serde(default)]
+    senders: Bounded<()>,
+    #[serde(default)]
+    sender_nets: Bounded<()>,
+}
+
+impl EvidenceState {
+    /// Entries held (not counting the surge's counters).
+    pub fn len(&self) -> usize {
+        self.prefixes.len() + self.names.len() + self.suspects.len() + self.senders.len() + self.sender_nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.surge == Surge::default()
+    }
+}
+
+/// The evidence memories borrowed for writing (same fields as [`EvidenceState`]).
+#[derive(Serialize)]
+struct EvidenceRef<'a> {
+    surge: &'a Surge,
+    prefixes: &'a Bounded<NetWindow>,
+    names: &'a Bounded<NameStat>,
+    suspects: &'a Bounded<Suspect>,
+    senders: &'a Bounded<()>,
+    sender_nets: &'a Bounded<()>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +183,10 @@ pub struct Offender {
     pub offences: Vec<Offence>,
 }
 
-const STATE_VERSION: u32 = 1;
+/// 2: the evidence beyond one address is kept too. Version 1 files (offences only) load.
+const STATE_VERSION: u32 = 2;
+/// Versions this release reads.
+const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
 
 pub(super) fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -381,7 +441,26 @@ impl Policy {
             offenders.push(Offender { source, offences: o.to_vec() });
             Ok(())
         });
-        PolicyState { version: STATE_VERSION, offenders }
+        let evidence = EvidenceState {
+            surge: self.surge.clone(),
+            prefixes: self.prefixes.nets.clone(),
+            names: self.dictionary.names.clone(),
+            suspects: self.suspects.map.clone(),
+            senders: self.reputation.addrs.clone(),
+            sender_nets: self.reputation.nets.clone(),
+        };
+        PolicyState { version: STATE_VERSION, offenders, evidence }
+    }
+
+    fn evidence_ref(&self) -> EvidenceRef<'_> {
+        EvidenceRef {
+            surge: &self.surge,
+            prefixes: &self.prefixes.nets,
+            names: &self.dictionary.names,
+            suspects: &self.suspects.map,
+            senders: &self.reputation.addrs,
+            sender_nets: &self.reputation.nets,
+        }
     }
 
     /// Load a saved history (replacing the current one). Offences older than the
@@ -392,6 +471,15 @@ impl Policy {
         for o in state.offenders {
             self.history.insert(&o.source, o.offences);
         }
+        let e = state.evidence;
+        self.surge = e.surge;
+        self.prefixes.nets.adopt(e.prefixes);
+        self.dictionary.names.adopt(e.names);
+        self.suspects.map.adopt(e.suspects);
+        self.reputation.addrs.adopt(e.senders);
+        self.reputation.nets.adopt(e.sender_nets);
+        // What is older than its memory goes now, as it would have had the daemon run on.
+        self.last_sweep = None;
         // A ban still running is known from its offence: no tracker needed.
         self.sweep(now);
     }
@@ -431,8 +519,9 @@ impl Policy {
         struct State<'a> {
             version: u32,
             offenders: Offenders<'a>,
+            evidence: EvidenceRef<'a>,
         }
-        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(&self.history) })
+        serde_json::to_writer(w, &State { version: STATE_VERSION, offenders: Offenders(&self.history), evidence: self.evidence_ref() })
     }
 
     /// The history as JSON.
@@ -478,7 +567,7 @@ pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
         version: u32,
     }
     let parsed = serde_json::from_slice::<Version>(&bytes).map_err(anyhow::Error::new).and_then(|v| {
-        if v.version != STATE_VERSION {
+        if !STATE_VERSIONS.contains(&v.version) {
             return Ok(Err(v.version));
         }
         Ok(Ok(serde_json::from_slice::<PolicyState>(&bytes)?))
@@ -486,8 +575,8 @@ pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
     match parsed {
         Ok(Ok(state)) => Ok(Some(state)),
         Ok(Err(v)) => anyhow::bail!(
-            "state file {} has version {v}, this blocksmtp reads version {STATE_VERSION} (written by another \
-             release?); refusing to overwrite it: move it away to start without the offence history",
+            "state file {} has version {v}, this blocksmtp reads versions 1 to {STATE_VERSION} (written by a \
+             newer release?); refusing to overwrite it: move it away to start without the offence history",
             path.display()
         ),
         Err(e) => {
