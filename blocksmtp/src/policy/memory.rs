@@ -107,13 +107,18 @@ impl<V: Default> Bounded<V> {
 
     fn evict(&mut self) {
         let mut times: Vec<u32> = self.map.values().map(|(_, t)| *t).collect();
-        let nth = times.len() / 8;
-        let (_, cut, _) = times.select_nth_unstable(nth);
+        // Exactly the `nth` least recently touched go: all older than the nth time, then
+        // as many of those touched at it as are needed (not whichever the table's order
+        // meets first, which could keep the oldest for ever).
+        let nth = (times.len() / 8).max(1);
+        let (_, cut, _) = times.select_nth_unstable(nth - 1);
         let cut = *cut;
-        let mut room = nth.max(1);
+        let mut ties = nth - times.iter().filter(|&&t| t < cut).count();
         self.map.retain(|_, (_, t)| {
-            if *t <= cut && room > 0 {
-                room -= 1;
+            if *t < cut {
+                false
+            } else if *t == cut && ties > 0 {
+                ties -= 1;
                 false
             } else {
                 true
