@@ -67,6 +67,15 @@ use crate::{
 /// Entry point of `blocksmtp run`; `argv` is kept for SIGHUP's re-read of the config.
 pub fn main(args: RunArgs, argv: Vec<OsString>) -> std::process::ExitCode {
     crate::logging::init(args.debug.unwrap_or(0), args.debug_to_syslog);
+    // A fixed mmap threshold. glibc's moves up to the largest block freed so far (the
+    // kernel's BTF, 5 MB, read at start); above it the history and expiry tables then
+    // grow by copying inside the heap, and the copies they leave stay resident (measured:
+    // 4.7 MiB of 23.9 at 100,000 bans). Fixed, every large table is mapped on its own,
+    // grows by mremap and goes back to the kernel when freed.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

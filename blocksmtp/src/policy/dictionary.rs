@@ -6,12 +6,14 @@
 //! What must not become dictionary evidence: a departed employee's address that many
 //! real senders still write to. Those senders deliver valid mail (the MTA's accepted
 //! lines) and try one unknown name each, so they never contribute.
+use serde::{Deserialize, Serialize};
+
 use super::memory::{Bounded, Key, hash32};
 
 /// Contributors and domains remembered per name (enough for any threshold we use).
 const SLOTS: usize = 6;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct NameStat {
     /// Networks that guessed the name (folded keys), and domains it was tried at.
     nets: [u32; SLOTS],
@@ -33,10 +35,23 @@ fn filled(slots: &[u32; SLOTS]) -> usize {
 
 /// A guessed recipient split for the dictionary: hashes of its lowercased local part
 /// and domain (0 for a bare VRFY/EXPN name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "(u32, u32)", into = "(u32, u32)")]
 pub(super) struct Name {
     pub local: u32,
     pub domain: u32,
+}
+
+impl From<(u32, u32)> for Name {
+    fn from((local, domain): (u32, u32)) -> Self {
+        Self { local, domain }
+    }
+}
+
+impl From<Name> for (u32, u32) {
+    fn from(n: Name) -> Self {
+        (n.local, n.domain)
+    }
 }
 
 impl Name {
@@ -61,7 +76,7 @@ impl Name {
 
 #[derive(Debug)]
 pub(super) struct Dictionary {
-    names: Bounded<NameStat>,
+    pub names: Bounded<NameStat>,
     /// Independent networks a name needs.
     sources: usize,
 }

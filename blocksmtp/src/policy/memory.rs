@@ -3,6 +3,8 @@
 //! An attacker flooding it with sources only evicts old, quiet entries.
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 /// A key for an address or a network: IPv4 as its IPv4-mapped IPv6 form, so the two
 /// families never collide; networks are masked by the caller.
 pub type Key = u128;
@@ -35,11 +37,39 @@ pub fn hash32(b: &[u8]) -> u32 {
     h.max(1)
 }
 
-/// A capped map of `V` with a last-touched time (unix seconds) per entry.
-#[derive(Debug)]
+/// A capped map of `V` with a last-touched time (unix seconds) per entry. In the state
+/// file: a list of `[key, time, value]`.
+#[derive(Clone, Debug)]
 pub struct Bounded<V> {
     map: HashMap<Key, (V, u32)>,
     cap: usize,
+}
+
+/// The entries decide (not the cap: a restored map is capped when adopted).
+impl<V: PartialEq> PartialEq for Bounded<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+/// Empty; uncapped until [`Bounded::adopt`]ed into a capped one.
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Self { map: HashMap::new(), cap: usize::MAX }
+    }
+}
+
+impl<V: Serialize> Serialize for Bounded<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.map.iter().map(|(k, (v, t))| (k, t, v)))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Bounded<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<(Key, u32, V)>::deserialize(d)?;
+        Ok(Self { map: entries.into_iter().map(|(k, t, v)| (k, (v, t))).collect(), cap: usize::MAX })
+    }
 }
 
 impl<V: Default> Bounded<V> {
@@ -77,18 +107,32 @@ impl<V: Default> Bounded<V> {
 
     fn evict(&mut self) {
         let mut times: Vec<u32> = self.map.values().map(|(_, t)| *t).collect();
-        let nth = times.len() / 8;
-        let (_, cut, _) = times.select_nth_unstable(nth);
+        // Exactly the `nth` least recently touched go: all older than the nth time, then
+        // as many of those touched at it as are needed (not whichever the table's order
+        // meets first, which could keep the oldest for ever).
+        let nth = (times.len() / 8).max(1);
+        let (_, cut, _) = times.select_nth_unstable(nth - 1);
         let cut = *cut;
-        let mut room = nth.max(1);
+        let mut ties = nth - times.iter().filter(|&&t| t < cut).count();
         self.map.retain(|_, (_, t)| {
-            if *t <= cut && room > 0 {
-                room -= 1;
+            if *t < cut {
+                false
+            } else if *t == cut && ties > 0 {
+                ties -= 1;
                 false
             } else {
                 true
             }
         });
+    }
+
+    /// Take over `from`'s entries (restored from the state file), keeping this map's cap:
+    /// beyond it the least recently touched go.
+    pub fn adopt(&mut self, from: Bounded<V>) {
+        self.map = from.map;
+        while self.map.len() > self.cap {
+            self.evict();
+        }
     }
 
     /// Forget entries not touched since `oldest` (unix seconds).

@@ -440,11 +440,10 @@ impl Policy {
             Evidence::Address | Evidence::Returning => self.cfg.ban_time,
             _ => self.cfg.evidence.campaign_ban_time.clamp(self.cfg.ban_time, self.cfg.ban_time_max),
         };
-        let history = self.history.entry(&source);
-        history.retain(|o| o.until().saturating_add(keep) >= now_s);
+        self.history.retain_of(&source, |o| o.until().saturating_add(keep) >= now_s);
         // A repeat offence (the previous one ended less than ban_time_max ago) doubles
         // the previous ban.
-        let (duration, number) = match history.last() {
+        let (duration, number) = match self.history.get(&source).and_then(|h| h.last()) {
             Some(prev) => (
                 Duration::from_secs(u64::from(prev.duration) * 2).clamp(base, self.cfg.ban_time_max),
                 prev.number.max(1) + 1,
@@ -470,7 +469,7 @@ impl Policy {
             addrs,
         };
         let reason = offence.reason_for(&source);
-        history.push(offence);
+        self.history.push(&source, offence);
         // After the ban the source's recipients count afresh (its offence remembers it).
         self.suspects.forget(self.unit_key(g.client));
         if rule == Evidence::Address {
@@ -509,10 +508,7 @@ impl Policy {
         self.sources.retain(|_, t| t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now));
         let now_s = secs(now);
         let keep = self.cfg.ban_time_max.as_secs();
-        self.history.retain(|h| {
-            h.retain(|o| o.until().saturating_add(keep) >= now_s);
-            !h.is_empty()
-        });
+        self.history.retain(|o| o.until().saturating_add(keep) >= now_s);
         let e = self.cfg.evidence;
         let oldest = |d: Duration| u32::try_from(now_s.saturating_sub(d.as_secs())).unwrap_or(u32::MAX);
         self.prefixes.expire(oldest(e.prefix_window));
@@ -546,7 +542,7 @@ impl Policy {
 
     /// The offences on record for `source`, oldest first.
     pub fn offences(&self, source: &SourceAddr) -> &[Offence] {
-        self.history.get(source).map_or(&[], |h| h.as_slice())
+        self.history.get(source).unwrap_or(&[])
     }
 }
 
@@ -843,6 +839,90 @@ mod tests {
         p.record_delivery("198.18.5.5".parse().unwrap(), t(7000));
         assert!(p.record(&named("198.18.5.5", t(7200), "q1@example.com")).is_none());
         assert!(p.record(&named("198.18.5.5", t(7201), "q2@example.com")).is_none());
+    }
+
+    /// Feed guesses (address, second, recipient) in order; the bans' (source, rule).
+    fn feed(p: &mut Policy, guesses: &[(String, u64, String)]) -> Vec<(String, Evidence)> {
+        guesses.iter().filter_map(|(ip, at, r)| p.record(&named(ip, t(*at), r))).map(|b| (b.source.to_string(), b.rule)).collect()
+    }
+
+    /// A restart (save, then load into a new policy) keeps the evidence beyond one
+    /// address: a surge under way, the harvest dictionary, a busy host's baseline.
+    #[test]
+    fn evidence_survives_a_restart() {
+        let restarted = |p: &Policy, at: u64| {
+            let mut q = Policy::new(PolicyConfig::default(), Whitelist::new());
+            let mut buf = Vec::new();
+            p.write_state(&mut buf).unwrap();
+            q.load_json(std::str::from_utf8(&buf).unwrap(), t(at)).unwrap();
+            q
+        };
+        // A surge: forty sources, two guesses each; the restart comes after thirty.
+        let surge = cases().into_iter().find(|c| c.name == "surge").unwrap().guesses;
+        let (before, after) = surge.split_at(60);
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        assert!(feed(&mut p, before).iter().any(|b| b.1 == Evidence::Surge), "the surge is on before the restart");
+        let mut q = restarted(&p, before.last().unwrap().1);
+        let got = feed(&mut q, after);
+        assert_eq!(got.len(), 10, "every later source is judged under the surge at once: {got:?}");
+        assert!(got.iter().all(|b| b.1 == Evidence::Surge), "{got:?}");
+        assert_eq!(feed(&mut p, after), got, "as had it run on");
+        // Without the state, the first sources after the restart pass (the rate starts at zero).
+        let mut fresh = Policy::new(PolicyConfig::default(), Whitelist::new());
+        assert!(feed(&mut fresh, after).len() < got.len());
+
+        // The harvest dictionary: learnt before the restart, it bans the new source after.
+        let dict = cases().into_iter().find(|c| c.name == "dictionary").unwrap().guesses;
+        let (before, after) = dict.split_at(6);
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        assert!(feed(&mut p, before).is_empty());
+        let mut q = restarted(&p, 2000);
+        assert_eq!(feed(&mut q, after), [("198.18.9.7".to_string(), Evidence::Dictionary)]);
+        let mut fresh = Policy::new(PolicyConfig::default(), Whitelist::new());
+        assert!(feed(&mut fresh, after).is_empty());
+
+        // A busy host: 24 unknown recipients per 10 minutes (a new source every 50 s,
+        // two each) for ten hours. Its baseline survives: the same rate right after the
+        // restart is no surge, while a daemon that forgot it sees one.
+        let busy: Vec<(String, u64, String)> = (0..720u64)
+            .flat_map(|i| (0..2).map(move |k| (format!("198.18.{}.{}", i % 256, i / 256 + 1), i * 50 + k, format!("b{i}x{k}@example.com"))))
+            .collect();
+        let (before, after) = busy.split_at(1200);
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        feed(&mut p, before);
+        let at = before.last().unwrap().1;
+        let mut q = restarted(&p, at);
+        // The restored memories are the saved ones, entry for entry.
+        p.sweep(t(at));
+        assert_eq!(q.state(), p.state());
+        assert!(!q.state().evidence.is_empty());
+        let got = feed(&mut q, &after[..40]);
+        assert!(got.is_empty(), "{got:?}");
+        let mut fresh = Policy::new(PolicyConfig::default(), Whitelist::new());
+        assert!(!feed(&mut fresh, &after[..40]).is_empty(), "a zero baseline judges a busy host's normal rate a surge");
+    }
+
+    /// A version 1 state file (offences only) loads: its bans are known again; the
+    /// evidence starts empty; the next save writes version 2.
+    #[test]
+    fn version_1_state_file_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let v1 = r#"{"version":1,"offenders":[{"source":"192.0.2.66","offences":[{"number":1,"at":1800000000,"duration":3600,"guesses":5,"first_seen":1799999990,"last_seen":1800000000,"span":10,"kinds":[5,0,0],"mta":"sendmail"}]},{"source":"203.0.113.0/24","offences":[{"number":1,"at":1800000000,"duration":14400,"guesses":6,"first_seen":1799999900,"last_seen":1800000000,"span":100,"kinds":[6,0,0],"mta":"postfix","evidence":"prefix","addrs":3}]}]}"#;
+        std::fs::write(&path, v1).unwrap();
+        let state = history::load_state(&path).unwrap().expect("a version 1 file is read");
+        assert_eq!((state.version, state.offenders.len()), (1, 2));
+        assert!(state.evidence.is_empty());
+        let mut p = Policy::new(PolicyConfig::default(), Whitelist::new());
+        p.restore(state, t(100));
+        assert!(p.is_banned(&"192.0.2.66".parse().unwrap(), t(100)));
+        let net: SourceAddr = "203.0.113.0/24".parse().unwrap();
+        assert!(p.is_banned(&net, t(100)));
+        assert_eq!(p.offences(&net)[0].reason_for(&net), "6 guesses from 3 addresses of 203.0.113.0/24 in 1m40s (postfix)");
+        history::write_state(&path, &p).unwrap();
+        let again = history::load_state(&path).unwrap().unwrap();
+        assert_eq!(again.version, 2);
+        assert_eq!(again.offenders, p.state().offenders);
     }
 
     #[test]

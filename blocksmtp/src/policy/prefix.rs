@@ -4,13 +4,15 @@
 //! /64s), with thresholds of their own.
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::memory::{Bounded, Key};
 
 /// Guesses held per network: beyond this the oldest go (a network past it has long
 /// crossed any sane threshold).
 const ENTRIES: usize = 64;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct NetWindow {
     /// (unix seconds, source key folded to 32 bits, guesses)
     entries: VecDeque<(u32, u32, u16)>,
@@ -26,7 +28,7 @@ pub(super) struct PrefixCount {
 
 #[derive(Debug)]
 pub(super) struct Prefixes {
-    nets: Bounded<NetWindow>,
+    pub nets: Bounded<NetWindow>,
 }
 
 fn fold(k: Key) -> u32 {

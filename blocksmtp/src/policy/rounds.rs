@@ -2,6 +2,8 @@
 //! not only within the window, so a harvester that makes two or three guesses per
 //! round and comes back later is remembered; with it the recipients that hit the
 //! harvest dictionary, and which of its names it has given to the dictionary.
+use serde::{Deserialize, Serialize};
+
 use super::{
     dictionary::Name,
     memory::{Bounded, Key},
@@ -10,7 +12,7 @@ use super::{
 /// Recipients remembered per source (beyond them only the count grows).
 const SLOTS: usize = 4;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Suspect {
     names: [Name; SLOTS],
     /// Bit i: `names[i]` hit the dictionary; bit 8+i: given to the dictionary.
@@ -44,7 +46,7 @@ impl Suspect {
 
 #[derive(Debug)]
 pub(super) struct Suspects {
-    map: Bounded<Suspect>,
+    pub map: Bounded<Suspect>,
 }
 
 impl Suspects {

@@ -3,9 +3,12 @@
 //! address nor its network delivered any) are judged more strictly. The baseline is
 //! an average over past windows (about two hours' worth), not raised by a surge
 //! itself; the rate is the current window plus the overlapping part of the previous.
+use serde::{Deserialize, Serialize};
+
 use super::memory::{Bounded, Key};
 
-#[derive(Debug, Default)]
+/// Persisted in the state file as it is: a restart keeps the baseline and a surge on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Surge {
     bucket_start: u32,
     cur: u32,
@@ -79,8 +82,8 @@ impl Surge {
 /// `client=` / `nrcpts=N` lines), remembered for `--memory`.
 #[derive(Debug)]
 pub(super) struct Reputation {
-    addrs: Bounded<()>,
-    nets: Bounded<()>,
+    pub addrs: Bounded<()>,
+    pub nets: Bounded<()>,
 }
 
 impl Reputation {

@@ -2,13 +2,14 @@
 //! 0, 100,000 and 1,000,000 active bans, vs fail2ban-server holding as many bans as it
 //! reaches within a time cap. Large N are restored from pinned maps (a first run with
 //! `--keep-bans` creates them, the benchmark writes N entries into `BANS_V4`, the
-//! measured run restores them); another row makes 100,000 (quick: 10,000) bans from a
+//! measured run restores them); two more rows make 100,000 and 1,000,000 (quick: 10,000) bans from a
 //! log (per source, sendmail's `Possible SMTP RCPT flood` line and the session's closing
 //! `from=` line, `--max-unknown 1`), so
 //! the per-source detection state and offence history are counted too. fail2ban's bans
 //! come from `fail2ban-client set bench banip …` in batches of 500, each ban running its
 //! iptables-multiport action. Sources are 10.0.0.0/8 map keys and rule matches only;
-//! nothing is sent. VmRSS and VmHWM are read from /proc/PID/status.
+//! nothing is sent. VmRSS and VmHWM are read from /proc/PID/status. `--ours-only` skips
+//! fail2ban (for repeated runs).
 use std::{
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -74,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         let pid = d.pid().context("pid")?;
         let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
         if n == sizes[1] {
-            ours_at_100k = rss;
+            ours_at_100k = ours_at_100k.max(rss.max(hwm));
         }
         t.row(vec![
             "blocksmtp run (xdp), bans restored from pinned maps".into(),
@@ -87,8 +88,8 @@ fn main() -> anyhow::Result<()> {
         d.stop()?;
     }
     // Bans made from the log: detection state and offence history included.
-    {
-        let n: u32 = if quick { 10_000 } else { 100_000 };
+    let detected: &[u32] = if quick { &[10_000] } else { &[100_000, 1_000_000] };
+    for &n in detected {
         let mut d = BenchDaemon::new(
             &bin,
             Some(&topo.server.name),
@@ -109,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         d.append(&lines)?;
+        drop(lines);
         d.start()?;
         let t0 = Instant::now();
         let mut last_report = Instant::now();
@@ -129,14 +131,16 @@ fn main() -> anyhow::Result<()> {
         let took = t0.elapsed();
         std::thread::sleep(Duration::from_secs(3));
         let pid = d.pid().context("pid")?;
-        let rss = proc_status_kb(pid, "VmRSS");
+        let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
         // The target is judged on bans made by detection (with their history), too.
-        ours_at_100k = ours_at_100k.max(rss);
+        if n == sizes[1] {
+            ours_at_100k = ours_at_100k.max(rss.max(hwm));
+        }
         t.row(vec![
             "blocksmtp run (xdp), bans made from a log (harvest sessions)".into(),
             thousands(active),
             mib(rss),
-            mib(proc_status_kb(pid, "VmHWM")),
+            mib(hwm),
             format!("{:.2}", took.as_secs_f64()),
             format!("{:.0} bans/s from the log", f64::from(n) / took.as_secs_f64()),
         ]);
@@ -146,7 +150,10 @@ fn main() -> anyhow::Result<()> {
     // Our rows first: a peer that stalls must not cost them.
     t.print();
     t = Table::new(&["daemon", "active bans", "VmRSS MiB", "VmHWM MiB", "time to ban all s", "note"]);
-    if fail2ban::available() {
+    // `--ours-only`: blocksmtp's rows alone (repeated runs for best/median figures).
+    if std::env::args().any(|a| a == "--ours-only") {
+        println!("fail2ban-server skipped (--ours-only)");
+    } else if fail2ban::available() {
         let f = Fail2ban::start(&topo.server.name, &Fail2banConfig { bantime_secs: 86_400, ..Default::default() })?;
         let pid = f.pid().context("fail2ban pid")?;
         let idle = proc_status_kb(pid, "VmRSS");
@@ -198,7 +205,7 @@ fn main() -> anyhow::Result<()> {
     }
     t.print();
     if let Some(kb) = ours_at_100k {
-        println!("target: blocksmtp ≤ 20 MB at {} bans (the larger of the restored and the detected rows):", thousands(sizes[1].into()));
+        println!("target: blocksmtp ≤ 20 MB at {} bans, VmRSS and VmHWM (the largest of the restored and the detected rows):", thousands(sizes[1].into()));
         println!("  measured: {:.1} MiB — {}", kb as f64 / 1024.0, verdict(kb as f64 / 1024.0 <= 20.0 * 1e6 / 1048576.0));
     }
     println!("(the ban maps' kernel memory is not in VmRSS: BPF maps are kernel allocations; see bpftool map show's memlock)");
