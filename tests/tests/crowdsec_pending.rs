@@ -4,27 +4,12 @@
 //! pending is dropped, never enforced. Real LAPI (Debian's crowdsec, private to the
 //! test, on the server namespace's loopback), iptables mode with an `iptables-restore`
 //! that fails on demand; every verdict a real TCP connect.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use blocksmtp_tests::{crowdsec::Lapi, daemon::Daemon, faults::FailingIptables, is_root, netns::Topology};
+use blocksmtp_tests::{crowdsec::Lapi, daemon::Daemon, faults::FailingIptables, is_root, netns::Topology, poll};
 
 const T: Duration = Duration::from_millis(400);
 const WAIT: Duration = Duration::from_secs(20);
-
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn row(d: &Daemon, source: &str) -> Option<serde_json::Value> {
-    d.list().ok()?.into_iter().find(|r| r["source"] == source)
-}
 
 #[test]
 fn a_refused_crowdsec_ban_is_retried_until_it_holds() {
@@ -62,11 +47,11 @@ fn a_refused_crowdsec_ban_is_retried_until_it_holds() {
     lapi.cscli(&["decisions", "add", "--ip", "192.0.2.66", "--duration", "1h"]).unwrap();
     lapi.cscli(&["decisions", "add", "--ip", "192.0.2.67", "--duration", "1h"]).unwrap();
     assert!(
-        poll(WAIT, || ["192.0.2.66", "192.0.2.67"].iter().all(|s| row(&d, s).is_some_and(|r| r["pending"] == true))),
+        poll(WAIT, || ["192.0.2.66", "192.0.2.67"].iter().all(|s| d.row(s).is_some_and(|r| r["pending"] == true))),
         "both pending:\n{}",
         log(&d)
     );
-    let r = row(&d, "192.0.2.66").unwrap();
+    let r = d.row("192.0.2.66").unwrap();
     assert_eq!(r["origin"], "crowdsec/cscli", "{r}");
     assert_eq!(d.status().unwrap()["pending_bans"], 2);
     assert!(topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap(), "not in force while iptables-restore fails");
@@ -78,7 +63,7 @@ fn a_refused_crowdsec_ban_is_retried_until_it_holds() {
     // The enforcer works again: the retry (not a full pull) brings the ban.
     ipt.fail(false).unwrap();
     assert!(poll(WAIT, || !topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap()), "in force once iptables works:\n{}", log(&d));
-    let r = row(&d, "192.0.2.66").unwrap();
+    let r = d.row("192.0.2.66").unwrap();
     assert_eq!((r["pending"].clone(), r["origin"].clone()), (serde_json::json!(false), serde_json::json!("crowdsec/cscli")), "{r}");
     assert_eq!(d.status().unwrap()["pending_bans"], 0);
     assert!(topo.connect("192.0.2.67", "192.0.2.25:25", T).unwrap(), "the deleted decision is not enforced:\n{}", log(&d));

@@ -97,32 +97,16 @@ fn a_failed_ban_is_retried_until_it_holds() {
     }
     let topo = Topology::new().unwrap();
     let _srv = topo.serve(&[25]).unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    let flag = bin.path().join("fail");
-    let real = |name: &str| {
-        let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let ipt = bin.path().join("iptables");
-    std::fs::write(&ipt, format!("#!/bin/sh\nexec {} \"$@\"\n", real("iptables"))).unwrap();
-    let restore = bin.path().join("iptables-restore");
-    std::fs::write(
-        &restore,
-        format!("#!/bin/sh\nif [ -e {} ]; then echo 'iptables-restore: simulated failure' >&2; exit 4; fi\nexec {} \"$@\"\n", flag.display(), real("iptables-restore")),
-    )
-    .unwrap();
-    for p in [&ipt, &restore] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    let ipt = blocksmtp_tests::faults::FailingIptables::new().unwrap();
     let mut args = iptables_mode();
-    let ipt_s = ipt.to_str().unwrap().to_string();
+    let ipt_s = ipt.iptables().to_str().unwrap().to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // The server namespace's own loopback: the metrics are read from inside it.
     let metrics = format!("127.0.0.1:{port}");
     args.extend(["--iptables", &ipt_s, "--metrics-listen", &metrics]);
     let d = Daemon::start(Some(&topo.server), &args).unwrap();
 
-    std::fs::write(&flag, "").unwrap();
+    ipt.fail(true).unwrap();
     d.write_log(&sendmail_harvest("192.0.2.66", 42000, 3)).unwrap();
     let pending = poll(HEAL, || d.row("192.0.2.66").is_some_and(|r| r["pending"] == true));
     assert!(pending, "listed as pending:\n{}", d.stderr_text());
@@ -141,7 +125,7 @@ fn a_failed_ban_is_retried_until_it_holds() {
     // More guesses meanwhile decide nothing new; the retry is what brings the ban.
     d.write_log(&sendmail_harvest("192.0.2.66", 42001, 5)).unwrap();
 
-    std::fs::remove_file(&flag).unwrap();
+    ipt.fail(false).unwrap();
     assert!(poll(Duration::from_secs(40), || dropped(&topo, "192.0.2.66")), "in force once iptables works:\n{}", d.stderr_text());
     assert!(d.in_force("192.0.2.66"));
     assert_eq!(d.status().unwrap()["pending_bans"], 0);
