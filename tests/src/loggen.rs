@@ -471,7 +471,8 @@ impl LogGen {
             match self.rng.below(100) {
                 0..=29 => {
                     let h = self.rng.below(u64::from(harvesters)) as u32;
-                    let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, (h >> 8) as u8, h as u8));
+                    // Spread over 256 networks: few harvesters share a /24.
+                    let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, h as u8, 1 + (h >> 8) as u8));
                     let guesses = 3 + self.rng.below(6) as u32;
                     if self.rng.below(4) == 0 {
                         self.sendmail_check_rcpt_harvest(ip, guesses, 0.3);
