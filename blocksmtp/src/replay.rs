@@ -562,6 +562,43 @@ mod tests {
         }
     }
 
+    /// Exim's arrival lines are valid mail: of two Exim sources making the same two
+    /// guesses at harvest-dictionary names, the one that delivered mail first is not
+    /// banned; the one without is.
+    #[test]
+    fn an_exim_sender_with_valid_mail_is_spared_the_strict_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = String::new();
+        let mut sec = 0;
+        let mut line = |msg: &str| {
+            sec += 7;
+            log.push_str(&format!("2026-11-27 10:{:02}:{:02} +0000 {msg}\n", sec / 60, sec % 60));
+        };
+        let reject = |ip: &str, rcpt: &str| {
+            format!("H=(x.invalid) [{ip}]:40000 I=[192.0.2.25]:25 F=<a@example.net> rejected RCPT <{rcpt}>: Unknown user")
+        };
+        // Harvesters of four networks teach the dictionary john and mary (two domains).
+        for ip in ["198.18.1.9", "198.18.2.9", "198.18.3.9", "198.18.4.9"] {
+            for rcpt in ["john@example.com", "mary@example.com", "john@example.org", "mary@example.org"] {
+                line(&reject(ip, rcpt));
+            }
+        }
+        // A sender whose mail was accepted, then the same two names as a newcomer of
+        // another network (valid mail from a network spares its neighbours too).
+        line("1tXyzA-000Abc-1F <= b@example.net H=mail.example.net [192.0.2.10]:40001 I=[192.0.2.25]:25 P=esmtps S=2345 id=x@example.net");
+        for (ip, rcpt) in [("192.0.2.10", "john@example.net"), ("203.0.113.20", "john@example.net"), ("192.0.2.10", "mary@example.net"), ("203.0.113.20", "mary@example.net")] {
+            line(&reject(ip, rcpt));
+        }
+        let file = d.path().join("mainlog");
+        std::fs::write(&file, &log).unwrap();
+        let r = run(&DetectArgs::default(), &[Input::File(file)]).unwrap();
+        let banned: Vec<&str> = r.bans.iter().map(|b| b.source.as_str()).collect();
+        assert!(banned.contains(&"203.0.113.20"), "the newcomer without valid mail: {banned:?}");
+        assert!(!banned.contains(&"192.0.2.10"), "the sender with valid mail: {banned:?}");
+        assert_eq!(r.kinds.session, 1, "the arrival line was read");
+        assert_eq!(r.policy.deliveries, 1);
+    }
+
     #[test]
     fn config_detection_keys_apply_and_the_command_line_wins() {
         let d = tempfile::tempdir().unwrap();
