@@ -18,7 +18,7 @@
 //! is the attacker's text.
 use std::sync::LazyLock;
 
-use memchr::memmem::{self, FinderRev};
+use memchr::memmem::{Finder, FinderRev};
 
 use super::{
     Event, GuessKind,
@@ -37,6 +37,10 @@ const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
 static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
 static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
 static FIND_SIZE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", size="));
+// Built once: a searcher costs more to build than to run on one line.
+static FIND_NRCPTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", nrcpts="));
+static FIND_RELAY_FWD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", relay="));
+static FIND_REJECT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", reject="));
 
 /// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
 /// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
@@ -104,7 +108,8 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
                 // `, size=`. Client text (sender, msgid) could fake it: that only spares
                 // the source the stricter rules for senders without valid mail.
                 let fields = FIND_SIZE.rfind(&body[..pos]).map_or(&body[..0], |s| &body[s..pos]);
-                let accepted = memchr::memmem::find(fields, b", nrcpts=")
+                let accepted = FIND_NRCPTS
+                    .find(fields)
                     .and_then(|i| fields.get(i + 9))
                     .is_some_and(|d| d.is_ascii_digit() && *d != b'0');
                 if accepted {
@@ -151,8 +156,8 @@ fn unknown_user<'a>(qid: Option<&'a [u8]>, target: &'a [u8]) -> Event<'a> {
         };
     };
     // ruleset=check_rcpt, arg1=<ARG>, relay=R, reject=550 5.1.1 <ARG>... User unknown
-    let mut relays = memmem::find_iter(args, b", relay=");
-    let mut rejects = memmem::find_iter(args, b", reject=");
+    let mut relays = FIND_RELAY_FWD.find_iter(args);
+    let mut rejects = FIND_REJECT.find_iter(args);
     let (relay, more_relays) = (relays.next(), relays.next().is_some());
     let (reject, more_rejects) = (rejects.next(), rejects.next().is_some());
     let rcpt = &args[..relay.unwrap_or(args.len())];

@@ -209,19 +209,15 @@ impl Blocks {
                 return Ok(any);
             }
             let n0 = out.len();
-            out.resize(n0 + (BLOCK / 4).max(4096), 0);
-            match self.src.read(&mut out[n0..]) {
-                Ok(0) => {
-                    out.truncate(n0);
-                    self.eof = true;
-                }
-                Ok(k) => {
-                    out.truncate(n0 + k);
+            // Into the spare capacity, without zeroing it first (read_to_end does that
+            // safely); retried on EINTR there.
+            match (&mut self.src).take((BLOCK / 4) as u64).read_to_end(out) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {
                     if let Some(i) = memchr::memrchr(b'\n', &out[n0..]) {
                         last_nl = Some(n0 + i);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => out.truncate(n0),
                 Err(e) => {
                     out.truncate(n0);
                     return Err(e);
