@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::parse::{Event, GuessKind, Mta, addr::sample_text};
+use crate::parse::{Event, GuessKind, Mta, client::sample_text};
 
 /// Live lookup of the client a sendmail child is serving, from its process title.
 /// The daemon implements it over /proc (`crate::proctitle`); replay has none.

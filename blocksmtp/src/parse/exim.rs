@@ -32,7 +32,7 @@ use std::net::IpAddr;
 
 use memchr::memmem;
 
-use super::{Event, Frame, GuessKind, addr::parse_ip, syslog::parse_pid, time::RawTime};
+use super::{Event, Frame, GuessKind, client::parse_ip, syslog::parse_pid, time::RawTime};
 
 /// Frame an exim main-log line (tag `exim`, no host), or `None`.
 pub fn frame(line: &[u8]) -> Option<Frame<'_>> {

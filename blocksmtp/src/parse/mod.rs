@@ -12,7 +12,7 @@
 //! need not be UTF-8; a line of no known shape is [`Parsed::Skipped`], never an error.
 use std::{borrow::Cow, net::IpAddr};
 
-pub mod addr;
+pub mod client;
 pub mod exim;
 pub mod journald;
 pub mod postfix;

@@ -13,7 +13,7 @@
 //! that follow are the client's own text and are never read for an address.
 use memchr::memmem;
 
-use super::{Event, GuessKind, addr::parse_ip};
+use super::{Event, GuessKind, client::parse_ip};
 
 const UNKNOWN_IN: &[u8] = b"Recipient address rejected: User unknown in ";
 const TABLES: [&[u8]; 4] =

@@ -22,7 +22,7 @@ use memchr::memmem::{Finder, FinderRev};
 
 use super::{
     Event, GuessKind,
-    addr::{relay_at_end, relay_at_start},
+    client::{relay_at_end, relay_at_start},
 };
 
 const USER_UNKNOWN: &[u8] = b"... User unknown";

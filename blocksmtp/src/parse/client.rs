@@ -1,4 +1,5 @@
-//! Client-address extraction shared by the MTA parsers.
+//! Where a client address is read from a line: the extraction shared by the MTA parsers
+//! (what gets banned, a source address or prefix, is `crate::addr`).
 //!
 //! Every function here anchors on structure the MTA itself writes, never on text a
 //! client chose. The two anchors used by sendmail are:
