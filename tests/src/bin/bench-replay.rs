@@ -130,8 +130,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut summary = Vec::new();
     for (name, want_lines, heavy) in shapes {
-        // Start two days ago so BSD timestamps read as this year's past.
-        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 - 2 * 86_400;
+        // The whole log in the past (3,000,000 harvest-heavy lines span about 6 days):
+        // a BSD timestamp more than a day ahead of the clock is read as last year's, so
+        // a log reaching past that point would be read differently by runs seconds apart.
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 - 10 * 86_400;
         let mut g = LogGen::new(Style::Bsd, 42, start);
         if heavy {
             g.harvest_heavy_mix(want_lines, 1_000);
