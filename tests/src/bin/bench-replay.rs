@@ -28,6 +28,9 @@ const TARGET_HARVEST_RATE: f64 = 10e6;
 
 struct Measured {
     wall: Duration,
+    /// User + system CPU time (from `/usr/bin/time -v`): less moved by other load
+    /// than the wall time.
+    cpu: Option<f64>,
     max_rss_kb: Option<u64>,
     stdout: Vec<u8>,
 }
@@ -72,7 +75,9 @@ fn measure(program: &Path, args: &[&str]) -> anyhow::Result<Measured> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
         .and_then(|v| v.trim().parse().ok());
-    Ok(Measured { wall, max_rss_kb, stdout: out.stdout })
+    let secs = |key: &str| stderr.lines().find_map(|l| l.trim().strip_prefix(key)).and_then(|v| v.trim().parse::<f64>().ok());
+    let cpu = secs("User time (seconds):").zip(secs("System time (seconds):")).map(|(u, s)| u + s);
+    Ok(Measured { wall, cpu, max_rss_kb, stdout: out.stdout })
 }
 
 fn rate(lines: u64, wall: Duration) -> f64 {
@@ -168,10 +173,11 @@ fn main() -> anyhow::Result<()> {
             let report: serde_json::Value = serde_json::from_slice(&m.stdout).context("reading blocksmtp's JSON report")?;
             let bans = report["bans"].as_array().map_or(0, Vec::len);
             println!(
-                "blocksmtp replay ({label:>10}): {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  peak RSS {}  ({bans} would-be bans, {} guesses)",
+                "blocksmtp replay ({label:>10}): {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  CPU {}  peak RSS {}  ({bans} would-be bans, {} guesses)",
                 m.wall.as_secs_f64(),
                 rate(lines, m.wall),
                 mb / m.wall.as_secs_f64().max(1e-9),
+                m.cpu.map_or_else(|| "n/a".into(), |c| format!("{c:.2} s")),
                 rss(m.max_rss_kb),
                 report["guesses"]
             );
@@ -192,10 +198,11 @@ fn main() -> anyhow::Result<()> {
             let sum = text.lines().find(|l| l.starts_with("Lines:")).unwrap_or("").trim().to_string();
             let their_rate = rate(lines, theirs.wall);
             println!(
-                "fail2ban-regex:                {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  peak RSS {}  ({sum})",
+                "fail2ban-regex:                {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  CPU {}  peak RSS {}  ({sum})",
                 theirs.wall.as_secs_f64(),
                 their_rate,
                 mb / theirs.wall.as_secs_f64().max(1e-9),
+                theirs.cpu.map_or_else(|| "n/a".into(), |c| format!("{c:.2} s")),
                 rss(theirs.max_rss_kb)
             );
             let ratio = our_rate / their_rate.max(1e-9);
