@@ -96,8 +96,8 @@ impl<V: Default> Bounded<V> {
 
     /// Forget entries not touched since `oldest` (unix seconds).
     pub fn expire(&mut self, oldest: u32) {
-        // Swept once a minute of log time: walking 80,000 senders each time was most of
-        // a replay's time, while usually nothing is old enough.
+        // Swept once a minute of log time: walking 80,000 senders each time was a seventh
+        // of a harvest-heavy replay, while usually nothing is old enough.
         if self.min_touched >= oldest {
             return;
         }
