@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::parse::{Event, GuessKind, Mta, addr::sample_text};
+use crate::parse::{Event, GuessKind, Mta, client::sample_text};
 
 /// Live lookup of the client a sendmail child is serving, from its process title.
 /// The daemon implements it over /proc (`crate::proctitle`); replay has none.
@@ -134,7 +134,7 @@ pub struct Correlator {
     sessions: KeyMap<Session>,
     key: Vec<u8>,
     stats: CorrelatorStats,
-    last_sweep: Option<SystemTime>,
+    next_sweep: Option<SystemTime>,
 }
 
 impl Default for Correlator {
@@ -145,7 +145,7 @@ impl Default for Correlator {
 
 impl Correlator {
     pub fn new(limits: CorrelatorLimits) -> Self {
-        Self { limits, sessions: KeyMap::default(), key: Vec::with_capacity(96), stats: Default::default(), last_sweep: None }
+        Self { limits, sessions: KeyMap::default(), key: Vec::with_capacity(96), stats: Default::default(), next_sweep: None }
     }
 
     pub fn stats(&self) -> CorrelatorStats {
@@ -213,7 +213,8 @@ impl Correlator {
     /// Drop sessions idle for longer than the limit. Called by [`Self::on_event`]
     /// about once a minute of log time; callers may call it too.
     pub fn sweep(&mut self, now: SystemTime) {
-        self.last_sweep = Some(now);
+        // (Only at the end of representable time does the addition fail.)
+        self.next_sweep = Some(now.checked_add(Duration::from_secs(60)).unwrap_or(now));
         let Some(cutoff) = now.checked_sub(self.limits.max_idle) else { return };
         let stats = &mut self.stats;
         self.sessions.retain(|_, s| {
@@ -237,9 +238,9 @@ impl Correlator {
         live: Option<&(dyn LiveAttribution + Send)>,
         out: &mut Vec<Attributed>,
     ) {
-        match self.last_sweep {
-            Some(t) if at.duration_since(t).map_or(true, |d| d < Duration::from_secs(60)) => {}
-            _ => self.sweep(at),
+        // A comparison per line, not a duration: the same test as `at - last < 60 s`.
+        if self.next_sweep.is_none_or(|next| at >= next) {
+            self.sweep(at);
         }
         match *event {
             Event::Guess { client, kind, target, session } => {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlate::{Attributed, Correlator, CorrelatorLimits, CorrelatorStats, LiveAttribution},
     duration::HumanDuration,
-    parse::{Event, GuessKind, MailerFilter, Mta, Parsed, TimeResolver, with_parsed},
+    parse::{Event, GuessKind, MailerFilter, Mta, Parsed, RawTime, TimeResolver, with_parsed},
     policy::{BanDecision, Policy, PolicyConfig, PolicyState, PolicyStats},
     whitelist::{Whitelist, WhitelistError},
 };
@@ -286,6 +286,60 @@ fn by_mta_name<S: serde::Serializer>(v: &[u64; 3], s: S) -> Result<S::Ok, S::Err
 }
 
 impl LineStats {
+    /// Count one line; the mail line when it may matter for detection (a guess, a
+    /// session's client, accepted mail, sendmail's alarms), else `None`.
+    pub fn count<'p, 'f, 'a>(&mut self, p: &'p Parsed<'f, 'a>) -> Option<&'p Parsed<'f, 'a>> {
+        self.lines += 1;
+        match p {
+            Parsed::Skipped => self.skipped += 1,
+            Parsed::Foreign => self.foreign += 1,
+            Parsed::Mail { mta, event, .. } => {
+                self.mail += 1;
+                if matches!(event, Event::Guess { .. } | Event::PendingGuess { .. }) {
+                    self.guesses_by_mta[mta_index(*mta)] += 1;
+                }
+                let counter = match event {
+                    Event::Other => {
+                        self.other += 1;
+                        return None;
+                    }
+                    Event::Guess { kind: GuessKind::UnknownRecipient, .. }
+                    | Event::PendingGuess { kind: GuessKind::UnknownRecipient, .. } => &mut self.unknown_recipient,
+                    Event::Guess { .. } | Event::PendingGuess { .. } => &mut self.probe,
+                    Event::Session { .. } | Event::Delivered { .. } => &mut self.session,
+                    Event::Flood { .. } => &mut self.flood,
+                    Event::ProbeAttack { .. } => &mut self.probe_attack,
+                    Event::Unattributable { .. } => {
+                        self.unattributable += 1;
+                        return None;
+                    }
+                };
+                *counter += 1;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Add another set of counts.
+    pub fn add(&mut self, o: &LineStats) {
+        self.lines += o.lines;
+        self.skipped += o.skipped;
+        self.foreign += o.foreign;
+        self.mail += o.mail;
+        self.unknown_recipient += o.unknown_recipient;
+        self.probe += o.probe;
+        self.flood += o.flood;
+        self.probe_attack += o.probe_attack;
+        self.session += o.session;
+        self.unattributable += o.unattributable;
+        self.other += o.other;
+        self.whitelisted += o.whitelisted;
+        for (a, b) in self.guesses_by_mta.iter_mut().zip(o.guesses_by_mta) {
+            *a += b;
+        }
+    }
+
     /// `(mta, guess lines)` for each MTA.
     pub fn guesses_per_mta(&self) -> [(Mta, u64); 3] {
         [Mta::Sendmail, Mta::Postfix, Mta::Exim].map(|m| (m, self.guesses_by_mta[mta_index(m)]))
@@ -385,59 +439,68 @@ impl Detector {
     /// timestamps. Returns the bans this line triggers (usually none; an empty `Vec`
     /// does not allocate).
     pub fn feed(&mut self, line: &[u8], now: SystemTime) -> Vec<BanDecision> {
-        self.stats.lines += 1;
         let mut bans = Vec::new();
-        with_parsed(line, &self.filter, |p| match p {
-            Parsed::Skipped => self.stats.skipped += 1,
-            Parsed::Foreign => self.stats.foreign += 1,
-            Parsed::Mail { frame, mta, event } => {
-                self.stats.mail += 1;
-                if matches!(event, Event::Guess { .. } | Event::PendingGuess { .. }) {
-                    self.stats.guesses_by_mta[mta_index(mta)] += 1;
-                }
-                let counter = match &event {
-                    Event::Other => {
-                        self.stats.other += 1;
-                        return;
-                    }
-                    Event::Guess { kind: GuessKind::UnknownRecipient, .. }
-                    | Event::PendingGuess { kind: GuessKind::UnknownRecipient, .. } => &mut self.stats.unknown_recipient,
-                    Event::Guess { .. } | Event::PendingGuess { .. } => &mut self.stats.probe,
-                    Event::Session { .. } | Event::Delivered { .. } => &mut self.stats.session,
-                    Event::Flood { .. } => &mut self.stats.flood,
-                    Event::ProbeAttack { .. } => &mut self.stats.probe_attack,
-                    Event::Unattributable { .. } => &mut self.stats.unattributable,
-                };
-                *counter += 1;
-                if !self.correlator.wants(frame.host, frame.pid, &event) {
-                    return;
-                }
-                let at = match self.clock {
-                    Clock::Wall => now,
-                    Clock::Log => {
-                        let t = self.resolver.resolve(frame.time, now).or(self.last_log_time).unwrap_or(now);
-                        self.last_log_time = Some(t);
-                        t
-                    }
-                };
-                // Accepted mail first: a session's guesses attributed on this very line
-                // are judged knowing the client delivers valid mail.
-                if let Event::Delivered { client, .. } = event {
-                    self.policy.record_delivery(client, at);
-                }
-                self.scratch.clear();
-                self.correlator.on_event(frame.host, frame.pid, mta, &event, at, self.live.as_deref(), &mut self.scratch);
-                let whitelisted = self.policy.stats().guesses_whitelisted;
-                for g in &self.scratch {
-                    // The policy checks the whitelist (once, there).
-                    if let Some(ban) = self.policy.record(g) {
-                        bans.push(ban);
-                    }
-                }
-                self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
+        // Lent out for the line (an empty filter allocates nothing): feed_event needs `self`.
+        let filter = std::mem::replace(&mut self.filter, MailerFilter::none());
+        with_parsed(line, &filter, |p| {
+            if let Some(Parsed::Mail { frame, mta, event }) = self.stats.count(&p) {
+                self.feed_event(frame.host, frame.pid, frame.time, *mta, event, now, &mut bans);
             }
         });
+        self.filter = filter;
         bans
+    }
+
+    /// The in-order half of [`Self::feed`], for a line already framed, parsed and
+    /// counted ([`LineStats::count`]) elsewhere (replay parses on several threads):
+    /// correlation and the policy's decision. Bans go to `bans`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed_event(
+        &mut self,
+        host: &[u8],
+        pid: Option<u32>,
+        time: RawTime<'_>,
+        mta: Mta,
+        event: &Event<'_>,
+        now: SystemTime,
+        bans: &mut Vec<BanDecision>,
+    ) {
+        if !self.correlator.wants(host, pid, event) {
+            return;
+        }
+        let at = match self.clock {
+            Clock::Wall => now,
+            Clock::Log => {
+                let t = self.resolver.resolve(time, now).or(self.last_log_time).unwrap_or(now);
+                self.last_log_time = Some(t);
+                t
+            }
+        };
+        // Accepted mail first: a session's guesses attributed on this very line
+        // are judged knowing the client delivers valid mail.
+        if let Event::Delivered { client, .. } = *event {
+            self.policy.record_delivery(client, at);
+        }
+        self.scratch.clear();
+        self.correlator.on_event(host, pid, mta, event, at, self.live.as_deref(), &mut self.scratch);
+        let whitelisted = self.policy.stats().guesses_whitelisted;
+        for g in &self.scratch {
+            // The policy checks the whitelist (once, there).
+            if let Some(ban) = self.policy.record(g) {
+                bans.push(ban);
+            }
+        }
+        self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
+    }
+
+    /// The line filter this detector frames lines with.
+    pub fn filter(&self) -> &MailerFilter {
+        &self.filter
+    }
+
+    /// Add counts of lines counted elsewhere ([`LineStats::count`]).
+    pub fn add_line_stats(&mut self, s: &LineStats) {
+        self.stats.add(s);
     }
 
     /// The per-line counters alone (cheap: no copy).

@@ -458,6 +458,48 @@ impl LogGen {
     }
 }
 
+impl LogGen {
+    /// The harvest-heavy benchmark mix: about 40% of the lines are `User unknown`
+    /// guesses from `harvesters` sources (198.19.0.0/16, benchmarking range) in short
+    /// sessions of 3–8 guesses (a quarter as `ruleset=check_rcpt` rejects, the rest the
+    /// short form attributed through the queue id, sendmail's flood line after the
+    /// third), among ordinary deliveries and CRON, sshd, kernel and dovecot lines,
+    /// until `lines` lines are written.
+    pub fn harvest_heavy_mix(&mut self, lines: u64, harvesters: u32) {
+        let harvesters = harvesters.max(1);
+        while self.lines < lines {
+            match self.rng.below(100) {
+                0..=29 => {
+                    let h = self.rng.below(u64::from(harvesters)) as u32;
+                    // Spread over 256 networks: few harvesters share a /24.
+                    let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, h as u8, 1 + (h >> 8) as u8));
+                    let guesses = 3 + self.rng.below(6) as u32;
+                    if self.rng.below(4) == 0 {
+                        self.sendmail_check_rcpt_harvest(ip, guesses, 0.3);
+                    } else {
+                        self.sendmail_harvest(ip, guesses, 0.3, true);
+                    }
+                }
+                30..=69 => {
+                    let cmd = ["(root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)", "(root) CMD (   cd / && run-parts --report /etc/cron.hourly)"];
+                    let pid = self.pid();
+                    let c = cmd[self.rng.below(2) as usize];
+                    self.syslog("CRON", Some(pid), c);
+                    self.noise(1);
+                }
+                _ => {
+                    let n = self.rng.below(65_536) as u32;
+                    let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, (n >> 8) as u8, n as u8));
+                    let ok = 1 + self.rng.below(3) as u32;
+                    let typo = u32::from(self.rng.below(30) == 0);
+                    self.sendmail_legit(ip, ok, typo);
+                }
+            }
+            self.advance(0.01);
+        }
+    }
+}
+
 // ---- distributed harvests and their innocents ------------------------------------
 
 /// A harvest dictionary's head: what botnets try first, on every domain.

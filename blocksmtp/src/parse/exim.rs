@@ -17,6 +17,11 @@
 //! Exim's own timestamp after the syslog header (`syslog_timestamp` left at true): it
 //! is skipped.
 //!
+//! Accepted mail: the arrival line `1tXyzA-000Abc-1F <= a@example.net H=name (helo)
+//! [192.0.2.10]:54321 I=[192.0.2.25]:25 P=esmtps S=2345 id=…` is
+//! [`Event::Delivered`] (the message id as session), the evidence of a real sender
+//! the policy uses; its client is read as in [`arrival_client`].
+//!
 //! The HELO (in parentheses), the sender and the recipient are the client's text. The
 //! address is taken right after `H=` when the field starts with `[`; otherwise it is
 //! the bracket preceded by a blank and followed by a port, a blank or the end of the
@@ -27,7 +32,7 @@ use std::net::IpAddr;
 
 use memchr::memmem;
 
-use super::{Event, Frame, GuessKind, addr::parse_ip, syslog::parse_pid, time::RawTime};
+use super::{Event, Frame, GuessKind, client::parse_ip, syslog::parse_pid, time::RawTime};
 
 /// Frame an exim main-log line (tag `exim`, no host), or `None`.
 pub fn frame(line: &[u8]) -> Option<Frame<'_>> {
@@ -105,6 +110,12 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     if let Some(sp) = body.iter().take(24).position(|&b| b == b' ')
         && is_message_id(&body[..sp])
     {
+        if let Some(arrival) = body[sp + 1..].strip_prefix(b"<= ") {
+            return match arrival_client(arrival) {
+                Some(client) => Event::Delivered { session: Some(&body[..sp]), client },
+                None => Event::Other,
+            };
+        }
         body = &body[sp + 1..];
     }
     let Some(host) = body.strip_prefix(b"H=") else { return Event::Other };
@@ -139,6 +150,37 @@ fn bracket_end_ok(after: &[u8]) -> bool {
         _ => after,
     };
     matches!(after.first(), None | Some(b' '))
+}
+
+/// The client of an arrival (`<= sender H=… [ip]:port I=… P=… S=… id=…`), which
+/// Exim writes when it accepted a message: the sender comes before `H=` and the
+/// message id (and subject, with `+subject`) after it, all client text, so `H=` is
+/// not anchored here. Every bracketed address on the line that stands as a host
+/// field does (after ` H=` or a blank, followed by a port, a blank or the end; not
+/// `I=[…]`, the interface) must be the same one, and there must be an ` H=`: a client
+/// that writes another such address into its text gets no credit at all. Local
+/// submissions (`U=user P=local`, no `H=`) have no client.
+fn arrival_client(line: &[u8]) -> Option<IpAddr> {
+    memmem::find(line, b" H=")?;
+    let mut found: Option<IpAddr> = None;
+    for pos in memchr::memchr_iter(b'[', line) {
+        let standalone = pos >= 1 && line[pos - 1] == b' ';
+        let after_h = pos >= 3 && &line[pos - 3..pos] == b" H=";
+        if !standalone && !after_h {
+            continue;
+        }
+        let Some(len) = line[pos + 1..].iter().take(60).position(|&b| b == b']') else { continue };
+        let Some(ip) = parse_ip(&line[pos + 1..pos + 1 + len]) else { continue };
+        if !bracket_end_ok(&line[pos + 2 + len..]) {
+            continue;
+        }
+        match found {
+            None => found = Some(ip),
+            Some(prev) if prev == ip => {}
+            Some(_) => return None,
+        }
+    }
+    found
 }
 
 /// The client address of the text after `H=` (see the module documentation).
@@ -204,6 +246,36 @@ mod tests {
         assert!(frame(b"2026-11-27 12:00:00").is_none());
     }
 
+    /// Exim 4.96 arrival lines (`<=`): accepted mail from the `H=` host, or nothing.
+    #[test]
+    fn arrivals_are_accepted_mail() {
+        let id = &b"1tXyzA-000Abc-1F"[..];
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= b@example.net H=mail.example.net [192.0.2.10]:40001 I=[192.0.2.25]:25 P=esmtps X=TLS1.3:TLS_AES_256_GCM_SHA384:256 CV=no S=2345 id=x@example.net", Some("192.0.2.10")),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= b@example.net H=(helo.example.net) [192.0.2.10]:40001 I=[192.0.2.25]:25 P=esmtp S=2345", Some("192.0.2.10")),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= <> H=mail.example.net (helo) [2001:db8::10]:40001 I=[2001:db8::25]:25 P=esmtp S=900", Some("2001:db8::10")),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= b@example.net H=[192.0.2.10] P=smtp S=12", Some("192.0.2.10")),
+            (b"2026-11-27 12:00:00.123 +0100 [4242] 1tXyzA-000Abc-1F <= b@example.net H=x [192.0.2.10]:1 P=esmtp S=12 id=y", Some("192.0.2.10")),
+            // Client text holding addresses where they cannot stand as a host field.
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= evil@[198.51.100.9] H=(x [198.51.100.8]) [192.0.2.10]:1 P=esmtp S=12 id=<a@[198.51.100.7]>", Some("192.0.2.10")),
+            // ... and where they could: no credit for anyone.
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= \"x H=[198.51.100.9]:25 \"@example.net H=mail [192.0.2.10]:1 P=esmtp S=12", None),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= b@example.net H=mail [192.0.2.10]:1 P=esmtp S=12 id= [198.51.100.9] ", None),
+            // Local submission and bounce: no client.
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= root@mx.example.com U=root P=local S=345", None),
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= <> R=1tXyz9-000Abc-1F U=Debian-exim P=local S=1800", None),
+            // Not arrivals.
+            (b"2026-11-27 12:00:00 1tXyzA-000Abc-1F => alice <alice@example.com> R=local_user T=mail_spool", None),
+            (b"2026-11-27 12:00:00 <= b@example.net H=mail [192.0.2.10]:1 P=esmtp S=12", None),
+        ];
+        for (line, want) in cases {
+            let f = frame(line).expect("exim frame");
+            let got = parse(&f.msg);
+            let want = want.map(|w| Event::Delivered { session: Some(id), client: ip(w) });
+            assert_eq!(got, want.unwrap_or(Event::Other), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
     #[test]
     fn host_field_forms() {
         for (line, want) in [
@@ -267,7 +339,6 @@ mod tests {
         for line in [
             &b"2026-11-27 12:00:00 H=(x) [192.0.2.66] F=<a@example.net> rejected RCPT <victim@example.org>: relay not permitted"[..],
             b"2026-11-27 12:00:00 H=(x) [192.0.2.66] F=<a@example.net> temporarily rejected RCPT <x@example.com>: greylisted",
-            b"2026-11-27 12:00:00 1tXyzA-000Abc-1F <= a@example.net H=(x) [192.0.2.66] P=esmtp S=1234",
             b"2026-11-27 12:00:00 SMTP connection from (x) [192.0.2.66]:54321 lost",
             b"2026-11-27 12:00:00 Start queue run: pid=1234",
         ] {

@@ -12,11 +12,12 @@
 //! need not be UTF-8; a line of no known shape is [`Parsed::Skipped`], never an error.
 use std::{borrow::Cow, net::IpAddr};
 
-pub mod addr;
+pub mod client;
 pub mod exim;
 pub mod journald;
 pub mod postfix;
 pub mod sendmail;
+pub mod stored;
 pub mod syslog;
 pub mod time;
 
@@ -133,6 +134,12 @@ impl MailerFilter {
             host: host.map(|h| h.as_bytes().to_vec()),
             trust: JournalTrust::mta_defaults(),
         }
+    }
+
+    /// The default tags without journal trust rules, allocating nothing: a placeholder
+    /// while the real filter is lent out, not for filtering.
+    pub const fn none() -> Self {
+        Self { names: Vec::new(), host: None, trust: JournalTrust { uids: Vec::new(), exes: Vec::new(), comms: Vec::new() } }
     }
 
     /// Replace the journal trust rules.

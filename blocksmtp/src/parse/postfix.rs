@@ -13,7 +13,7 @@
 //! that follow are the client's own text and are never read for an address.
 use memchr::memmem;
 
-use super::{Event, GuessKind, addr::parse_ip};
+use super::{Event, GuessKind, client::parse_ip};
 
 const UNKNOWN_IN: &[u8] = b"Recipient address rejected: User unknown in ";
 const TABLES: [&[u8]; 4] =
@@ -82,63 +82,64 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn guess(msg: &[u8]) -> (IpAddr, GuessKind, String) {
-        match parse(msg) {
-            Event::Guess { client, kind, target, .. } => (client, kind, String::from_utf8_lossy(target).into_owned()),
-            e => panic!("{e:?}"),
-        }
-    }
-
+    /// Postfix smtpd / cleanup messages (after `postfix/smtpd[pid]: `) and their events.
     #[test]
-    fn accepted_mail_names_its_client() {
-        assert_eq!(parse(b"4F1A2B3C4D: client=mail.example.net[192.0.2.10]"), Event::Delivered { session: None, client: ip("192.0.2.10") });
-        assert_eq!(
-            parse(b"4F1A2B3C4D: client=unknown[2001:db8::10], sasl_method=PLAIN, sasl_username=a[192.0.2.99]"),
-            Event::Delivered { session: None, client: ip("2001:db8::10") }
-        );
-        assert_eq!(parse(b"4F1A2B3C4D: client=unknown[192.0.2.10]x"), Event::Other);
-        assert_eq!(parse(b"4F1A2B3C4D: uid=0 from=<root>"), Event::Other);
-    }
-
-    #[test]
-    fn unknown_user_tables() {
-        let (c, k, t) = guess(b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 550 5.1.1 <nosuch@example.com>: Recipient address rejected: User unknown in local recipient table; from=<a@example.net> to=<nosuch@example.com> proto=ESMTP helo=<harvester.invalid>");
-        assert_eq!((c, k, t.as_str()), (ip("192.0.2.66"), GuessKind::UnknownRecipient, "<nosuch@example.com>"));
-        let (c, _, _) = guess(b"NOQUEUE: reject: RCPT from mail.example.net[192.0.2.67]: 550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in virtual mailbox table; from=<a@example.net> to=<x@example.org> proto=ESMTP helo=<mail.example.net>");
-        assert_eq!(c, ip("192.0.2.67"));
-        let (c, _, _) = guess(b"NOQUEUE: reject: RCPT from unknown[2001:db8::66]: 550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in virtual alias table; from=<> to=<x@example.org> proto=SMTP helo=<x>");
-        assert_eq!(c, ip("2001:db8::66"));
-        let (c, _, _) = guess(b"4F1A2B3C4D: reject: RCPT from unknown[192.0.2.66]: 450 4.1.1 <x@example.com>: Recipient address rejected: User unknown in local recipient table; from=<> to=<x@example.com> proto=ESMTP helo=<x>");
-        assert_eq!(c, ip("192.0.2.66"));
-        let (c, k, t) = guess(b"NOQUEUE: reject: VRFY from unknown[192.0.2.66]: 550 5.1.1 <admin>: Recipient address rejected: User unknown in local recipient table; to=<admin> proto=SMTP");
-        assert_eq!((c, k, t.as_str()), (ip("192.0.2.66"), GuessKind::Vrfy, "<admin>"));
-    }
-
-    #[test]
-    fn attacker_text_is_not_the_client() {
-        // Reverse-DNS name that looks like an address; HELO and recipient with addresses.
-        let (c, _, _) = guess(b"NOQUEUE: reject: RCPT from 198.51.100.201[192.0.2.66]: 550 5.1.1 <\"[198.51.100.200]\"@example.com>: Recipient address rejected: User unknown in local recipient table; from=<evil@[198.51.100.203]> to=<\"[198.51.100.200]\"@example.com> proto=ESMTP helo=<[198.51.100.210]>");
-        assert_eq!(c, ip("192.0.2.66"));
-        // A name cannot contain '[': such a line has no usable client.
-        assert!(matches!(
-            parse(b"NOQUEUE: reject: RCPT from x[198.51.100.1][192.0.2.66]: 550 5.1.1 <a@b>: Recipient address rejected: User unknown in local recipient table; from=<> to=<a@b>"),
-            Event::Unattributable { .. }
-        ));
-    }
-
-    #[test]
-    fn other_rejects_are_not_guesses() {
-        for other in [
-            &b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 450 4.2.0 <a@example.com>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.com.html; from=<b@example.net> to=<a@example.com> proto=ESMTP helo=<x>"[..],
-            b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <victim@example.org>: Relay access denied; from=<b@example.net> to=<victim@example.org> proto=ESMTP helo=<x>",
-            b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 Service unavailable; Client host [192.0.2.66] blocked using zen.spamhaus.org; from=<b@example.net> to=<a@example.com> proto=ESMTP helo=<x>",
-            b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <victim@example.org>: Relay access denied; from=<b@example.net> to=<Recipient address rejected: User unknown in local recipient table> proto=ESMTP helo=<x>",
-            b"connect from unknown[192.0.2.66]",
-            b"disconnect from unknown[192.0.2.66] ehlo=1 mail=1 rcpt=0/5 quit=1 commands=3/8",
-            b"NOQUEUE: reject: CONNECT from [192.0.2.66]:4242: 550 5.3.2 Service currently unavailable; proto=SMTP",
-            b"",
-        ] {
-            assert_eq!(parse(other), Event::Other, "{}", String::from_utf8_lossy(other));
+    fn lines_and_their_events() {
+        let guess = |client, kind, target| Event::Guess { client: ip(client), kind, target, session: None };
+        let unknown = GuessKind::UnknownRecipient;
+        let cases: Vec<(&[u8], Event<'static>)> = vec![
+            // Accepted mail names its client.
+            (b"4F1A2B3C4D: client=mail.example.net[192.0.2.10]", Event::Delivered { session: None, client: ip("192.0.2.10") }),
+            (
+                b"4F1A2B3C4D: client=unknown[2001:db8::10], sasl_method=PLAIN, sasl_username=a[192.0.2.99]",
+                Event::Delivered { session: None, client: ip("2001:db8::10") },
+            ),
+            (b"4F1A2B3C4D: client=unknown[192.0.2.10]x", Event::Other),
+            (b"4F1A2B3C4D: uid=0 from=<root>", Event::Other),
+            // Unknown users in the local, virtual mailbox and virtual alias tables; VRFY.
+            (
+                b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 550 5.1.1 <nosuch@example.com>: Recipient address rejected: User unknown in local recipient table; from=<a@example.net> to=<nosuch@example.com> proto=ESMTP helo=<harvester.invalid>",
+                guess("192.0.2.66", unknown, b"<nosuch@example.com>"),
+            ),
+            (
+                b"NOQUEUE: reject: RCPT from mail.example.net[192.0.2.67]: 550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in virtual mailbox table; from=<a@example.net> to=<x@example.org> proto=ESMTP helo=<mail.example.net>",
+                guess("192.0.2.67", unknown, b"<x@example.org>"),
+            ),
+            (
+                b"NOQUEUE: reject: RCPT from unknown[2001:db8::66]: 550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in virtual alias table; from=<> to=<x@example.org> proto=SMTP helo=<x>",
+                guess("2001:db8::66", unknown, b"<x@example.org>"),
+            ),
+            (
+                b"4F1A2B3C4D: reject: RCPT from unknown[192.0.2.66]: 450 4.1.1 <x@example.com>: Recipient address rejected: User unknown in local recipient table; from=<> to=<x@example.com> proto=ESMTP helo=<x>",
+                guess("192.0.2.66", unknown, b"<x@example.com>"),
+            ),
+            (
+                b"NOQUEUE: reject: VRFY from unknown[192.0.2.66]: 550 5.1.1 <admin>: Recipient address rejected: User unknown in local recipient table; to=<admin> proto=SMTP",
+                guess("192.0.2.66", GuessKind::Vrfy, b"<admin>"),
+            ),
+            // Attacker text is not the client: a reverse-DNS name that looks like an
+            // address, HELO and recipient with addresses ...
+            (
+                b"NOQUEUE: reject: RCPT from 198.51.100.201[192.0.2.66]: 550 5.1.1 <\"[198.51.100.200]\"@example.com>: Recipient address rejected: User unknown in local recipient table; from=<evil@[198.51.100.203]> to=<\"[198.51.100.200]\"@example.com> proto=ESMTP helo=<[198.51.100.210]>",
+                guess("192.0.2.66", unknown, b"<\"[198.51.100.200]\"@example.com>"),
+            ),
+            // ... and a name cannot contain '[': such a line has no usable client.
+            (
+                b"NOQUEUE: reject: RCPT from x[198.51.100.1][192.0.2.66]: 550 5.1.1 <a@b>: Recipient address rejected: User unknown in local recipient table; from=<> to=<a@b>",
+                Event::Unattributable { kind: unknown, target: b"<a@b>" },
+            ),
+            // Other rejects are not guesses.
+            (b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 450 4.2.0 <a@example.com>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.com.html; from=<b@example.net> to=<a@example.com> proto=ESMTP helo=<x>", Event::Other),
+            (b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <victim@example.org>: Relay access denied; from=<b@example.net> to=<victim@example.org> proto=ESMTP helo=<x>", Event::Other),
+            (b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 Service unavailable; Client host [192.0.2.66] blocked using zen.spamhaus.org; from=<b@example.net> to=<a@example.com> proto=ESMTP helo=<x>", Event::Other),
+            (b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <victim@example.org>: Relay access denied; from=<b@example.net> to=<Recipient address rejected: User unknown in local recipient table> proto=ESMTP helo=<x>", Event::Other),
+            (b"connect from unknown[192.0.2.66]", Event::Other),
+            (b"disconnect from unknown[192.0.2.66] ehlo=1 mail=1 rcpt=0/5 quit=1 commands=3/8", Event::Other),
+            (b"NOQUEUE: reject: CONNECT from [192.0.2.66]:4242: 550 5.3.2 Service currently unavailable; proto=SMTP", Event::Other),
+            (b"", Event::Other),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), want, "{}", String::from_utf8_lossy(line));
         }
     }
 }

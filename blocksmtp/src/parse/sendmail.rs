@@ -18,11 +18,11 @@
 //! is the attacker's text.
 use std::sync::LazyLock;
 
-use memchr::memmem::{self, FinderRev};
+use memchr::memmem::{Finder, FinderRev};
 
 use super::{
     Event, GuessKind,
-    addr::{relay_at_end, relay_at_start},
+    client::{relay_at_end, relay_at_start},
 };
 
 const USER_UNKNOWN: &[u8] = b"... User unknown";
@@ -37,6 +37,10 @@ const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
 static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
 static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
 static FIND_SIZE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", size="));
+// Built once: a searcher costs more to build than to run on one line.
+static FIND_NRCPTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", nrcpts="));
+static FIND_RELAY_FWD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", relay="));
+static FIND_REJECT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", reject="));
 
 /// Split `QUEUEID: rest`. sendmail queue ids are 8 characters of time and sequence
 /// plus the zero-padded pid: alphanumerics, 14 long on Linux (up to 20 allowed).
@@ -104,7 +108,8 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
                 // `, size=`. Client text (sender, msgid) could fake it: that only spares
                 // the source the stricter rules for senders without valid mail.
                 let fields = FIND_SIZE.rfind(&body[..pos]).map_or(&body[..0], |s| &body[s..pos]);
-                let accepted = memchr::memmem::find(fields, b", nrcpts=")
+                let accepted = FIND_NRCPTS
+                    .find(fields)
                     .and_then(|i| fields.get(i + 9))
                     .is_some_and(|d| d.is_ascii_digit() && *d != b'0');
                 if accepted {
@@ -151,8 +156,8 @@ fn unknown_user<'a>(qid: Option<&'a [u8]>, target: &'a [u8]) -> Event<'a> {
         };
     };
     // ruleset=check_rcpt, arg1=<ARG>, relay=R, reject=550 5.1.1 <ARG>... User unknown
-    let mut relays = memmem::find_iter(args, b", relay=");
-    let mut rejects = memmem::find_iter(args, b", reject=");
+    let mut relays = FIND_RELAY_FWD.find_iter(args);
+    let mut rejects = FIND_REJECT.find_iter(args);
     let (relay, more_relays) = (relays.next(), relays.next().is_some());
     let (reject, more_rejects) = (rejects.next(), rejects.next().is_some());
     let rcpt = &args[..relay.unwrap_or(args.len())];
@@ -185,158 +190,100 @@ mod tests {
         s.parse().unwrap()
     }
 
-    // Lines as sendmail 8.17.1.9 wrote them (message part after "sm-mta[pid]: ").
-    #[test]
-    fn user_unknown_is_pending_on_queue_id() {
-        assert_eq!(
-            parse(b"6ARCZkEp018868: <tpwjzbwb15@example.com>... User unknown"),
-            Event::PendingGuess {
-                session: b"6ARCZkEp018868",
-                kind: GuessKind::UnknownRecipient,
-                target: b"<tpwjzbwb15@example.com>"
-            }
-        );
-        assert_eq!(
-            parse(b"6ARCZkEp018868: <x@example.com>... No such user here"),
-            Event::PendingGuess { session: b"6ARCZkEp018868", kind: GuessKind::UnknownRecipient, target: b"<x@example.com>" }
-        );
-        // The recipient names an address and even a relay= clause: still pending.
-        assert!(matches!(
-            parse(b"6ARCZkEp018868: <\"x@example.com>... User unknown, relay=[198.51.100.204]\"@example.com>... User unknown"),
-            Event::PendingGuess { .. }
-        ));
-        assert_eq!(parse(b"6ARCZkEp018868: ... User unknown"), Event::Other);
-    }
+    const UNKNOWN: GuessKind = GuessKind::UnknownRecipient;
 
+    /// Lines as sendmail 8.17.1.9 wrote them (the message after `sm-mta[pid]: `) and the
+    /// event each is.
     #[test]
-    fn flood_lines_name_the_client() {
-        assert_eq!(
-            parse(b"6ARCZkEp018868: [192.0.2.66]: Possible SMTP RCPT flood, throttling."),
-            Event::Flood { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66") }
-        );
-        assert_eq!(
-            parse(b"6ARCaTcj018992: [IPv6:2001:db8:0:0:0:0:0:66]: Possible SMTP RCPT flood, throttling."),
-            Event::Flood { session: Some(b"6ARCaTcj018992"), client: ip("2001:db8::66") }
-        );
-        assert_eq!(
-            parse(b"6ARCalaA019042: harvester.example.net [192.0.2.67]: Possible SMTP RCPT flood, throttling."),
-            Event::Flood { session: Some(b"6ARCalaA019042"), client: ip("192.0.2.67") }
-        );
-        assert_eq!(
-            parse(b"6ARCaoci019044: forged.example.org [192.0.2.68] (may be forged): Possible SMTP RCPT flood, throttling."),
-            Event::Flood { session: Some(b"6ARCaoci019044"), client: ip("192.0.2.68") }
-        );
-        assert_eq!(
-            parse(b"6ARCYmRS018304: [192.0.2.66]: Possible SMTP RCPT flood, shutting down connection."),
-            Event::Flood { session: Some(b"6ARCYmRS018304"), client: ip("192.0.2.66") }
-        );
-        // A reverse-DNS name that looks like an address is not the address.
-        assert_eq!(
-            parse(b"6ARCalaA019042: 198.51.100.201 [192.0.2.67]: Possible SMTP RCPT flood, throttling."),
-            Event::Flood { session: Some(b"6ARCalaA019042"), client: ip("192.0.2.67") }
-        );
-    }
-
-    #[test]
-    fn vrfy_expn_and_attack() {
-        assert_eq!(
-            parse(b"6ARCaM6m018977: [192.0.2.66]: VRFY tlpgqvkx26"),
-            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Vrfy, target: b"tlpgqvkx26", session: Some(b"6ARCaM6m018977") }
-        );
-        assert_eq!(
-            parse(b"6ARCaM6m018977: [192.0.2.66]: EXPN djevvld21"),
-            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Expn, target: b"djevvld21", session: Some(b"6ARCaM6m018977") }
-        );
-        // The probed name is the attacker's; it may look like anything.
-        assert_eq!(
-            parse(b"6ARCaM6m018977: [192.0.2.66]: VRFY [198.51.100.205]: VRFY x"),
-            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::Vrfy, target: b"[198.51.100.205]: VRFY x", session: Some(b"6ARCaM6m018977") }
-        );
-        assert_eq!(
-            parse(b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=EXPN, count=6"),
-            Event::ProbeAttack { session: Some(b"6ARCaM6m018977"), client: ip("192.0.2.66"), kind: GuessKind::Expn, count: 6 }
-        );
-        assert_eq!(
-            parse(b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=NOOP, count=21"),
-            Event::Other
-        );
-    }
-
-    #[test]
-    fn session_lines() {
-        assert_eq!(
-            parse(b"6ARCZkEp018868: from=<sgbpebo11@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]"),
-            Event::Session { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66"), ends: true }
-        );
-        assert_eq!(
-            parse(b"6ARCaoci019044: from=<kfykux73@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=forged.example.org [192.0.2.68] (may be forged)"),
-            Event::Session { session: Some(b"6ARCaoci019044"), client: ip("192.0.2.68"), ends: true }
-        );
-        assert_eq!(
-            parse(b"6ARCaTcj018992: from=<adummg44@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v6, relay=[IPv6:2001:db8:0:0:0:0:0:66]"),
-            Event::Session { session: Some(b"6ARCaTcj018992"), client: ip("2001:db8::66"), ends: true }
-        );
-        // The sender is the attacker's and comes before the real relay.
-        assert_eq!(
-            parse(b"6ARCZkEp018868: from=<evil@[198.51.100.203]>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=198.51.100.201 [192.0.2.66]"),
-            Event::Session { session: Some(b"6ARCZkEp018868"), client: ip("192.0.2.66"), ends: true }
-        );
-        assert_eq!(
-            parse(b"6ARCaOVO018980: lost input channel from [192.0.2.66] to MTA-v4 after rcpt"),
-            Event::Session { session: Some(b"6ARCaOVO018980"), client: ip("192.0.2.66"), ends: true }
-        );
-        assert_eq!(
-            parse(b"6ARCa7pt018879: [192.0.2.66] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA-v4"),
-            Event::Session { session: Some(b"6ARCa7pt018879"), client: ip("192.0.2.66"), ends: true }
-        );
-        assert_eq!(parse(b"6ARCa4t9018871: from=root, size=10, class=0, nrcpts=1, relay=root@localhost"), Event::Other);
-        assert_eq!(
-            parse(b"6ARCa4t9018871: from=<a@example.net>, size=1200, class=0, nrcpts=2, msgid=<x@example.net>, proto=ESMTP, daemon=MTA-v4, relay=mail.example.net [192.0.2.10]"),
-            Event::Delivered { session: Some(b"6ARCa4t9018871"), client: ip("192.0.2.10") }
-        );
-        assert_eq!(
-            parse(b"6ARCa4t9018871: from=<a, nrcpts=1@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]"),
-            Event::Session { session: Some(b"6ARCa4t9018871"), client: ip("192.0.2.66"), ends: true }
-        );
-    }
-
-    #[test]
-    fn check_rcpt_rejects() {
-        assert_eq!(
-            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<nobody1@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <nobody1@example.com>... User unknown"),
-            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::UnknownRecipient, target: b"<nobody1@example.com>", session: Some(b"6ARCaRN9018986") }
-        );
-        assert_eq!(
-            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<n@example.com>, relay=198.51.100.201 [192.0.2.66] (may be forged), reject=550 5.1.1 <n@example.com>... User unknown"),
-            Event::Guess { client: ip("192.0.2.66"), kind: GuessKind::UnknownRecipient, target: b"<n@example.com>", session: Some(b"6ARCaRN9018986") }
-        );
-        // An injected relay= in the recipient makes the line ambiguous: held by queue id.
-        assert!(matches!(
-            parse(b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<\"a, relay=[198.51.100.204], reject=550\"@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <\"a, relay=[198.51.100.204], reject=550\"@example.com>... User unknown"),
-            Event::PendingGuess { session: b"6ARCaRN9018986", .. }
-        ));
-        // Not a guess: relaying denied, access denied, rate limit.
-        for other in [
-            &b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<victim@example.org>, relay=[192.0.2.66], reject=550 5.7.1 <victim@example.org>... Relaying denied. IP name lookup failed [192.0.2.66]"[..],
-            b"6ARCarAa019050: ruleset=check_rcpt, arg1=<root@example.com>, relay=[192.0.2.99], reject=550 5.7.1 <root@example.com>... Access denied",
-            b"ruleset=check_relay, arg1=[192.0.2.69], arg2=192.0.2.69, relay=[192.0.2.69], reject=421 4.3.2 Connection rate limit exceeded.",
-            b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<a@example.com>, relay=[192.0.2.66], reject=451 4.1.1 <a@example.com>... User unknown",
-            b"NOQUEUE: tcpwrappers (unknown, 192.0.2.98) rejection",
-            b"6ARCarZf019047: rejecting commands from [192.0.2.66] [192.0.2.66] due to pre-greeting traffic after 0 seconds",
-            b"6ARCaPtm018983: collect: relay=[192.0.2.66], from=<carol@example.net>, info=unexpected close",
-            b"6ARCa4t9018871: to=<root@example.com>, delay=00:00:01, xdelay=00:00:01, mailer=local, pri=30373, dsn=2.0.0, stat=Sent",
-            b"starting daemon (8.17.1.9): SMTP+queueing@00:10:00",
-            b"",
-        ] {
-            assert_eq!(parse(other), Event::Other, "{}", String::from_utf8_lossy(other));
+    fn lines_and_their_events() {
+        let q = |s: &'static str| Some(s.as_bytes());
+        let pending = |session: &'static [u8], target: &'static [u8]| Event::PendingGuess { session, kind: UNKNOWN, target };
+        let flood = |session, client| Event::Flood { session: q(session), client: ip(client) };
+        let ends = |session, client| Event::Session { session: q(session), client: ip(client), ends: true };
+        let probe = |kind, target, client| Event::Guess { client: ip(client), kind, target, session: q("6ARCaM6m018977") };
+        let cases: Vec<(&[u8], Event<'static>)> = vec![
+            // User unknown: no address on the line, pending on the queue id.
+            (b"6ARCZkEp018868: <tpwjzbwb15@example.com>... User unknown", pending(b"6ARCZkEp018868", b"<tpwjzbwb15@example.com>")),
+            (b"6ARCZkEp018868: <x@example.com>... No such user here", pending(b"6ARCZkEp018868", b"<x@example.com>")),
+            // The recipient names an address and even a relay= clause: still pending.
+            (
+                b"6ARCZkEp018868: <\"x@example.com>... User unknown, relay=[198.51.100.204]\"@example.com>... User unknown",
+                pending(b"6ARCZkEp018868", b"<\"x@example.com>... User unknown, relay=[198.51.100.204]\"@example.com>"),
+            ),
+            (b"6ARCZkEp018868: ... User unknown", Event::Other),
+            // sendmail's flood lines name the client at their end.
+            (b"6ARCZkEp018868: [192.0.2.66]: Possible SMTP RCPT flood, throttling.", flood("6ARCZkEp018868", "192.0.2.66")),
+            (b"6ARCaTcj018992: [IPv6:2001:db8:0:0:0:0:0:66]: Possible SMTP RCPT flood, throttling.", flood("6ARCaTcj018992", "2001:db8::66")),
+            (b"6ARCalaA019042: harvester.example.net [192.0.2.67]: Possible SMTP RCPT flood, throttling.", flood("6ARCalaA019042", "192.0.2.67")),
+            (b"6ARCaoci019044: forged.example.org [192.0.2.68] (may be forged): Possible SMTP RCPT flood, throttling.", flood("6ARCaoci019044", "192.0.2.68")),
+            (b"6ARCYmRS018304: [192.0.2.66]: Possible SMTP RCPT flood, shutting down connection.", flood("6ARCYmRS018304", "192.0.2.66")),
+            // A reverse-DNS name that looks like an address is not the address.
+            (b"6ARCalaA019042: 198.51.100.201 [192.0.2.67]: Possible SMTP RCPT flood, throttling.", flood("6ARCalaA019042", "192.0.2.67")),
+            // VRFY / EXPN: the probed name is the attacker's; it may look like anything.
+            (b"6ARCaM6m018977: [192.0.2.66]: VRFY tlpgqvkx26", probe(GuessKind::Vrfy, b"tlpgqvkx26", "192.0.2.66")),
+            (b"6ARCaM6m018977: [192.0.2.66]: EXPN djevvld21", probe(GuessKind::Expn, b"djevvld21", "192.0.2.66")),
+            (b"6ARCaM6m018977: [192.0.2.66]: VRFY [198.51.100.205]: VRFY x", probe(GuessKind::Vrfy, b"[198.51.100.205]: VRFY x", "192.0.2.66")),
+            (
+                b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=EXPN, count=6",
+                Event::ProbeAttack { session: q("6ARCaM6m018977"), client: ip("192.0.2.66"), kind: GuessKind::Expn, count: 6 },
+            ),
+            (b"6ARCaM6m018977: [192.0.2.66]: possible SMTP attack: command=NOOP, count=21", Event::Other),
+            // Lines naming the session's client.
+            (b"6ARCZkEp018868: from=<sgbpebo11@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]", ends("6ARCZkEp018868", "192.0.2.66")),
+            (b"6ARCaoci019044: from=<kfykux73@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=forged.example.org [192.0.2.68] (may be forged)", ends("6ARCaoci019044", "192.0.2.68")),
+            (b"6ARCaTcj018992: from=<adummg44@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v6, relay=[IPv6:2001:db8:0:0:0:0:0:66]", ends("6ARCaTcj018992", "2001:db8::66")),
+            // The sender is the attacker's and comes before the real relay.
+            (b"6ARCZkEp018868: from=<evil@[198.51.100.203]>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=198.51.100.201 [192.0.2.66]", ends("6ARCZkEp018868", "192.0.2.66")),
+            (b"6ARCaOVO018980: lost input channel from [192.0.2.66] to MTA-v4 after rcpt", ends("6ARCaOVO018980", "192.0.2.66")),
+            (b"6ARCa7pt018879: [192.0.2.66] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA-v4", ends("6ARCa7pt018879", "192.0.2.66")),
+            (b"6ARCa4t9018871: from=root, size=10, class=0, nrcpts=1, relay=root@localhost", Event::Other),
+            // Accepted recipients: valid mail. A sender faking nrcpts= does not count.
+            (
+                b"6ARCa4t9018871: from=<a@example.net>, size=1200, class=0, nrcpts=2, msgid=<x@example.net>, proto=ESMTP, daemon=MTA-v4, relay=mail.example.net [192.0.2.10]",
+                Event::Delivered { session: q("6ARCa4t9018871"), client: ip("192.0.2.10") },
+            ),
+            (b"6ARCa4t9018871: from=<a, nrcpts=1@example.net>, size=0, class=0, nrcpts=0, proto=SMTP, daemon=MTA-v4, relay=[192.0.2.66]", ends("6ARCa4t9018871", "192.0.2.66")),
+            // check_rcpt rejects carry the client.
+            (
+                b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<nobody1@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <nobody1@example.com>... User unknown",
+                Event::Guess { client: ip("192.0.2.66"), kind: UNKNOWN, target: b"<nobody1@example.com>", session: q("6ARCaRN9018986") },
+            ),
+            (
+                b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<n@example.com>, relay=198.51.100.201 [192.0.2.66] (may be forged), reject=550 5.1.1 <n@example.com>... User unknown",
+                Event::Guess { client: ip("192.0.2.66"), kind: UNKNOWN, target: b"<n@example.com>", session: q("6ARCaRN9018986") },
+            ),
+            // An injected relay= in the recipient makes the line ambiguous: held by queue id.
+            (
+                b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<\"a, relay=[198.51.100.204], reject=550\"@example.com>, relay=[192.0.2.66], reject=550 5.1.1 <\"a, relay=[198.51.100.204], reject=550\"@example.com>... User unknown",
+                pending(b"6ARCaRN9018986", b"<\"a"),
+            ),
+            // Not guesses: relaying denied, access denied, rate limit, temporary failures.
+            (b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<victim@example.org>, relay=[192.0.2.66], reject=550 5.7.1 <victim@example.org>... Relaying denied. IP name lookup failed [192.0.2.66]", Event::Other),
+            (b"6ARCarAa019050: ruleset=check_rcpt, arg1=<root@example.com>, relay=[192.0.2.99], reject=550 5.7.1 <root@example.com>... Access denied", Event::Other),
+            (b"ruleset=check_relay, arg1=[192.0.2.69], arg2=192.0.2.69, relay=[192.0.2.69], reject=421 4.3.2 Connection rate limit exceeded.", Event::Other),
+            (b"6ARCaRN9018986: ruleset=check_rcpt, arg1=<a@example.com>, relay=[192.0.2.66], reject=451 4.1.1 <a@example.com>... User unknown", Event::Other),
+            (b"NOQUEUE: tcpwrappers (unknown, 192.0.2.98) rejection", Event::Other),
+            (b"6ARCarZf019047: rejecting commands from [192.0.2.66] [192.0.2.66] due to pre-greeting traffic after 0 seconds", Event::Other),
+            (b"6ARCaPtm018983: collect: relay=[192.0.2.66], from=<carol@example.net>, info=unexpected close", Event::Other),
+            (b"6ARCa4t9018871: to=<root@example.com>, delay=00:00:01, xdelay=00:00:01, mailer=local, pri=30373, dsn=2.0.0, stat=Sent", Event::Other),
+            (b"starting daemon (8.17.1.9): SMTP+queueing@00:10:00", Event::Other),
+            (b"", Event::Other),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), want, "{}", String::from_utf8_lossy(line));
         }
     }
 
     #[test]
     fn queue_ids() {
-        assert_eq!(split_queue_id(b"6ARCZkEp018868: x"), (Some(&b"6ARCZkEp018868"[..]), &b"x"[..]));
-        assert_eq!(split_queue_id(b"NOQUEUE: x"), (None, &b"NOQUEUE: x"[..]));
-        assert_eq!(split_queue_id(b"from=<a>: x").0, None);
-        assert_eq!(split_queue_id(b"abc: x").0, None);
+        let cases: &[(&[u8], Option<&[u8]>, &[u8])] = &[
+            (b"6ARCZkEp018868: x", Some(b"6ARCZkEp018868"), b"x"),
+            (b"NOQUEUE: x", None, b"NOQUEUE: x"),
+            (b"from=<a>: x", None, b"from=<a>: x"),
+            (b"abc: x", None, b"abc: x"),
+        ];
+        for (msg, id, rest) in cases {
+            assert_eq!(split_queue_id(msg), (*id, *rest), "{}", String::from_utf8_lossy(msg));
+        }
     }
 }

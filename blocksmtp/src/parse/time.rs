@@ -133,10 +133,26 @@ fn offset(b: &[u8]) -> Option<i32> {
 /// (January → December, a log read across the new year backwards) is taken as the
 /// year before. A timestamp that still lands more than a day ahead of `now` is moved
 /// back one year.
+///
+/// Lines come in runs of the same second: the last timestamp's bytes and result are
+/// kept, so the calendar is computed once per distinct timestamp. (Resolving the same
+/// bytes again at the same `now` leaves the year state as it was: the cache changes
+/// no result.)
 #[derive(Debug, Default)]
 pub struct TimeResolver {
     bsd: Option<(i64, u32)>,
     tz_cache: Option<(i64, i64)>,
+    /// `now` (unix seconds) and its year.
+    now_year: Option<(i64, i64)>,
+    last: Option<LastTime>,
+}
+
+#[derive(Debug)]
+struct LastTime {
+    kind: u8,
+    raw: Vec<u8>,
+    now: SystemTime,
+    out: Option<SystemTime>,
 }
 
 impl TimeResolver {
@@ -146,13 +162,32 @@ impl TimeResolver {
 
     /// The time `raw` stands for; `now` anchors BSD year inference.
     pub fn resolve(&mut self, raw: RawTime<'_>, now: SystemTime) -> Option<SystemTime> {
-        match raw {
-            RawTime::None => None,
-            RawTime::UnixMicros(us) => UNIX_EPOCH.checked_add(Duration::from_micros(us)),
-            RawTime::Rfc3339(b) => parse_rfc3339(b),
-            RawTime::Exim(b) => self.exim(b),
-            RawTime::Bsd(b) => self.bsd(b, now),
+        let (kind, b) = match raw {
+            RawTime::None => return None,
+            RawTime::UnixMicros(us) => return UNIX_EPOCH.checked_add(Duration::from_micros(us)),
+            RawTime::Rfc3339(b) => (0, b),
+            RawTime::Exim(b) => (1, b),
+            RawTime::Bsd(b) => (2, b),
+        };
+        if let Some(l) = &self.last
+            && l.kind == kind
+            && l.now == now
+            && l.raw == b
+        {
+            return l.out;
         }
+        let out = match kind {
+            0 => parse_rfc3339(b),
+            1 => self.exim(b),
+            _ => self.bsd(b, now),
+        };
+        let l = self.last.get_or_insert_with(|| LastTime { kind, raw: Vec::with_capacity(40), now, out });
+        l.kind = kind;
+        l.raw.clear();
+        l.raw.extend_from_slice(b);
+        l.now = now;
+        l.out = out;
+        out
     }
 
     fn bsd(&mut self, b: &[u8], now: SystemTime) -> Option<SystemTime> {
@@ -164,7 +199,14 @@ impl TimeResolver {
         let day = if b[4] == b' ' { digits(&b[5..6])? } else { digits(&b[4..6])? };
         let secs_of_day = hms(&b[7..15])?;
         let now_secs = unix_secs(now);
-        let (now_year, _, _) = civil_from_days(now_secs.div_euclid(86_400));
+        let now_year = match self.now_year {
+            Some((s, y)) if s == now_secs => y,
+            _ => {
+                let y = civil_from_days(now_secs.div_euclid(86_400)).0;
+                self.now_year = Some((now_secs, y));
+                y
+            }
+        };
         let mut year = match self.bsd {
             None => now_year,
             Some((y, last)) if month + 6 < last => y + 1,

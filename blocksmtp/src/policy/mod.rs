@@ -494,8 +494,9 @@ impl Policy {
     }
 
     fn maybe_sweep(&mut self, now: SystemTime) {
+        // Compared, not subtracted: this runs for every guess.
         match self.last_sweep {
-            Some(t) if now.duration_since(t).map_or(true, |d| d < Duration::from_secs(60)) => {}
+            Some(t) if t.checked_add(Duration::from_secs(60)).is_none_or(|end| now < end) => {}
             _ => self.sweep(now),
         }
     }

@@ -134,6 +134,120 @@ impl LineReader {
     }
 }
 
+/// Bytes a [`Blocks`] reader aims at per block.
+pub const BLOCK: usize = 1 << 20;
+
+/// An input read in blocks of whole lines, for parsing on several threads: each block
+/// ends at a newline (the last one of an input may not). A line longer than
+/// `max_line` with no newline in sight is cut here as [`LineReader`] cuts it (its head,
+/// then a newline, the rest dropped); longer lines inside a block are left for the
+/// consumer to cut at `max_line` ([`block_lines`]).
+pub struct Blocks {
+    src: Box<dyn Read + Send>,
+    max_line: usize,
+    carry: Vec<u8>,
+    discarding: bool,
+    eof: bool,
+    truncated: u64,
+}
+
+impl LineReader {
+    /// Read the rest of the input in blocks (nothing must have been read as lines yet).
+    pub fn into_blocks(self) -> Blocks {
+        Blocks { src: self.src, max_line: self.split.max_line(), carry: Vec::new(), discarding: false, eof: false, truncated: 0 }
+    }
+}
+
+impl Blocks {
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Lines this reader cut (those cut by [`block_lines`] are counted there).
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
+    /// Fill `out` with the next block; `false` at the end of the input.
+    pub fn next_block(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        out.append(&mut self.carry);
+        let mut last_nl = memchr::memrchr(b'\n', out);
+        loop {
+            if self.discarding {
+                match memchr::memchr(b'\n', out) {
+                    Some(i) => {
+                        out.drain(..=i);
+                        self.discarding = false;
+                        last_nl = memchr::memrchr(b'\n', out);
+                        continue;
+                    }
+                    None => {
+                        out.clear();
+                        last_nl = None;
+                    }
+                }
+            } else if let Some(nl) = last_nl
+                && out.len() >= BLOCK
+            {
+                self.carry.extend_from_slice(&out[nl + 1..]);
+                out.truncate(nl + 1);
+                return Ok(true);
+            } else if last_nl.is_none() && out.len() > self.max_line {
+                // One line longer than max_line and no end in sight: its head, once.
+                out.truncate(self.max_line);
+                out.push(b'\n');
+                self.truncated += 1;
+                self.discarding = true;
+                return Ok(true);
+            }
+            if self.eof {
+                let any = !out.is_empty() && !self.discarding;
+                if !any {
+                    out.clear();
+                }
+                return Ok(any);
+            }
+            let n0 = out.len();
+            // Into the spare capacity, without zeroing it first (read_to_end does that
+            // safely); retried on EINTR there.
+            match (&mut self.src).take((BLOCK / 4) as u64).read_to_end(out) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {
+                    if let Some(i) = memchr::memrchr(b'\n', &out[n0..]) {
+                        last_nl = Some(n0 + i);
+                    }
+                }
+                Err(e) => {
+                    out.truncate(n0);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The lines of a block from [`Blocks::next_block`], each without its `\n` and cut at
+/// `max_line` (`cut` counts those), as [`LineReader::next_line`] hands them out.
+pub fn block_lines<'a>(block: &'a [u8], max_line: usize, cut: &'a mut u64) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        if line.len() > max_line {
+            *cut += 1;
+            return Some(&line[..max_line]);
+        }
+        Some(line)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -221,6 +335,52 @@ mod tests {
         }
         let r = LineReader::new(io::Cursor::new(data)).unwrap();
         assert_eq!(lines(r), want);
+    }
+
+    /// Lines through blocks, as `lines` gives them, and the cut count.
+    fn block_lines_of(r: LineReader) -> (Vec<Vec<u8>>, u64) {
+        let mut b = r.into_blocks();
+        let (mut v, mut cut, mut buf) = (Vec::new(), 0, Vec::new());
+        while b.next_block(&mut buf).unwrap() {
+            let max = b.max_line();
+            v.extend(block_lines(&buf, max, &mut cut).map(<[u8]>::to_vec));
+        }
+        (v, cut + b.truncated())
+    }
+
+    #[test]
+    fn blocks_give_the_same_lines() {
+        let mut big = Vec::new();
+        for i in 0..300_000u32 {
+            big.extend_from_slice(format!("line {i} {}\n", "z".repeat((i % 97) as usize)).as_bytes());
+        }
+        let mut long = vec![b'x'; 3 * BLOCK];
+        long.extend_from_slice(b"\nafter\n");
+        long.extend(vec![b'y'; 150]);
+        long.extend_from_slice(b"\n\nend");
+        let cases: Vec<(Vec<u8>, usize)> = vec![
+            (b"a\nbb\n\nccc".to_vec(), 100),
+            (b"a\n".to_vec(), 100),
+            (Vec::new(), 100),
+            (b"x".to_vec(), 100),
+            (b"\n\n".to_vec(), 100),
+            (big, DEFAULT_MAX_LINE),
+            (long.clone(), 100),
+            (long.clone(), DEFAULT_MAX_LINE),
+            (long[..3 * BLOCK].to_vec(), 100),
+        ];
+        for (data, max) in cases {
+            let want = LineReader::with_max_line(io::Cursor::new(data.clone()), max).unwrap();
+            let mut want_lines = Vec::new();
+            let mut w = want;
+            while let Some(l) = w.next_line().unwrap() {
+                want_lines.push(l.to_vec());
+            }
+            let got = block_lines_of(LineReader::with_max_line(io::Cursor::new(data.clone()), max).unwrap());
+            assert_eq!(got, (want_lines, w.truncated()), "{} bytes, max {max}", data.len());
+            let got = block_lines_of(LineReader::with_max_line(io::Cursor::new(gz(&data)), max).unwrap());
+            assert_eq!(got.0.len(), { let mut w = LineReader::with_max_line(io::Cursor::new(data.clone()), max).unwrap(); let mut n = 0; while w.next_line().unwrap().is_some() { n += 1 } n });
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Client-address extraction shared by the MTA parsers.
+//! Where a client address is read from a line: the extraction shared by the MTA parsers
+//! (what gets banned, a source address or prefix, is `crate::addr`).
 //!
 //! Every function here anchors on structure the MTA itself writes, never on text a
 //! client chose. The two anchors used by sendmail are:
@@ -108,6 +109,10 @@ pub fn relay_at_start(s: &[u8]) -> Option<(IpAddr, &[u8])> {
 /// Lossy text of attacker-supplied bytes for evidence: at most `max` characters,
 /// control characters replaced, so it is safe to print in a terminal or JSON.
 pub fn sample_text(b: &[u8], max: usize) -> String {
+    // The common case, printable ASCII within `max`: a plain copy.
+    if b.len() <= max && b.iter().all(|c| (0x20..0x7f).contains(c)) {
+        return String::from_utf8_lossy(b).into_owned();
+    }
     let s = String::from_utf8_lossy(b);
     let mut out = String::with_capacity(s.len().min(max + 3));
     for (n, c) in s.chars().enumerate() {
