@@ -57,7 +57,7 @@ impl<V: PartialEq> PartialEq for Bounded<V> {
 /// Empty; uncapped until [`Bounded::adopt`]ed into a capped one.
 impl<V> Default for Bounded<V> {
     fn default() -> Self {
-        Self { map: HashMap::new(), cap: usize::MAX }
+        Self { map: HashMap::new(), cap: usize::MAX, min_touched: u32::MAX }
     }
 }
 
@@ -70,7 +70,8 @@ impl<V: Serialize> Serialize for Bounded<V> {
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for Bounded<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<(Key, u32, V)>::deserialize(d)?;
-        Ok(Self { map: entries.into_iter().map(|(k, t, v)| (k, (v, t))).collect(), cap: usize::MAX })
+        let min_touched = entries.iter().map(|&(_, t, _)| t).min().unwrap_or(u32::MAX);
+        Ok(Self { map: entries.into_iter().map(|(k, t, v)| (k, (v, t))).collect(), cap: usize::MAX, min_touched })
     }
 }
 
@@ -133,6 +134,8 @@ impl<V: Default> Bounded<V> {
     /// beyond it the least recently touched go.
     pub fn adopt(&mut self, from: Bounded<V>) {
         self.map = from.map;
+        // Still a lower bound after evictions (they only remove entries).
+        self.min_touched = from.min_touched;
         while self.map.len() > self.cap {
             self.evict();
         }
