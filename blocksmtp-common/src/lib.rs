@@ -22,11 +22,9 @@ pub const MAX_PORTS: usize = 8;
 pub const MAX_BANS: u32 = 1 << 20;
 /// Capacity of each allow-list trie.
 pub const MAX_ALLOW: u32 = 1 << 16;
-/// Capacity of each prefix-ban map (networks banned as a whole: few, but not bounded
+/// Capacity of each prefix-ban trie (networks banned as a whole: few, but not bounded
 /// by the attacker more than address bans are).
-pub const MAX_PREFIX_BANS: u32 = 1 << 20;
-/// Capacity of the prefix-ban tries of an earlier v1 build (read once, to migrate them).
-pub const LEGACY_MAX_PREFIX_BANS: u32 = 1 << 16;
+pub const MAX_PREFIX_BANS: u32 = 1 << 16;
 /// Words of the prefix-ban hint bitmap (`BANNET_HINT`): 65,536 bits for IPv4 (by the
 /// source's first 16 bits), then 65,536 for IPv6 (by its first 32 bits, folded to 16).
 /// A clear bit proves no prefix ban covers the source: the trie lookup is skipped.
@@ -40,14 +38,14 @@ pub mod map_names {
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const STATS: &str = "STATS";
+    pub const BANNET_V4: &str = "BANNET_V4";
+    pub const BANNET_V6: &str = "BANNET_V6";
+    pub const BANNET_HINT: &str = "BANNET_HINT";
+    pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
+    /// The benchmark's per-length hash design (blocksmtp-ebpf/src/bin/hash.rs), not the product's.
     pub const NETS_V4: &str = "NETS_V4";
     pub const NETS_V6: &str = "NETS_V6";
     pub const NET_LENS: &str = "NET_LENS";
-    pub const BANNET_HINT: &str = "BANNET_HINT";
-    pub const ALL: [&str; 10] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, NETS_V4, NETS_V6, NET_LENS, BANNET_HINT];
-    /// The prefix-ban LPM tries of an earlier v1 build, migrated at load.
-    pub const LEGACY_BANNET_V4: &str = "BANNET_V4";
-    pub const LEGACY_BANNET_V6: &str = "BANNET_V6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -70,8 +68,10 @@ pub struct BanKeyV6 {
     pub prefix: [u8; 16],
 }
 
-/// Key of the IPv4 prefix-ban map: the length and the network (address bits past
-/// `len` zero). One hash map holds every length; `NetLens` says which are in use.
+/// The per-length hash design bench-dataplane measures against the tries (not loaded by
+/// the daemon; see BENCHMARKS.md). Key of its IPv4 prefix-ban map: the length and the
+/// network (address bits past `len` zero). One hash map holds every length; `NetLens`
+/// says which are in use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct NetKeyV4 {
@@ -118,11 +118,11 @@ impl NetLens {
 
 /// The ban was set by hand (`blocksmtp ban`), not by detection.
 pub const BAN_FLAG_MANUAL: u32 = 1;
-/// Bits 8..16 of `BanValue::flags` held a prefix ban's length in the tries of an
-/// earlier build (a trie lookup answers with the longest covering entry).
+/// Bits 8..16 of `BanValue::flags` hold a prefix ban's length: a trie lookup answers
+/// with the longest covering entry, so user space checks it found the one it asked for.
 pub const BAN_FLAG_LEN_SHIFT: u32 = 8;
 
-/// Value of the ban maps and of the prefix-ban maps.
+/// Value of the ban maps and of the prefix-ban tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct BanValue {
@@ -158,9 +158,9 @@ pub const CONFIG_MAILER_V6: u8 = 2;
 pub const CONFIG_ALLOW_V4: u8 = 4;
 /// `ALLOW_V6` holds entries.
 pub const CONFIG_ALLOW_V6: u8 = 8;
-/// `NETS_V4` holds entries (when clear, a source with no address ban passes at once).
+/// `BANNET_V4` holds entries (when clear, a source with no address ban passes at once).
 pub const CONFIG_BANNET_V4: u8 = 16;
-/// `NETS_V6` holds entries.
+/// `BANNET_V6` holds entries.
 pub const CONFIG_BANNET_V6: u8 = 32;
 /// Rare events (a ban's first dropped packet) go to aya-log (`--debug 3`). When clear
 /// the program takes no logging path at all.

@@ -4,9 +4,10 @@
 //! NICs and stacks where XDP is unavailable). Per packet, cheapest tests first:
 //! protocol, port, destination (`hdr::parse`), then one hash lookup; prefix bans only
 //! when some exist (a config bit), the address has none of its own and the source's
-//! hint bit is set — then one hash lookup per prefix length in use (`NET_LENS`); the allow-list trie
-//! only for a source that is actually banned. Every packet bumps exactly one per-CPU
-//! counter, indexed by its verdict.
+//! hint bit is set — then one longest-prefix lookup in a trie; the allow-list trie only
+//! for a source that is actually banned. Every packet bumps exactly one per-CPU
+//! counter, indexed by its verdict. With the config's log bit set (`--debug 3`), a ban's
+//! first dropped packet is reported through aya-log; with it clear, no logging code runs.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
@@ -19,10 +20,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::info;
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_NET_LENS, MAX_PORTS, MAX_PREFIX_BANS,
-    NET_LEN_FREE, NetKeyV4, NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, net_key_v4, net_key_v6,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, CONFIG_LOG,
+    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PORTS, MAX_PREFIX_BANS, STAT_COUNT,
+    Verdict, BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6,
 };
 use blocksmtp_ebpf::hdr::{self, Tcp};
 
@@ -41,17 +43,15 @@ static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(MAX_AL
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-// Networks banned as a whole, every length in one hash map per family: a lookup per
-// length in use costs the same at one ban or a million (an LPM trie's lookup grows
-// with its depth: 2.85x a clean packet's cost with 65,000 /48s in one /32).
+// Networks banned as a whole (any length): one longest-prefix lookup. Measured against
+// per-length hash maps (bench-dataplane): a hash lookup per length in use costs more
+// than the trie's walk for a clean packet (BENCHMARKS.md).
 #[map]
-static NETS_V4: HashMap<NetKeyV4, BanValue> = HashMap::with_max_entries(MAX_PREFIX_BANS, BPF_F_NO_PREALLOC);
+static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
-static NETS_V6: HashMap<NetKeyV6, BanValue> = HashMap::with_max_entries(MAX_PREFIX_BANS, BPF_F_NO_PREALLOC);
-#[map]
-static NET_LENS: Array<NetLens> = Array::with_max_entries(1, 0);
+static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 // One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
-// lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
+// lookup (inlined by the verifier) keeps the trie off a clean packet's path.
 #[map]
 static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 
@@ -103,16 +103,19 @@ fn classify(start: usize, end: usize) -> Verdict {
             if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V4 != 0 && daddr != cfg.mailer_v4) {
                 return Verdict::PassNotProtected;
             }
-            let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }));
+            let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V4 != 0
                 && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
             {
                 (found, miss) = net_ban_v4(saddr, miss);
             }
-            let Some(ban) = found else { return miss };
+            let Some((ban, len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
                 return Verdict::PassAllowListed;
+            }
+            if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
+                info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", saddr, len, u16::from_be(dport_be));
             }
             charge(ban)
         }
@@ -122,76 +125,63 @@ fn classify(start: usize, end: usize) -> Verdict {
             }
             let mask = words(&cfg.v6_mask);
             let key = bytes([saddr[0] & mask[0], saddr[1] & mask[1]]);
-            let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }));
+            let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V6 != 0
                 && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
             {
-                (found, miss) = net_ban_v6(u64::from_be(saddr[0]), u64::from_be(saddr[1]), miss);
+                (found, miss) = net_ban_v6(bytes(saddr), miss);
             }
-            let Some(ban) = found else { return miss };
+            let Some((ban, len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
                 return Verdict::PassAllowListed;
+            }
+            if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
+                info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", bytes(saddr), len, u16::from_be(dport_be));
             }
             charge(ban)
         }
     }
 }
 
+/// A ban in force, and its prefix length (for the log).
+type Found = Option<(*mut BanValue, u8)>;
+
 /// A ban entry found (or not): in force, or the verdict of a source without one.
 #[inline(always)]
-fn ban_state(ban: Option<*mut BanValue>) -> (Option<*mut BanValue>, Verdict) {
+fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
     match ban {
         Some(b) if expired(b) => (None, Verdict::PassExpired),
-        Some(b) => (Some(b), Verdict::PassNotBanned),
+        Some(b) => (Some((b, len)), Verdict::PassNotBanned),
         None => (None, Verdict::PassNotBanned),
     }
 }
 
-/// The first prefix ban in force covering an IPv4 source: one lookup per length in use.
+/// The longest prefix ban covering an IPv4 source, if it is in force.
 #[inline(always)]
-fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Option<*mut BanValue>, Verdict) {
-    let Some(lens) = NET_LENS.get(0) else { return (None, miss) };
-    // Only the loop counter and `miss` cross iterations: the verifier sees two states
-    // per round, not one per path so far.
-    for i in 0..MAX_NET_LENS {
-        if i >= lens.v4_end as usize {
-            break;
-        }
-        let len = lens.v4[i];
-        if len == NET_LEN_FREE {
-            continue;
-        }
-        if let Some(ban) = NETS_V4.get_ptr_mut(net_key_v4(saddr, len as u32)) {
-            if !expired(ban) {
-                return (Some(ban), miss);
-            }
-            miss = Verdict::PassExpired;
-        }
-    }
-    (None, miss)
+fn net_ban_v4(saddr: [u8; 4], miss: Verdict) -> (Found, Verdict) {
+    net_state(BANNET_V4.get(Key::new(32, saddr)), miss)
 }
 
-/// As `net_ban_v4`, for an IPv6 source given as host-order halves.
+/// The longest prefix ban covering an IPv6 source, if it is in force.
 #[inline(always)]
-fn net_ban_v6(hi: u64, lo: u64, mut miss: Verdict) -> (Option<*mut BanValue>, Verdict) {
-    let Some(lens) = NET_LENS.get(0) else { return (None, miss) };
-    for i in 0..MAX_NET_LENS {
-        if i >= lens.v6_end as usize {
-            break;
-        }
-        let len = lens.v6[i];
-        if len == NET_LEN_FREE {
-            continue;
-        }
-        if let Some(ban) = NETS_V6.get_ptr_mut(net_key_v6(hi, lo, len as u32)) {
-            if !expired(ban) {
-                return (Some(ban), miss);
+fn net_ban_v6(saddr: [u8; 16], miss: Verdict) -> (Found, Verdict) {
+    net_state(BANNET_V6.get(Key::new(128, saddr)), miss)
+}
+
+/// A trie's answer: the value carries the prefix's length (`BAN_FLAG_LEN_SHIFT`).
+#[inline(always)]
+fn net_state(ban: Option<&BanValue>, miss: Verdict) -> (Found, Verdict) {
+    match ban {
+        Some(b) => {
+            let len = (b.flags >> BAN_FLAG_LEN_SHIFT) as u8;
+            match ban_state(Some(b as *const BanValue as *mut BanValue), len) {
+                (None, _) => (None, Verdict::PassExpired),
+                found => found,
             }
-            miss = Verdict::PassExpired;
         }
+        None => (None, miss),
     }
-    (None, miss)
 }
 
 /// Whether hint bit `bit` is set (a prefix ban may cover the source).
@@ -231,6 +221,14 @@ fn protected_port(cfg: &Config, dport: u16) -> bool {
 #[inline(always)]
 fn expired(ban: *mut BanValue) -> bool {
     !unsafe { &*ban }.active_at(unsafe { bpf_ktime_get_boot_ns() })
+}
+
+/// No packet was dropped under this ban yet. A plain read: two CPUs dropping a ban's
+/// first packets at once may both say so (fetch-and-add, which would decide it, needs
+/// Linux 5.12).
+#[inline(always)]
+fn first_drop(ban: *mut BanValue) -> bool {
+    unsafe { core::ptr::read_volatile(&raw const (*ban).dropped) == 0 }
 }
 
 /// Drop, and charge the packet to the ban's counter.

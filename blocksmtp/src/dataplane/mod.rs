@@ -6,11 +6,9 @@
 //! bpffs and survive restarts (see `pin` and `attach`).
 //!
 //! Prefix bans (an IPv4 network shorter than /32, an IPv6 network shorter than
-//! `--v6-prefix`) live in the `NETS_V4` / `NETS_V6` hash maps beside the address maps,
-//! keyed by (length, network); `NET_LENS` says which lengths are in use, and the
-//! program looks up one key per length in use, longest first — only while a config bit
-//! says a map holds entries, only for an address without a ban of its own, and only
-//! when the source's hint bit is set.
+//! `--v6-prefix`) live in the `BANNET_V4` / `BANNET_V6` LPM tries beside the address
+//! maps; the program looks there only while a config bit says a trie holds entries, and
+//! only for an address without a ban of its own.
 //!
 //! Full maps: each ban map holds `MAX_BANS` (1,048,576) entries. When one is full a new
 //! ban first triggers a sweep of expired entries; if the map is still full the ban is
@@ -31,9 +29,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use blocksmtp_common::{
-    AllowValue, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, BanKeyV4, BanKeyV6,
-    BanValue, Config, HINT_WORDS, MAX_NET_LENS, NET_LEN_FREE, NetKeyV4, NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, map_names,
-    program_names, v6_key,
+    AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, map_names, program_names,
+    v6_key,
 };
 use ipnet::IpNet;
 
@@ -66,9 +64,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[cfg(feature = "bench")]
 pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
 
-/// The benchmark's other prefix-ban design: LPM tries (blocksmtp-ebpf/src/bin/trie.rs).
+/// The benchmark's other prefix-ban design: per-length hash maps (blocksmtp-ebpf/src/bin/hash.rs).
 #[cfg(feature = "bench")]
-pub static TRIE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trie"));
+pub static HASH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hash"));
 
 /// What the programs enforce.
 #[derive(Clone, Debug)]
@@ -79,11 +77,13 @@ pub struct DataplaneConfig {
     pub mailer_ips: Vec<IpAddr>,
     /// IPv6 sources are banned per prefix of this length.
     pub v6_prefix: u8,
+    /// Report rare events (a ban's first dropped packet) through aya-log (`--debug 3`).
+    pub log_events: bool,
 }
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        Self { ports: vec![25], mailer_ips: Vec::new(), v6_prefix: 64 }
+        Self { ports: vec![25], mailer_ips: Vec::new(), v6_prefix: 64, log_events: false }
     }
 }
 
@@ -114,6 +114,9 @@ impl DataplaneConfig {
         }
         if v4 > 1 || v6 > 1 {
             bail!("--mailer-ip: at most one IPv4 and one IPv6 address");
+        }
+        if self.log_events {
+            cfg.flags |= blocksmtp_common::CONFIG_LOG;
         }
         Ok(cfg)
     }
@@ -148,7 +151,7 @@ pub struct KernelBan {
 enum BanKey {
     V4(BanKeyV4Ord),
     V6([u8; 16]),
-    /// A prefix ban: network and length, in `NETS_V4` / `NETS_V6`.
+    /// A prefix ban: network and length, in `BANNET_V4` / `BANNET_V6`.
     Net4([u8; 4], u8),
     Net6([u8; 16], u8),
 }
@@ -166,7 +169,7 @@ impl BanKey {
 }
 
 /// The hint bits a prefix ban on `net` sets (see `blocksmtp_common::HINT_WORDS`); for the
-/// benchmark's trie program too.
+/// benchmark's other design too.
 pub fn hint_bits_of(net: &IpNet) -> Vec<u32> {
     match net.trunc() {
         IpNet::V4(n) => hint_bits(&BanKey::Net4(n.network().octets(), n.prefix_len())),
@@ -197,33 +200,9 @@ fn hint_bits(key: &BanKey) -> Vec<u32> {
     }
 }
 
-/// A family's slots in `NetLens`, and the length a prefix ban takes one for.
-fn lens_of<'a>(lens: &'a mut NetLens, key: &BanKey) -> Option<(&'a mut [u8; MAX_NET_LENS], &'a mut u8, u8)> {
-    match *key {
-        BanKey::Net4(_, len) => Some((&mut lens.v4, &mut lens.v4_end, len)),
-        BanKey::Net6(_, len) => Some((&mut lens.v6, &mut lens.v6_end, len)),
-        _ => None,
-    }
-}
-
-/// Give `len` a slot (the lowest free one) or free its slot; `None` when all are taken.
-fn set_len(slots: &mut [u8; MAX_NET_LENS], end: &mut u8, len: u8, add: bool) -> Option<()> {
-    if add {
-        let free = slots[..usize::from(*end)].iter().position(|s| *s == NET_LEN_FREE).unwrap_or(usize::from(*end));
-        if free >= MAX_NET_LENS {
-            return None;
-        }
-        slots[free] = len;
-        *end = (*end).max(free as u8 + 1);
-    } else {
-        if let Some(s) = slots[..usize::from(*end)].iter_mut().find(|s| **s == len) {
-            *s = NET_LEN_FREE;
-        }
-        while *end > 0 && slots[usize::from(*end) - 1] == NET_LEN_FREE {
-            *end -= 1;
-        }
-    }
-    Some(())
+/// A prefix ban's value carries its length (the trie answers with the longest match).
+fn len_of(v: &BanValue) -> u8 {
+    (v.flags >> BAN_FLAG_LEN_SHIFT) as u8
 }
 
 /// BanKeyV4 with an order, for the expiry heap.
@@ -237,12 +216,8 @@ pub struct Dataplane {
     bans_v6: HashMap<MapData, BanKeyV6, BanValue>,
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
-    bannet_v4: HashMap<MapData, NetKeyV4, BanValue>,
-    bannet_v6: HashMap<MapData, NetKeyV6, BanValue>,
-    /// `NET_LENS` as written, and the prefix bans per length (IPv4 0..32, IPv6 32..160).
-    lens_map: Array<MapData, NetLens>,
-    lens: NetLens,
-    len_counts: [u32; 160],
+    bannet_v4: LpmTrie<MapData, [u8; 4], BanValue>,
+    bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
     hint_map: Array<MapData, u64>,
     /// Prefix bans per hint bit, and the bitmap as written to `BANNET_HINT`.
     hint_counts: Vec<u32>,
@@ -263,6 +238,62 @@ pub struct Dataplane {
     entries: [usize; 4],
     /// Pinned maps were found and reused at load.
     pub restored: bool,
+    /// The task forwarding the programs' aya-log records into our log.
+    log_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// aya-log's records from the programs, re-logged at debug level under our own target
+/// (the daemon shows them at `--debug 3`, the level that turns them on).
+struct ForwardLog;
+
+impl log::Log for ForwardLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        log::debug!(target: "blocksmtp::dataplane::ebpf", "dataplane: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Read the programs' log ring buffer in a task of the running tokio runtime (aya-log
+/// 0.3 leaves the polling to us). Without a runtime (tests, tools) nothing reads it:
+/// the program's reservations then fail and it logs nothing.
+fn start_log_task(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let logger = match aya_log::EbpfLogger::init_with_logger(ebpf, ForwardLog) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("the dataplane's log events cannot be read: {e}");
+            return None;
+        }
+    };
+    let _guard = handle.enter();
+    // SAFETY: the fd is the logger's ring buffer map, owned by the logger, which the
+    // AsyncFd owns until the task ends: it stays open and the same.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("the dataplane's log events cannot be read: {e}");
+            return None;
+        }
+    };
+    Some(handle.spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    log::warn!("reading the dataplane's log events: {e}");
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 impl Dataplane {
@@ -312,11 +343,8 @@ impl Dataplane {
             bans_v6: take(&mut ebpf, map_names::BANS_V6)?,
             allow_v4: take(&mut ebpf, map_names::ALLOW_V4)?,
             allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
-            bannet_v4: take(&mut ebpf, map_names::NETS_V4)?,
-            bannet_v6: take(&mut ebpf, map_names::NETS_V6)?,
-            lens_map: take(&mut ebpf, map_names::NET_LENS)?,
-            lens: NetLens::EMPTY,
-            len_counts: [0; 160],
+            bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
+            bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
             hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
             hint_counts: vec![0; HINT_WORDS as usize * 64],
             hint_words: vec![0; HINT_WORDS as usize],
@@ -334,18 +362,14 @@ impl Dataplane {
             ifaces: Vec::new(),
             entries: [0; 4],
             restored,
+            log_task: None,
         };
         attach::load(&mut dp.ebpf)?;
+        dp.log_task = start_log_task(&mut dp.ebpf);
         if let Some(prev) = previous
             && prev.v6_prefix_len != config.v6_prefix_len
         {
             dp.rekey_v6(prev.v6_prefix_len)?;
-        }
-        if let Some(pins) = &dp.pins {
-            let moved = pin::migrate_tries(pins, &mut dp.bannet_v4, &mut dp.bannet_v6)?;
-            if moved > 0 {
-                log::info!("moved {moved} prefix bans from the LPM tries of an earlier build into {} / {}", map_names::NETS_V4, map_names::NETS_V6);
-            }
         }
         dp.rebuild_expiry_index()?;
         Ok(dp)
@@ -447,8 +471,13 @@ impl Dataplane {
         let r = match key {
             BanKey::V4(k) => self.bans_v4.get(&BanKeyV4 { addr: k.0 }, 0),
             BanKey::V6(p) => self.bans_v6.get(&BanKeyV6 { prefix: *p }, 0),
-            BanKey::Net4(a, len) => self.bannet_v4.get(&NetKeyV4 { len: u32::from(*len), addr: *a }, 0),
-            BanKey::Net6(a, len) => self.bannet_v6.get(&NetKeyV6 { len: u32::from(*len), addr: *a }, 0),
+            // A trie lookup finds the longest entry covering the key: it must be this one.
+            BanKey::Net4(a, len) => self.bannet_v4.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
+                if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
+            }),
+            BanKey::Net6(a, len) => self.bannet_v6.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
+                if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
+            }),
         };
         match r {
             Ok(v) => Ok(Some(v)),
@@ -458,42 +487,23 @@ impl Dataplane {
         }
     }
 
-    fn put(&mut self, key: &BanKey, value: BanValue) -> Result<(), MapError> {
+    fn put(&mut self, key: &BanKey, mut value: BanValue) -> Result<(), MapError> {
         match key {
             BanKey::V4(k) => self.bans_v4.insert(BanKeyV4 { addr: k.0 }, value, 0),
             BanKey::V6(p) => self.bans_v6.insert(BanKeyV6 { prefix: *p }, value, 0),
-            BanKey::Net4(a, len) => self.bannet_v4.insert(NetKeyV4 { len: u32::from(*len), addr: *a }, value, 0),
-            BanKey::Net6(a, len) => self.bannet_v6.insert(NetKeyV6 { len: u32::from(*len), addr: *a }, value, 0),
-        }
-    }
-
-    /// Count a prefix ban (`add`) or uncount it: its hint bits and its length in
-    /// `NET_LENS`; write what changed. Both go up before the entry exists and down after
-    /// it is gone, so the program never skips a live prefix ban.
-    fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
-        let slot = match *key {
-            BanKey::Net4(_, len) => usize::from(len),
-            BanKey::Net6(_, len) => 32 + usize::from(len),
-            _ => return Ok(()),
-        };
-        let now = if add { self.len_counts[slot] + 1 } else { self.len_counts[slot].saturating_sub(1) };
-        if (self.len_counts[slot] > 0) != (now > 0) {
-            let mut lens = self.lens;
-            if let Some((slots, end, len)) = lens_of(&mut lens, key)
-                && set_len(slots, end, len, add).is_none()
-            {
-                let (fam, used) = (if slot < 32 { "IPv4" } else { "IPv6" }, slots.iter().filter(|s| **s != NET_LEN_FREE).map(|l| format!("/{l}")));
-                bail!("{MAX_NET_LENS} {fam} prefix lengths are in use already ({}): a ban of a /{len} is refused until one is free", used.collect::<Vec<_>>().join(" "));
+            BanKey::Net4(a, len) => {
+                value.flags = (value.flags & 0xff) | (u32::from(*len) << BAN_FLAG_LEN_SHIFT);
+                self.bannet_v4.insert(&Key::new(u32::from(*len), *a), value, 0)
             }
-            self.lens_map.set(0, lens, 0).context("writing the prefix-length map")?;
-            self.lens = lens;
+            BanKey::Net6(a, len) => {
+                value.flags = (value.flags & 0xff) | (u32::from(*len) << BAN_FLAG_LEN_SHIFT);
+                self.bannet_v6.insert(&Key::new(u32::from(*len), *a), value, 0)
+            }
         }
-        self.len_counts[slot] = now;
-        self.hint_bits(key, add)
     }
 
     /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
-    fn hint_bits(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
+    fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
         let mut dirty = Vec::new();
         for bit in hint_bits(key) {
             let c = &mut self.hint_counts[bit as usize];
@@ -511,7 +521,7 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Tell the program whether a prefix-ban map is worth a lookup.
+    /// Tell the program whether a prefix-ban trie is worth a lookup.
     fn sync_prefix_flags(&mut self) -> anyhow::Result<()> {
         let mut cfg = self.config;
         cfg.flags &= !(CONFIG_BANNET_V4 | CONFIG_BANNET_V6);
@@ -532,8 +542,8 @@ impl Dataplane {
         let r = match key {
             BanKey::V4(k) => self.bans_v4.remove(&BanKeyV4 { addr: k.0 }),
             BanKey::V6(p) => self.bans_v6.remove(&BanKeyV6 { prefix: *p }),
-            BanKey::Net4(a, len) => self.bannet_v4.remove(&NetKeyV4 { len: u32::from(*len), addr: *a }),
-            BanKey::Net6(a, len) => self.bannet_v6.remove(&NetKeyV6 { len: u32::from(*len), addr: *a }),
+            BanKey::Net4(a, len) => self.bannet_v4.remove(&Key::new(u32::from(*len), *a)),
+            BanKey::Net6(a, len) => self.bannet_v6.remove(&Key::new(u32::from(*len), *a)),
         };
         match r {
             Ok(()) => {
@@ -587,8 +597,8 @@ impl Dataplane {
                     let (map, cap) = match key {
                         BanKey::V4(_) => (map_names::BANS_V4, blocksmtp_common::MAX_BANS),
                         BanKey::V6(_) => (map_names::BANS_V6, blocksmtp_common::MAX_BANS),
-                        BanKey::Net4(..) => (map_names::NETS_V4, blocksmtp_common::MAX_PREFIX_BANS),
-                        BanKey::Net6(..) => (map_names::NETS_V6, blocksmtp_common::MAX_PREFIX_BANS),
+                        BanKey::Net4(..) => (map_names::BANNET_V4, blocksmtp_common::MAX_PREFIX_BANS),
+                        BanKey::Net6(..) => (map_names::BANNET_V6, blocksmtp_common::MAX_PREFIX_BANS),
                     };
                     anyhow!("ban map {map} is full ({cap} entries, {swept} expired swept): ban of {source} refused")
                 })?;
@@ -639,14 +649,22 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Every entry of the prefix-ban maps.
+    /// Every entry of the prefix-ban tries (few: a walk of their keys).
     fn prefix_bans(&self) -> anyhow::Result<Vec<(BanKey, BanValue)>> {
         let mut out = Vec::new();
-        for (k, v) in Self::dump(&self.bannet_v4)? {
-            out.push((BanKey::Net4(k.addr, k.len as u8), v));
+        for k in self.bannet_v4.keys() {
+            let k = k?;
+            let key = BanKey::Net4(k.data(), k.prefix_len() as u8);
+            if let Some(v) = self.get(&key)? {
+                out.push((key, v));
+            }
         }
-        for (k, v) in Self::dump(&self.bannet_v6)? {
-            out.push((BanKey::Net6(k.addr, k.len as u8), v));
+        for k in self.bannet_v6.keys() {
+            let k = k?;
+            let key = BanKey::Net6(k.data(), k.prefix_len() as u8);
+            if let Some(v) = self.get(&key)? {
+                out.push((key, v));
+            }
         }
         Ok(out)
     }
@@ -735,40 +753,19 @@ impl Dataplane {
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
         self.expiry_net = BinaryHeap::from(nets);
-        // The hint bitmap and the lengths in use from the maps' contents (pinned ones may
-        // be from an earlier run).
+        // The hint bitmap from the tries' contents (pinned ones may be from an earlier run).
         self.hint_counts.iter_mut().for_each(|c| *c = 0);
         self.hint_words.iter_mut().for_each(|w| *w = 0);
-        self.len_counts = [0; 160];
-        let mut lens = NetLens::EMPTY;
         let keys: Vec<BanKey> = self.expiry_net.iter().map(|Reverse((_, k))| *k).collect();
         for k in &keys {
             for bit in hint_bits(k) {
                 self.hint_counts[bit as usize] += 1;
                 self.hint_words[bit as usize / 64] |= 1 << (bit % 64);
             }
-            match *k {
-                BanKey::Net4(_, len) => self.len_counts[usize::from(len)] += 1,
-                BanKey::Net6(_, len) => self.len_counts[32 + usize::from(len)] += 1,
-                _ => {}
-            }
-            let slot = match *k {
-                BanKey::Net4(_, len) => usize::from(len),
-                BanKey::Net6(_, len) => 32 + usize::from(len),
-                _ => continue,
-            };
-            if self.len_counts[slot] == 1
-                && let Some((slots, end, len)) = lens_of(&mut lens, k)
-                && set_len(slots, end, len, true).is_none()
-            {
-                log::error!("more than {MAX_NET_LENS} prefix lengths among the pinned prefix bans: the ban of {} is not enforced", self.source_of(k));
-            }
         }
         for (i, w) in self.hint_words.iter().enumerate() {
             self.hint_map.set(i as u32, *w, 0).context("writing the prefix-ban hint map")?;
         }
-        self.lens_map.set(0, lens, 0).context("writing the prefix-length map")?;
-        self.lens = lens;
         self.sync_prefix_flags()
     }
 
@@ -880,6 +877,9 @@ impl Drop for Dataplane {
     /// Links detach when their last fd closes; a tc filter (pre-6.6) is the kernel's until
     /// removed, so one with no record under a pin dir (an unpinned dataplane) goes here.
     fn drop(&mut self) {
+        if let Some(t) = self.log_task.take() {
+            t.abort();
+        }
         for a in self.ifaces.drain(..) {
             if let Some(h) = a.held
                 && matches!(h.hold, attach::Hold::Filter(_, None))

@@ -6,10 +6,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo, MapType};
+use aya::maps::{MapInfo, MapType};
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, LAYOUT_VERSION, LEGACY_MAX_PREFIX_BANS, MAX_ALLOW,
-    MAX_BANS, MAX_PREFIX_BANS, NetKeyV4, NetKeyV6, NetLens, STAT_COUNT, map_names,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
+    MAX_PREFIX_BANS, STAT_COUNT, map_names,
 };
 
 /// Default bpffs root for blocksmtp's pins.
@@ -127,7 +127,7 @@ pub struct MapLayout {
     pub max_entries: u32,
 }
 
-pub fn expected_layouts() -> [MapLayout; 10] {
+pub fn expected_layouts() -> [MapLayout; 9] {
     use std::mem::size_of;
     [
         MapLayout {
@@ -173,25 +173,18 @@ pub fn expected_layouts() -> [MapLayout; 10] {
             max_entries: STAT_COUNT,
         },
         MapLayout {
-            name: map_names::NETS_V4,
-            map_type: MapType::Hash,
-            key_size: size_of::<NetKeyV4>() as u32,
+            name: map_names::BANNET_V4,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 4,
             value_size: size_of::<BanValue>() as u32,
             max_entries: MAX_PREFIX_BANS,
         },
         MapLayout {
-            name: map_names::NETS_V6,
-            map_type: MapType::Hash,
-            key_size: size_of::<NetKeyV6>() as u32,
+            name: map_names::BANNET_V6,
+            map_type: MapType::LpmTrie,
+            key_size: 4 + 16,
             value_size: size_of::<BanValue>() as u32,
             max_entries: MAX_PREFIX_BANS,
-        },
-        MapLayout {
-            name: map_names::NET_LENS,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: size_of::<NetLens>() as u32,
-            max_entries: 1,
         },
         MapLayout {
             name: map_names::BANNET_HINT,
@@ -224,79 +217,6 @@ pub fn check_layout(info: &MapInfo, want: &MapLayout, what: &str) -> anyhow::Res
     } else {
         bail!("{what} does not match this blocksmtp's layout: {}", diffs.join("; "))
     }
-}
-
-/// The prefix-ban LPM tries an earlier v1 build pinned (`BANNET_V4`, `BANNET_V6`).
-fn legacy_layouts() -> [MapLayout; 2] {
-    let value_size = std::mem::size_of::<BanValue>() as u32;
-    [
-        MapLayout {
-            name: map_names::LEGACY_BANNET_V4,
-            map_type: MapType::LpmTrie,
-            key_size: 4 + 4,
-            value_size,
-            max_entries: LEGACY_MAX_PREFIX_BANS,
-        },
-        MapLayout {
-            name: map_names::LEGACY_BANNET_V6,
-            map_type: MapType::LpmTrie,
-            key_size: 4 + 16,
-            value_size,
-            max_entries: LEGACY_MAX_PREFIX_BANS,
-        },
-    ]
-}
-
-/// Move the bans of an earlier build's pinned prefix-ban tries into the hash maps, then
-/// unpin the tries (nothing reads them any more). Returns how many bans were moved.
-/// A ban already in the hash map keeps the later expiry of the two.
-pub fn migrate_tries(
-    dir: &PinDir,
-    nets_v4: &mut HashMap<MapData, NetKeyV4, BanValue>,
-    nets_v6: &mut HashMap<MapData, NetKeyV6, BanValue>,
-) -> anyhow::Result<usize> {
-    fn merge(old: Option<BanValue>, v: BanValue) -> BanValue {
-        match old {
-            Some(o) if o.expires_ns >= v.expires_ns => o,
-            Some(o) => BanValue { dropped: o.dropped.max(v.dropped), ..v },
-            None => v,
-        }
-    }
-    // The length sat in bits 8..16 of the trie's values; the hash key carries it now.
-    let clear = |v: BanValue| BanValue { flags: v.flags & 0xff, ..v };
-    let mut moved = 0;
-    for want in legacy_layouts() {
-        let path = dir.map(want.name);
-        if !path.exists() {
-            continue;
-        }
-        let what = format!("pinned map {} (an earlier build's prefix bans)", path.display());
-        let info = MapInfo::from_pin(&path).with_context(|| format!("opening {what}"))?;
-        check_layout(&info, &want, &what).with_context(|| format!("cannot read its bans; remove it to start without them"))?;
-        let map = Map::from_map_data(MapData::from_pin(&path).with_context(|| format!("opening {what}"))?)?;
-        let n = if want.name == map_names::LEGACY_BANNET_V4 {
-            let trie: LpmTrie<MapData, [u8; 4], BanValue> = LpmTrie::try_from(map)?;
-            let entries: Vec<_> = trie.iter().collect::<Result<_, _>>().with_context(|| format!("reading {what}"))?;
-            for (k, v) in &entries {
-                let key = NetKeyV4 { len: k.prefix_len(), addr: k.data() };
-                let v = merge(nets_v4.get(&key, 0).ok(), clear(*v));
-                nets_v4.insert(key, v, 0).with_context(|| format!("moving a ban of {what}"))?;
-            }
-            entries.len()
-        } else {
-            let trie: LpmTrie<MapData, [u8; 16], BanValue> = LpmTrie::try_from(map)?;
-            let entries: Vec<_> = trie.iter().collect::<Result<_, _>>().with_context(|| format!("reading {what}"))?;
-            for (k, v) in &entries {
-                let key = NetKeyV6 { len: k.prefix_len(), addr: k.data() };
-                let v = merge(nets_v6.get(&key, 0).ok(), clear(*v));
-                nets_v6.insert(key, v, 0).with_context(|| format!("moving a ban of {what}"))?;
-            }
-            entries.len()
-        };
-        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
-        moved += n;
-    }
-    Ok(moved)
 }
 
 /// Refuse to start on pinned maps of another layout. Returns whether pins exist.
