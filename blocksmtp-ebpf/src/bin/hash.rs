@@ -102,7 +102,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             {
                 (found, miss) = net_ban_v4(saddr, miss);
             }
-            let Some((ban, len)) = found else { return miss };
+            let Some((ban, _len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
                 return Verdict::PassAllowListed;
             }
@@ -121,7 +121,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             {
                 (found, miss) = net_ban_v6(u64::from_be(saddr[0]), u64::from_be(saddr[1]), miss);
             }
-            let Some((ban, len)) = found else { return miss };
+            let Some((ban, _len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
                 return Verdict::PassAllowListed;
             }
