@@ -157,31 +157,49 @@ fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
     }
 }
 
-/// The longest prefix ban covering an IPv4 source, if it is in force.
-#[inline(always)]
-fn net_ban_v4(saddr: [u8; 4], miss: Verdict) -> (Found, Verdict) {
-    net_state(BANNET_V4.get(Key::new(32, saddr)), miss)
-}
+/// Nested prefix bans looked through when the longest one has expired (the sweep
+/// deletes expired entries within 500 ms; this covers the time until then, and a
+/// daemon that is not running).
+const MAX_NESTED: usize = 4;
 
-/// The longest prefix ban covering an IPv6 source, if it is in force.
+/// The longest prefix ban in force covering an IPv4 source. A trie answers with the
+/// longest covering entry only: when that has expired, ask again below its length.
 #[inline(always)]
-fn net_ban_v6(saddr: [u8; 16], miss: Verdict) -> (Found, Verdict) {
-    net_state(BANNET_V6.get(Key::new(128, saddr)), miss)
-}
-
-/// A trie's answer: the value carries the prefix's length (`BAN_FLAG_LEN_SHIFT`).
-#[inline(always)]
-fn net_state(ban: Option<&BanValue>, miss: Verdict) -> (Found, Verdict) {
-    match ban {
-        Some(b) => {
-            let len = (b.flags >> BAN_FLAG_LEN_SHIFT) as u8;
-            match ban_state(Some(b as *const BanValue as *mut BanValue), len) {
-                (None, _) => (None, Verdict::PassExpired),
-                found => found,
-            }
+fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Found, Verdict) {
+    let mut max = 32u32;
+    for _ in 0..MAX_NESTED {
+        let Some(ban) = BANNET_V4.get(Key::new(max, saddr)) else { break };
+        match in_force(ban) {
+            Ok(found) => return (Some(found), miss),
+            Err(0) => return (None, Verdict::PassExpired),
+            Err(len) => (miss, max) = (Verdict::PassExpired, u32::from(len) - 1),
         }
-        None => (None, miss),
     }
+    (None, miss)
+}
+
+/// As `net_ban_v4`, for an IPv6 source.
+#[inline(always)]
+fn net_ban_v6(saddr: [u8; 16], mut miss: Verdict) -> (Found, Verdict) {
+    let mut max = 128u32;
+    for _ in 0..MAX_NESTED {
+        let Some(ban) = BANNET_V6.get(Key::new(max, saddr)) else { break };
+        match in_force(ban) {
+            Ok(found) => return (Some(found), miss),
+            Err(0) => return (None, Verdict::PassExpired),
+            Err(len) => (miss, max) = (Verdict::PassExpired, u32::from(len) - 1),
+        }
+    }
+    (None, miss)
+}
+
+/// A trie entry in force, with its length (the value carries it: `BAN_FLAG_LEN_SHIFT`),
+/// or the length of an expired one.
+#[inline(always)]
+fn in_force(ban: &BanValue) -> Result<(*mut BanValue, u8), u8> {
+    let len = (ban.flags >> BAN_FLAG_LEN_SHIFT) as u8;
+    let ban = ban as *const BanValue as *mut BanValue;
+    if expired(ban) { Err(len) } else { Ok((ban, len)) }
 }
 
 /// Whether hint bit `bit` is set (a prefix ban may cover the source).

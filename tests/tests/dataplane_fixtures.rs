@@ -140,9 +140,10 @@ fn cases() -> Vec<Case> {
         c("v4 /8, /16, /24 in use: in none", Default, tcp4("198.51.100.7", SMTP), LENS4, none, PassNotBanned),
         c("v4 /20 and /24 in use: same /16, in neither", Default, tcp4("198.51.101.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, PassNotBanned),
         c("v4 /20 and /24 in use: in the /20", Default, tcp4("198.51.127.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, Drop),
-        // The trie answers with the longest prefix only: an expired /24 hides its /16
-        // until the daemon's sweep (500 ms) deletes it.
-        c("v4 expired /24 inside an active /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Active("192.0.0.0/16")], none, PassExpired),
+        // The trie answers with the longest covering prefix: an expired one is looked through.
+        c("v4 expired /24 inside an active /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Active("192.0.0.0/16")], none, Drop),
+        c("v4 expired /28, /24, /20 inside an active /8", Default, tcp4("203.0.113.9", SMTP), &[Expired("203.0.113.0/28"), Expired("203.0.113.0/24"), Expired("203.0.112.0/20"), Active("203.0.0.0/8")], none, Drop),
+        c("v4 five nested, the four longest expired: past the bound", Default, tcp4("203.0.113.9", SMTP), &[Expired("203.0.113.0/28"), Expired("203.0.113.0/24"), Expired("203.0.112.0/20"), Expired("203.0.0.0/16"), Active("203.0.0.0/8")], none, PassExpired),
         c("v4 active /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Expired("192.0.0.0/16")], none, Drop),
         c("v4 expired /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Expired("192.0.0.0/16")], none, PassExpired),
         c("allow-listed v4 host inside banned /16 and /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Active("192.0.0.0/16")], &["192.0.2.77/32"], PassAllowListed),
@@ -152,7 +153,7 @@ fn cases() -> Vec<Case> {
         c("v6 /32, /48, /56 in use: in the /32 only", Default, tcp6("2001:db8:ffff::1", SMTP), LENS6, none, Drop),
         c("v6 /32, /48, /56 in use: in the /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, none, Drop),
         c("v6 /40 and /56 in use: same /32, in neither", Default, tcp6("2001:db8:ff00::1", SMTP), &[Active("2001:db8:bad:100::/56"), Active("2001:db8:100::/40")], none, PassNotBanned),
-        c("v6 expired /56 inside an active /40", Default, tcp6("2001:db8:1ad:100::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, PassExpired),
+        c("v6 expired /56 inside an active /40", Default, tcp6("2001:db8:1ad:100::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
         c("v6 active /40 outside an expired /56", Default, tcp6("2001:db8:1ad:200::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
         c("v6 expired /48 inside an expired /32", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Expired(NET6), Expired("2001:db8::/32")], none, PassExpired),
         c("allow-listed v6 host inside banned /32, /48, /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, &["2001:db8:bad:100::1/128"], PassAllowListed),
