@@ -15,7 +15,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         let out = std::env::var("OUT_DIR").expect("OUT_DIR");
-        for name in ["blocksmtp", "baseline"] {
+        for name in ["blocksmtp", "baseline", "hash"] {
             std::fs::write(Path::new(&out).join(name), b"").expect("writing the stand-in eBPF object");
         }
         println!("cargo:warning=AYA_BUILD_SKIP=1: the eBPF object is not built; this binary cannot load the dataplane");

@@ -42,6 +42,10 @@ pub mod map_names {
     pub const BANNET_V6: &str = "BANNET_V6";
     pub const BANNET_HINT: &str = "BANNET_HINT";
     pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
+    /// The benchmark's per-length hash design (blocksmtp-ebpf/src/bin/hash.rs), not the product's.
+    pub const NETS_V4: &str = "NETS_V4";
+    pub const NETS_V6: &str = "NETS_V6";
+    pub const NET_LENS: &str = "NET_LENS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -62,6 +66,54 @@ pub struct BanKeyV4 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct BanKeyV6 {
     pub prefix: [u8; 16],
+}
+
+/// The per-length hash design bench-dataplane measures against the tries (not loaded by
+/// the daemon; see BENCHMARKS.md). Key of its IPv4 prefix-ban map: the length and the
+/// network (address bits past `len` zero). One hash map holds every length; `NetLens`
+/// says which are in use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NetKeyV4 {
+    pub len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 prefix-ban map (as `NetKeyV4`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NetKeyV6 {
+    pub len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Prefix lengths one family can have in use at once (a ban of a further length is
+/// refused until one is free). The program does one lookup per length in use.
+pub const MAX_NET_LENS: usize = 16;
+/// A free slot of `NetLens`.
+pub const NET_LEN_FREE: u8 = 0xff;
+
+/// Slot 0 of `NET_LENS`: the prefix lengths in use, one per slot, in the order they came
+/// into use; the program looks up one key per length in slots `0..end` until a ban in
+/// force is found. A length keeps its slot while it is in use and user space changes
+/// one slot (and `end`) per update, always while that length has no entries: a packet
+/// racing the update sees each byte old or new, and either way every length that has
+/// entries (a sorted list would shift them and could be read torn).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NetLens {
+    /// IPv4 lengths 0..=31, `NET_LEN_FREE` for none.
+    pub v4: [u8; MAX_NET_LENS],
+    /// IPv6 lengths 0..=127.
+    pub v6: [u8; MAX_NET_LENS],
+    /// Slots past these are free (zeroed at map creation: nothing in use).
+    pub v4_end: u8,
+    pub v6_end: u8,
+    pub _pad: [u8; 6],
+}
+
+impl NetLens {
+    pub const EMPTY: Self = Self { v4: [NET_LEN_FREE; MAX_NET_LENS], v6: [NET_LEN_FREE; MAX_NET_LENS], v4_end: 0, v6_end: 0, _pad: [0; 6] };
 }
 
 /// The ban was set by hand (`blocksmtp ban`), not by detection.
@@ -110,6 +162,9 @@ pub const CONFIG_ALLOW_V6: u8 = 8;
 pub const CONFIG_BANNET_V4: u8 = 16;
 /// `BANNET_V6` holds entries.
 pub const CONFIG_BANNET_V6: u8 = 32;
+/// Rare events (a ban's first dropped packet) go to aya-log (`--debug 3`). When clear
+/// the program takes no logging path at all.
+pub const CONFIG_LOG: u8 = 64;
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]
@@ -118,7 +173,7 @@ pub struct Config {
     /// Protected destination ports in network byte order (compared to the packet as is).
     pub ports_be: [u16; MAX_PORTS],
     pub n_ports: u8,
-    /// `CONFIG_MAILER_*` bits.
+    /// `CONFIG_*` bits.
     pub flags: u8,
     pub v6_prefix_len: u8,
     pub _pad: u8,
@@ -210,6 +265,24 @@ pub const fn hint_bit_v6(first32: u32) -> u32 {
     65_536 + ((first32 >> 16) ^ (first32 & 0xffff))
 }
 
+/// The IPv4 prefix-ban key of `addr` (packet order) at `len` (0..=32) bits.
+#[inline(always)]
+pub const fn net_key_v4(addr: [u8; 4], len: u32) -> NetKeyV4 {
+    let mask = if len == 0 { 0 } else { u32::MAX.wrapping_shl(32 - len) };
+    NetKeyV4 { len, addr: (u32::from_be_bytes(addr) & mask).to_be_bytes() }
+}
+
+/// The IPv6 prefix-ban key at `len` (0..=128) bits of an address given as its two
+/// host-order 64-bit halves (the program has them in registers).
+#[inline(always)]
+pub fn net_key_v6(hi: u64, lo: u64, len: u32) -> NetKeyV6 {
+    let hm = if len == 0 { 0 } else if len >= 64 { u64::MAX } else { u64::MAX.wrapping_shl(64 - len) };
+    let lm = if len <= 64 { 0 } else { u64::MAX.wrapping_shl(128 - len) };
+    let words: [u64; 2] = [(hi & hm).to_be(), (lo & lm).to_be()];
+    // Two stores instead of sixteen byte moves.
+    NetKeyV6 { len, addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) } }
+}
+
 /// Why the program let a packet through, or that it dropped it. Doubles as the index
 /// into the per-CPU `STATS` array: each packet bumps exactly one counter.
 #[repr(u32)]
@@ -272,6 +345,9 @@ mod user {
     unsafe impl aya::Pod for super::BanKeyV6 {}
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::NetKeyV4 {}
+    unsafe impl aya::Pod for super::NetKeyV6 {}
+    unsafe impl aya::Pod for super::NetLens {}
 }
 
 #[cfg(test)]
@@ -306,6 +382,24 @@ mod tests {
         let k = v6_key(&addr, &prefix_mask(64));
         assert_eq!(&k.prefix[..8], &addr[..8]);
         assert_eq!(&k.prefix[8..], &[0; 8]);
+    }
+
+    #[test]
+    fn net_keys_mask_past_the_length() {
+        assert_eq!(net_key_v4([192, 0, 2, 77], 24), NetKeyV4 { len: 24, addr: [192, 0, 2, 0] });
+        assert_eq!(net_key_v4([192, 0, 2, 77], 0).addr, [0; 4]);
+        assert_eq!(net_key_v4([192, 0, 2, 77], 32).addr, [192, 0, 2, 77]);
+        assert_eq!(net_key_v4([203, 0, 113, 9], 9).addr, [203, 0, 0, 0]);
+        let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 1, 0xde, 0xad, 0, 0, 0, 0, 0, 0x66];
+        let (hi, lo) = (u64::from_be_bytes(a[..8].try_into().unwrap()), u64::from_be_bytes(a[8..].try_into().unwrap()));
+        let k = net_key_v6(hi, lo, 48);
+        assert_eq!(&k.addr[..6], &a[..6]);
+        assert_eq!(&k.addr[6..], &[0; 10]);
+        assert_eq!(net_key_v6(hi, lo, 0).addr, [0; 16]);
+        assert_eq!(net_key_v6(hi, lo, 128).addr, a);
+        assert_eq!(&net_key_v6(hi, lo, 72).addr[..9], &a[..9]);
+        assert_eq!(&net_key_v6(hi, lo, 72).addr[9..], &[0; 7]);
+        assert_eq!(net_key_v6(hi, lo, 64).addr[..8], a[..8]);
     }
 
     #[test]

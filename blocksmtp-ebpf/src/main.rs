@@ -2,10 +2,12 @@
 //!
 //! One classifier, two attach points: XDP (earliest, preferred) and TC ingress (for
 //! NICs and stacks where XDP is unavailable). Per packet, cheapest tests first:
-//! protocol, port, destination, then one hash lookup; the prefix-ban trie only when
-//! prefix bans exist (a config bit) and the address has none of its own; the allow-list
-//! trie only for a source that is actually banned. Every packet bumps exactly one per-CPU counter,
-//! indexed by its verdict.
+//! protocol, port, destination (`hdr::parse`), then one hash lookup; prefix bans only
+//! when some exist (a config bit), the address has none of its own and the source's
+//! hint bit is set — then one longest-prefix lookup in a trie; the allow-list trie only
+//! for a source that is actually banned. Every packet bumps exactly one per-CPU
+//! counter, indexed by its verdict. With the config's log bit set (`--debug 3`), a ban's
+//! first dropped packet is reported through aya-log; with it clear, no logging code runs.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
@@ -18,11 +20,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::info;
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, CONFIG_LOG,
     CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PORTS, MAX_PREFIX_BANS, STAT_COUNT,
-    Verdict, hint_bit_v4, hint_bit_v6,
+    Verdict, BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6,
 };
+use blocksmtp_ebpf::hdr::{self, Tcp};
+
+blocksmtp_ebpf::program_boilerplate!();
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -37,7 +43,9 @@ static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(MAX_AL
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-// Networks banned as a whole (any prefix length): one longest-prefix lookup.
+// Networks banned as a whole (any length): one longest-prefix lookup. Measured against
+// per-length hash maps (bench-dataplane): a hash lookup per length in use costs more
+// than the trie's walk for a clean packet (BENCHMARKS.md).
 #[map]
 static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
@@ -47,35 +55,11 @@ static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PR
 #[map]
 static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 
-/// Whether hint bit `bit` is set (a prefix ban may cover the source).
-#[inline(always)]
-fn hinted(bit: u32) -> bool {
-    match BANNET_HINT.get(bit / 64) {
-        Some(w) => *w & (1u64 << (bit % 64)) != 0,
-        None => false,
-    }
-}
-
-// EtherTypes and protocol numbers as they appear in the packet (network byte order).
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
-/// Extension headers walked before giving up (real SYNs carry none or one).
-const MAX_IPV6_EXT: usize = 4;
-
 #[xdp]
 pub fn blocksmtp_xdp(ctx: XdpContext) -> u32 {
-    match verdict(ctx.data(), ctx.data_end()) {
+    let v = classify(ctx.data(), ctx.data_end());
+    count(v);
+    match v {
         Verdict::Drop => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
@@ -100,13 +84,6 @@ pub fn blocksmtp_tc(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn verdict(start: usize, end: usize) -> Verdict {
-    let v = classify(start, end);
-    count(v);
-    v
-}
-
-#[inline(always)]
 fn count(v: Verdict) {
     if let Some(c) = STATS.get_ptr_mut(v as u32) {
         // Per-CPU slot: no other writer, no atomics needed.
@@ -114,176 +91,124 @@ fn count(v: Verdict) {
     }
 }
 
-/// A pointer to a `T` at `off` bytes into the packet, if the packet is long enough.
-#[inline(always)]
-fn at<T>(start: usize, end: usize, off: usize) -> Option<*const T> {
-    if start + off + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-/// Load a `T` with one instruction. Packet fields are not always naturally aligned
-/// (IP starts at offset 14); x86-64 and arm64 allow that, and `read_unaligned` would
-/// compile to one load per byte on BPF.
-#[inline(always)]
-fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
-    at::<T>(start, end, off).map(|p| unsafe { *p })
-}
-
+/// The verdict: a protected packet, then its ban (address, else prefix), then the allow-list.
 #[inline(always)]
 fn classify(start: usize, end: usize) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::PassNotProtected;
     };
-    let Some(mut proto) = load::<u16>(start, end, 12) else {
-        return Verdict::PassMalformed;
-    };
-    let mut off = ETH_HLEN;
-    // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
-    for _ in 0..2 {
-        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
-            break;
+    match hdr::parse(start, end) {
+        Err(v) => v,
+        Ok(Tcp::V4 { saddr, daddr, dport_be }) => {
+            if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V4 != 0 && daddr != cfg.mailer_v4) {
+                return Verdict::PassNotProtected;
+            }
+            let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
+            if found.is_none()
+                && cfg.flags & CONFIG_BANNET_V4 != 0
+                && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+            {
+                (found, miss) = net_ban_v4(saddr, miss);
+            }
+            let Some((ban, len)) = found else { return miss };
+            if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
+                return Verdict::PassAllowListed;
+            }
+            if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
+                info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", saddr, len, u16::from_be(dport_be));
+            }
+            charge(ban)
         }
-        let Some(inner) = load::<u16>(start, end, off + 2) else {
-            return Verdict::PassMalformed;
-        };
-        proto = inner;
-        off += VLAN_HLEN;
-    }
-    if proto == ETH_P_IP {
-        ipv4(cfg, start, end, off)
-    } else if proto == ETH_P_IPV6 {
-        ipv6(cfg, start, end, off)
-    } else {
-        Verdict::PassNotIp
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
-}
-
-#[inline(always)]
-fn ipv4(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
-    let Some(ip) = at::<Ipv4Hdr>(start, end, off) else {
-        return Verdict::PassMalformed;
-    };
-    let ip = unsafe { &*ip };
-    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ihl < 20 {
-        return Verdict::PassMalformed;
-    }
-    // Fragment offset ≠ 0: no TCP header here (the first fragment carries it).
-    if u16::from_be(ip.frag_off) & 0x1fff != 0 {
-        return Verdict::PassFragment;
-    }
-    if ip.protocol != IPPROTO_TCP {
-        return Verdict::PassNotTcp;
-    }
-    let Some(dport) = tcp_dport(start, end, off + ihl) else {
-        return Verdict::PassMalformed;
-    };
-    if !protected_port(cfg, dport)
-        || (cfg.flags & CONFIG_MAILER_V4 != 0 && ip.daddr != u32::from_ne_bytes(cfg.mailer_v4))
-    {
-        return Verdict::PassNotProtected;
-    }
-    let saddr = ip.saddr.to_ne_bytes();
-    let mut miss = Verdict::PassNotBanned;
-    let mut found = None;
-    if let Some(ban) = BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }) {
-        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
-    }
-    if found.is_none()
-        && cfg.flags & CONFIG_BANNET_V4 != 0
-        && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
-        && let Some(ban) = BANNET_V4.get(Key::new(32, saddr))
-    {
-        let ban = ban as *const BanValue as *mut BanValue;
-        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
-    }
-    let Some(ban) = found else {
-        return miss;
-    };
-    if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
-        return Verdict::PassAllowListed;
-    }
-    charge(ban)
-}
-
-#[inline(always)]
-fn ipv6(cfg: &Config, start: usize, end: usize, off: usize) -> Verdict {
-    let Some(mut next) = load::<u8>(start, end, off + 6) else {
-        return Verdict::PassMalformed;
-    };
-    // Addresses as two 64-bit words each: two loads, two compares, two ANDs.
-    let (Some(saddr), Some(daddr)) = (
-        load::<[u64; 2]>(start, end, off + 8),
-        load::<[u64; 2]>(start, end, off + 24),
-    ) else {
-        return Verdict::PassMalformed;
-    };
-    let mut l4 = off + IPV6_HLEN;
-    // Skip hop-by-hop, routing and destination-options headers.
-    for _ in 0..MAX_IPV6_EXT {
-        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
-            break;
+        Ok(Tcp::V6 { saddr, daddr, dport_be }) => {
+            if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V6 != 0 && daddr != words(&cfg.mailer_v6)) {
+                return Verdict::PassNotProtected;
+            }
+            let mask = words(&cfg.v6_mask);
+            let key = bytes([saddr[0] & mask[0], saddr[1] & mask[1]]);
+            let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
+            if found.is_none()
+                && cfg.flags & CONFIG_BANNET_V6 != 0
+                && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+            {
+                (found, miss) = net_ban_v6(bytes(saddr), miss);
+            }
+            let Some((ban, len)) = found else { return miss };
+            if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
+                return Verdict::PassAllowListed;
+            }
+            if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
+                info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", bytes(saddr), len, u16::from_be(dport_be));
+            }
+            charge(ban)
         }
-        let Some(ext) = load::<[u8; 2]>(start, end, l4) else {
-            return Verdict::PassMalformed;
-        };
-        next = ext[0];
-        l4 += (ext[1] as usize + 1) * 8;
     }
-    if next == IPPROTO_FRAGMENT {
-        return Verdict::PassFragment;
+}
+
+/// A ban in force, and its prefix length (for the log).
+type Found = Option<(*mut BanValue, u8)>;
+
+/// A ban entry found (or not): in force, or the verdict of a source without one.
+#[inline(always)]
+fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
+    match ban {
+        Some(b) if expired(b) => (None, Verdict::PassExpired),
+        Some(b) => (Some((b, len)), Verdict::PassNotBanned),
+        None => (None, Verdict::PassNotBanned),
     }
-    if next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS {
-        return Verdict::PassMalformed;
+}
+
+/// Nested prefix bans looked through when the longest one has expired (the sweep
+/// deletes expired entries within 500 ms; this covers the time until then, and a
+/// daemon that is not running).
+const MAX_NESTED: usize = 4;
+
+/// The longest prefix ban in force covering an IPv4 source. A trie answers with the
+/// longest covering entry only: when that has expired, ask again below its length.
+#[inline(always)]
+fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Found, Verdict) {
+    let mut max = 32u32;
+    for _ in 0..MAX_NESTED {
+        let Some(ban) = BANNET_V4.get(Key::new(max, saddr)) else { break };
+        match in_force(ban) {
+            Ok(found) => return (Some(found), miss),
+            Err(0) => return (None, Verdict::PassExpired),
+            Err(len) => (miss, max) = (Verdict::PassExpired, u32::from(len) - 1),
+        }
     }
-    if next != IPPROTO_TCP {
-        return Verdict::PassNotTcp;
+    (None, miss)
+}
+
+/// As `net_ban_v4`, for an IPv6 source.
+#[inline(always)]
+fn net_ban_v6(saddr: [u8; 16], mut miss: Verdict) -> (Found, Verdict) {
+    let mut max = 128u32;
+    for _ in 0..MAX_NESTED {
+        let Some(ban) = BANNET_V6.get(Key::new(max, saddr)) else { break };
+        match in_force(ban) {
+            Ok(found) => return (Some(found), miss),
+            Err(0) => return (None, Verdict::PassExpired),
+            Err(len) => (miss, max) = (Verdict::PassExpired, u32::from(len) - 1),
+        }
     }
-    let Some(dport) = tcp_dport(start, end, l4) else {
-        return Verdict::PassMalformed;
-    };
-    if !protected_port(cfg, dport) || (cfg.flags & CONFIG_MAILER_V6 != 0 && daddr != words(&cfg.mailer_v6)) {
-        return Verdict::PassNotProtected;
+    (None, miss)
+}
+
+/// A trie entry in force, with its length (the value carries it: `BAN_FLAG_LEN_SHIFT`),
+/// or the length of an expired one.
+#[inline(always)]
+fn in_force(ban: &BanValue) -> Result<(*mut BanValue, u8), u8> {
+    let len = (ban.flags >> BAN_FLAG_LEN_SHIFT) as u8;
+    let ban = ban as *const BanValue as *mut BanValue;
+    if expired(ban) { Err(len) } else { Ok((ban, len)) }
+}
+
+/// Whether hint bit `bit` is set (a prefix ban may cover the source).
+#[inline(always)]
+fn hinted(bit: u32) -> bool {
+    match BANNET_HINT.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
     }
-    let mask = words(&cfg.v6_mask);
-    let key: [u64; 2] = [saddr[0] & mask[0], saddr[1] & mask[1]];
-    let mut miss = Verdict::PassNotBanned;
-    let mut found = None;
-    if let Some(ban) = BANS_V6.get_ptr_mut(BanKeyV6 { prefix: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(key) } }) {
-        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
-    }
-    if found.is_none()
-        && cfg.flags & CONFIG_BANNET_V6 != 0
-        && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
-        && let Some(ban) = BANNET_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) }))
-    {
-        let ban = ban as *const BanValue as *mut BanValue;
-        if expired(ban) { miss = Verdict::PassExpired } else { found = Some(ban) }
-    }
-    let Some(ban) = found else {
-        return miss;
-    };
-    if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(saddr) })).is_some() {
-        return Verdict::PassAllowListed;
-    }
-    charge(ban)
 }
 
 /// 16 config bytes as two words (the fields sit 8-byte aligned in the map value).
@@ -292,11 +217,9 @@ fn words(b: &[u8; 16]) -> [u64; 2] {
     unsafe { *(b.as_ptr() as *const [u64; 2]) }
 }
 
-/// The TCP destination port (network order), if a whole TCP header is present.
 #[inline(always)]
-fn tcp_dport(start: usize, end: usize, off: usize) -> Option<u16> {
-    at::<[u8; TCP_HLEN]>(start, end, off)?;
-    load::<u16>(start, end, off + 2)
+fn bytes(w: [u64; 2]) -> [u8; 16] {
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
 }
 
 #[inline(always)]
@@ -318,6 +241,14 @@ fn expired(ban: *mut BanValue) -> bool {
     !unsafe { &*ban }.active_at(unsafe { bpf_ktime_get_boot_ns() })
 }
 
+/// No packet was dropped under this ban yet. A plain read: two CPUs dropping a ban's
+/// first packets at once may both say so (fetch-and-add, which would decide it, needs
+/// Linux 5.12).
+#[inline(always)]
+fn first_drop(ban: *mut BanValue) -> bool {
+    unsafe { core::ptr::read_volatile(&raw const (*ban).dropped) == 0 }
+}
+
 /// Drop, and charge the packet to the ban's counter.
 #[inline(always)]
 fn charge(ban: *mut BanValue) -> Verdict {
@@ -331,13 +262,3 @@ fn charge(ban: *mut BanValue) -> Verdict {
     };
     Verdict::Drop
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -134,7 +134,13 @@ impl RunArgs {
     }
 
     pub fn dataplane_config(&self) -> DataplaneConfig {
-        DataplaneConfig { ports: self.protected_ports(), mailer_ips: self.mailer_ip.clone(), v6_prefix: self.detect.v6_prefix }
+        DataplaneConfig {
+            ports: self.protected_ports(),
+            mailer_ips: self.mailer_ip.clone(),
+            v6_prefix: self.detect.v6_prefix,
+            // The programs' own log events are "everything" (--debug 3).
+            log_events: self.debug.unwrap_or(0) >= 3,
+        }
     }
 
     /// Check what clap cannot check alone. An error about an option set in the config

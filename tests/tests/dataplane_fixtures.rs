@@ -25,6 +25,9 @@ enum Ban {
 
 const NET4: &str = "192.0.2.0/24";
 const NET6: &str = "2001:db8:bad::/48";
+/// Three IPv4 lengths in use at once (/8, /16, /24), and three IPv6 (/32, /48, /56).
+const LENS4: &[Ban] = &[Ban::Active("203.0.0.0/8"), Ban::Active("192.0.0.0/16"), Ban::Active(NET4)];
+const LENS6: &[Ban] = &[Ban::Active("2001:db8::/32"), Ban::Active(NET6), Ban::Active("2001:db8:bad:100::/56")];
 
 /// Which dataplane configuration a case runs under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -112,7 +115,7 @@ fn cases() -> Vec<Case> {
         c("mailer filter v6: to another host", Mailer, Packet::tcp6(v6(HARVESTER6), v6("2001:db8::26"), SMTP), b6, none, PassNotProtected),
         c("second protected port (587)", Mailer, tcp4(HARVESTER, 587), b4, none, Drop),
         c("587 unprotected by default", Default, tcp4(HARVESTER, 587), b4, none, PassNotProtected),
-        // Prefix bans (the BANNET tries).
+        // Prefix bans (the BANNET tries: the longest covering prefix answers).
         c("v4 host inside a banned /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4)], none, Drop),
         c("v4 host outside a banned /24", Default, tcp4("198.51.100.7", SMTP), &[Active(NET4)], none, PassNotBanned),
         c("v4 banned /24 to another port", Default, tcp4("192.0.2.77", 2525), &[Active(NET4)], none, PassNotProtected),
@@ -131,6 +134,32 @@ fn cases() -> Vec<Case> {
         c("v6 /64 ban with bans per /128 (a prefix ban)", V6Host, tcp6("2001:db8::67", SMTP), &[Active("2001:db8::/64")], none, Drop),
         c("mailer filter: banned /24 to another host", Mailer, Packet::tcp4(v4("192.0.2.77"), v4("192.0.2.26"), SMTP), &[Active(NET4)], none, PassNotProtected),
         c("v6 banned /48 in a VLAN", Default, tcp6("2001:db8:bad::9", SMTP).vlan(&[0x8100]), &[Active(NET6)], none, Drop),
+        // Several lengths in use at once.
+        c("v4 /8, /16, /24 in use: in the /8 only", Default, tcp4("203.0.113.9", SMTP), LENS4, none, Drop),
+        c("v4 /8, /16, /24 in use: in the /16 only", Default, tcp4("192.0.7.1", SMTP), LENS4, none, Drop),
+        c("v4 /8, /16, /24 in use: in none", Default, tcp4("198.51.100.7", SMTP), LENS4, none, PassNotBanned),
+        c("v4 /20 and /24 in use: same /16, in neither", Default, tcp4("198.51.101.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, PassNotBanned),
+        c("v4 /20 and /24 in use: in the /20", Default, tcp4("198.51.127.7", SMTP), &[Active("198.51.100.0/24"), Active("198.51.112.0/20")], none, Drop),
+        // The trie answers with the longest covering prefix: an expired one is looked through.
+        c("v4 expired /24 inside an active /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Active("192.0.0.0/16")], none, Drop),
+        c("v4 expired /28, /24, /20 inside an active /8", Default, tcp4("203.0.113.9", SMTP), &[Expired("203.0.113.0/28"), Expired("203.0.113.0/24"), Expired("203.0.112.0/20"), Active("203.0.0.0/8")], none, Drop),
+        c("v4 five nested, the four longest expired: past the bound", Default, tcp4("203.0.113.9", SMTP), &[Expired("203.0.113.0/28"), Expired("203.0.113.0/24"), Expired("203.0.112.0/20"), Expired("203.0.0.0/16"), Active("203.0.0.0/8")], none, PassExpired),
+        c("v4 active /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Expired("192.0.0.0/16")], none, Drop),
+        c("v4 expired /24 inside an expired /16", Default, tcp4("192.0.2.77", SMTP), &[Expired(NET4), Expired("192.0.0.0/16")], none, PassExpired),
+        c("allow-listed v4 host inside banned /16 and /24", Default, tcp4("192.0.2.77", SMTP), &[Active(NET4), Active("192.0.0.0/16")], &["192.0.2.77/32"], PassAllowListed),
+        c("allow-listed v4 /28 inside a banned /8", Default, tcp4("203.0.113.9", SMTP), LENS4, &["203.0.113.0/28"], PassAllowListed),
+        c("v4 /31 ban: the other address of the pair", Default, tcp4("192.0.2.67", SMTP), &[Active("192.0.2.66/31")], none, Drop),
+        c("v4 /31 ban: the next pair", Default, tcp4("192.0.2.68", SMTP), &[Active("192.0.2.66/31")], none, PassNotBanned),
+        c("v6 /32, /48, /56 in use: in the /32 only", Default, tcp6("2001:db8:ffff::1", SMTP), LENS6, none, Drop),
+        c("v6 /32, /48, /56 in use: in the /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, none, Drop),
+        c("v6 /40 and /56 in use: same /32, in neither", Default, tcp6("2001:db8:ff00::1", SMTP), &[Active("2001:db8:bad:100::/56"), Active("2001:db8:100::/40")], none, PassNotBanned),
+        c("v6 expired /56 inside an active /40", Default, tcp6("2001:db8:1ad:100::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
+        c("v6 active /40 outside an expired /56", Default, tcp6("2001:db8:1ad:200::1", SMTP), &[Expired("2001:db8:1ad:100::/56"), Active("2001:db8:100::/40")], none, Drop),
+        c("v6 expired /48 inside an expired /32", Default, tcp6("2001:db8:bad:1::66", SMTP), &[Expired(NET6), Expired("2001:db8::/32")], none, PassExpired),
+        c("allow-listed v6 host inside banned /32, /48, /56", Default, tcp6("2001:db8:bad:100::1", SMTP), LENS6, &["2001:db8:bad:100::1/128"], PassAllowListed),
+        c("v6 /96 ban with bans per /128 (a length past 64)", V6Host, tcp6("2001:db8::1:0:7", SMTP), &[Active("2001:db8::1:0:0/96")], none, Drop),
+        c("v6 /96 ban with bans per /128: the next /96", V6Host, tcp6("2001:db8::2:0:7", SMTP), &[Active("2001:db8::1:0:0/96")], none, PassNotBanned),
+        c("v6 /96 and /60 in use, bans per /128: in the /60", V6Host, tcp6("2001:db8::9", SMTP), &[Active("2001:db8::1:0:0/96"), Active("2001:db8::/60")], none, Drop),
     ]
 }
 
@@ -141,6 +170,7 @@ fn dataplane(cfg: Cfg) -> Dataplane {
             ports: vec![25, 587],
             mailer_ips: vec!["192.0.2.25".parse().unwrap(), "2001:db8::25".parse().unwrap()],
             v6_prefix: 64,
+            ..Default::default()
         },
         Cfg::V6Host => DataplaneConfig { v6_prefix: 128, ..Default::default() },
     };
@@ -151,7 +181,15 @@ fn set_state(dp: &mut Dataplane, bans: &[Ban], allow: &[&str]) {
     for ban in dp.list().unwrap() {
         dp.unban(&ban.source).unwrap();
     }
-    // Expired bans are not listed: clear every address the table uses.
+    // Expired bans are not listed: clear every address and network the table uses.
+    for case in cases() {
+        for ban in case.bans {
+            let (Ban::Active(s) | Ban::Expired(s)) = *ban;
+            if s.contains('/') {
+                let _ = dp.unban(&s.parse().unwrap());
+            }
+        }
+    }
     for s in [HARVESTER, HARVESTER6, "2001:db8::99", NET4, NET6] {
         let _ = dp.unban(&s.parse().unwrap());
     }

@@ -11,6 +11,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+blocksmtp_ebpf::program_boilerplate!();
+
 #[map]
 static BASELINE_BANS: HashMap<u32, u64> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
@@ -23,13 +25,3 @@ pub fn baseline_xdp(ctx: XdpContext) -> u32 {
     let saddr = unsafe { *((start + 26) as *const u32) };
     if BASELINE_BANS.get_ptr(saddr).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

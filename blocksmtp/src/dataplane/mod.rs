@@ -64,6 +64,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[cfg(feature = "bench")]
 pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
 
+/// The benchmark's other prefix-ban design: per-length hash maps (blocksmtp-ebpf/src/bin/hash.rs).
+#[cfg(feature = "bench")]
+pub static HASH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hash"));
+
 /// What the programs enforce.
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
@@ -73,11 +77,13 @@ pub struct DataplaneConfig {
     pub mailer_ips: Vec<IpAddr>,
     /// IPv6 sources are banned per prefix of this length.
     pub v6_prefix: u8,
+    /// Report rare events (a ban's first dropped packet) through aya-log (`--debug 3`).
+    pub log_events: bool,
 }
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        Self { ports: vec![25], mailer_ips: Vec::new(), v6_prefix: 64 }
+        Self { ports: vec![25], mailer_ips: Vec::new(), v6_prefix: 64, log_events: false }
     }
 }
 
@@ -108,6 +114,9 @@ impl DataplaneConfig {
         }
         if v4 > 1 || v6 > 1 {
             bail!("--mailer-ip: at most one IPv4 and one IPv6 address");
+        }
+        if self.log_events {
+            cfg.flags |= blocksmtp_common::CONFIG_LOG;
         }
         Ok(cfg)
     }
@@ -156,6 +165,15 @@ impl BanKey {
             BanKey::Net4(..) => 2,
             BanKey::Net6(..) => 3,
         }
+    }
+}
+
+/// The hint bits a prefix ban on `net` sets (see `blocksmtp_common::HINT_WORDS`); for the
+/// benchmark's other design too.
+pub fn hint_bits_of(net: &IpNet) -> Vec<u32> {
+    match net.trunc() {
+        IpNet::V4(n) => hint_bits(&BanKey::Net4(n.network().octets(), n.prefix_len())),
+        IpNet::V6(n) => hint_bits(&BanKey::Net6(n.network().octets(), n.prefix_len())),
     }
 }
 
@@ -220,6 +238,62 @@ pub struct Dataplane {
     entries: [usize; 4],
     /// Pinned maps were found and reused at load.
     pub restored: bool,
+    /// The task forwarding the programs' aya-log records into our log.
+    log_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// aya-log's records from the programs, re-logged at debug level under our own target
+/// (the daemon shows them at `--debug 3`, the level that turns them on).
+struct ForwardLog;
+
+impl log::Log for ForwardLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        log::debug!(target: "blocksmtp::dataplane::ebpf", "dataplane: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Read the programs' log ring buffer in a task of the running tokio runtime (aya-log
+/// 0.3 leaves the polling to us). Without a runtime (tests, tools) nothing reads it:
+/// the program's reservations then fail and it logs nothing.
+fn start_log_task(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let logger = match aya_log::EbpfLogger::init_with_logger(ebpf, ForwardLog) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("the dataplane's log events cannot be read: {e}");
+            return None;
+        }
+    };
+    let _guard = handle.enter();
+    // SAFETY: the fd is the logger's ring buffer map, owned by the logger, which the
+    // AsyncFd owns until the task ends: it stays open and the same.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("the dataplane's log events cannot be read: {e}");
+            return None;
+        }
+    };
+    Some(handle.spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    log::warn!("reading the dataplane's log events: {e}");
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 impl Dataplane {
@@ -288,8 +362,10 @@ impl Dataplane {
             ifaces: Vec::new(),
             entries: [0; 4],
             restored,
+            log_task: None,
         };
         attach::load(&mut dp.ebpf)?;
+        dp.log_task = start_log_task(&mut dp.ebpf);
         if let Some(prev) = previous
             && prev.v6_prefix_len != config.v6_prefix_len
         {
@@ -801,6 +877,9 @@ impl Drop for Dataplane {
     /// Links detach when their last fd closes; a tc filter (pre-6.6) is the kernel's until
     /// removed, so one with no record under a pin dir (an unpinned dataplane) goes here.
     fn drop(&mut self) {
+        if let Some(t) = self.log_task.take() {
+            t.abort();
+        }
         for a in self.ifaces.drain(..) {
             if let Some(h) = a.held
                 && matches!(h.hold, attach::Hold::Filter(_, None))

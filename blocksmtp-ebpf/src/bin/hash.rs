@@ -1,0 +1,243 @@
+//! Benchmark peer, not part of the product: prefix bans in per-length hash maps, kept
+//! so bench-dataplane measures both designs in the same run — the product's classifier
+//! (main.rs), but prefix bans in one hash map per family keyed by (length, network), one
+//! lookup per length in use (`NET_LENS`), instead of one LPM trie per family.
+#![no_std]
+#![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use blocksmtp_common::{
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_NET_LENS, MAX_PORTS,
+    NET_LEN_FREE, NetKeyV4, NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, net_key_v4, net_key_v6,
+};
+use blocksmtp_ebpf::hdr::{self, Tcp};
+
+blocksmtp_ebpf::program_boilerplate!();
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+// No preallocation: a million-entry map costs memory only for the bans it holds.
+#[map]
+static BANS_V4: HashMap<BanKeyV4, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
+#[map]
+static BANS_V6: HashMap<BanKeyV6, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map]
+static NETS_V4: HashMap<NetKeyV4, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
+#[map]
+static NETS_V6: HashMap<NetKeyV6, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
+#[map]
+static NET_LENS: Array<NetLens> = Array::with_max_entries(1, 0);
+// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
+// lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
+#[map]
+static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+
+#[xdp]
+pub fn hash_xdp(ctx: XdpContext) -> u32 {
+    let v = classify(ctx.data(), ctx.data_end());
+    count(v);
+    match v {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[classifier]
+pub fn hash_tc(ctx: TcContext) -> i32 {
+    let mut v = classify(ctx.data(), ctx.data_end());
+    // Headers may sit partly outside the linear area of an skb: pull them in once.
+    if v == Verdict::PassMalformed && ctx.len() as usize > ctx.data_end() - ctx.data() {
+        let want = if ctx.len() < 256 { ctx.len() } else { 256 };
+        if ctx.pull_data(want).is_ok() {
+            v = classify(ctx.data(), ctx.data_end());
+        }
+    }
+    count(v);
+    match v {
+        Verdict::Drop => TC_ACT_SHOT as i32,
+        // UNSPEC: let later TC/TCX programs see the packet too.
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+#[inline(always)]
+fn count(v: Verdict) {
+    if let Some(c) = STATS.get_ptr_mut(v as u32) {
+        // Per-CPU slot: no other writer, no atomics needed.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The verdict: a protected packet, then its ban (address, else prefix), then the allow-list.
+#[inline(always)]
+fn classify(start: usize, end: usize) -> Verdict {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Verdict::PassNotProtected;
+    };
+    match hdr::parse(start, end) {
+        Err(v) => v,
+        Ok(Tcp::V4 { saddr, daddr, dport_be }) => {
+            if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V4 != 0 && daddr != cfg.mailer_v4) {
+                return Verdict::PassNotProtected;
+            }
+            let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
+            if found.is_none()
+                && cfg.flags & CONFIG_BANNET_V4 != 0
+                && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+            {
+                (found, miss) = net_ban_v4(saddr, miss);
+            }
+            let Some((ban, _len)) = found else { return miss };
+            if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
+                return Verdict::PassAllowListed;
+            }
+            charge(ban)
+        }
+        Ok(Tcp::V6 { saddr, daddr, dport_be }) => {
+            if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V6 != 0 && daddr != words(&cfg.mailer_v6)) {
+                return Verdict::PassNotProtected;
+            }
+            let mask = words(&cfg.v6_mask);
+            let key = bytes([saddr[0] & mask[0], saddr[1] & mask[1]]);
+            let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
+            if found.is_none()
+                && cfg.flags & CONFIG_BANNET_V6 != 0
+                && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+            {
+                (found, miss) = net_ban_v6(u64::from_be(saddr[0]), u64::from_be(saddr[1]), miss);
+            }
+            let Some((ban, _len)) = found else { return miss };
+            if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
+                return Verdict::PassAllowListed;
+            }
+            charge(ban)
+        }
+    }
+}
+
+/// A ban in force, and its prefix length (for the log).
+type Found = Option<(*mut BanValue, u8)>;
+
+/// A ban entry found (or not): in force, or the verdict of a source without one.
+#[inline(always)]
+fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
+    match ban {
+        Some(b) if expired(b) => (None, Verdict::PassExpired),
+        Some(b) => (Some((b, len)), Verdict::PassNotBanned),
+        None => (None, Verdict::PassNotBanned),
+    }
+}
+
+/// The first prefix ban in force covering an IPv4 source: one lookup per length in use.
+#[inline(always)]
+fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Found, Verdict) {
+    let Some(lens) = NET_LENS.get(0) else { return (None, miss) };
+    // Only the loop counter and `miss` cross iterations: the verifier sees two states
+    // per round, not one per path so far.
+    for i in 0..MAX_NET_LENS {
+        if i >= lens.v4_end as usize {
+            break;
+        }
+        let len = lens.v4[i];
+        if len == NET_LEN_FREE {
+            continue;
+        }
+        if let Some(ban) = NETS_V4.get_ptr_mut(net_key_v4(saddr, len as u32)) {
+            if !expired(ban) {
+                return (Some((ban, len)), miss);
+            }
+            miss = Verdict::PassExpired;
+        }
+    }
+    (None, miss)
+}
+
+/// As `net_ban_v4`, for an IPv6 source given as host-order halves.
+#[inline(always)]
+fn net_ban_v6(hi: u64, lo: u64, mut miss: Verdict) -> (Found, Verdict) {
+    let Some(lens) = NET_LENS.get(0) else { return (None, miss) };
+    for i in 0..MAX_NET_LENS {
+        if i >= lens.v6_end as usize {
+            break;
+        }
+        let len = lens.v6[i];
+        if len == NET_LEN_FREE {
+            continue;
+        }
+        if let Some(ban) = NETS_V6.get_ptr_mut(net_key_v6(hi, lo, len as u32)) {
+            if !expired(ban) {
+                return (Some((ban, len)), miss);
+            }
+            miss = Verdict::PassExpired;
+        }
+    }
+    (None, miss)
+}
+
+/// Whether hint bit `bit` is set (a prefix ban may cover the source).
+#[inline(always)]
+fn hinted(bit: u32) -> bool {
+    match BANNET_HINT.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
+
+/// 16 config bytes as two words (the fields sit 8-byte aligned in the map value).
+#[inline(always)]
+fn words(b: &[u8; 16]) -> [u64; 2] {
+    unsafe { *(b.as_ptr() as *const [u64; 2]) }
+}
+
+#[inline(always)]
+fn bytes(w: [u64; 2]) -> [u8; 16] {
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
+}
+
+#[inline(always)]
+fn protected_port(cfg: &Config, dport: u16) -> bool {
+    for i in 0..MAX_PORTS {
+        if i >= cfg.n_ports as usize {
+            break;
+        }
+        if cfg.ports_be[i] == dport {
+            return true;
+        }
+    }
+    false
+}
+
+/// An expired ban is never enforced, whether or not the daemon has swept it yet.
+#[inline(always)]
+fn expired(ban: *mut BanValue) -> bool {
+    !unsafe { &*ban }.active_at(unsafe { bpf_ktime_get_boot_ns() })
+}
+
+/// Drop, and charge the packet to the ban's counter.
+#[inline(always)]
+fn charge(ban: *mut BanValue) -> Verdict {
+    // Shared across CPUs: atomic add (BPF_ATOMIC_ADD). core's AtomicU64 has no
+    // fetch_add on the BPF target, the intrinsic lowers to the right instruction.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            &raw mut (*ban).dropped,
+            1,
+        )
+    };
+    Verdict::Drop
+}
