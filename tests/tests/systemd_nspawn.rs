@@ -53,8 +53,11 @@ const FILE_HARVESTER: &str = "192.0.2.70";
 const UPGRADE_HARVESTER: &str = "192.0.2.71";
 const POSTFIX_HARVESTER: &str = "192.0.2.72";
 const EXIM_HARVESTER: &str = "192.0.2.73";
-const RSYSLOG_HARVESTER: &str = "192.0.2.74";
-const RSYSLOG_FORGED: &str = "192.0.2.75";
+/// From another network: by this phase the earlier harvesters of 192.0.2.0/24 would make a
+/// third address of that /24 a network-wide ban (the prefix evidence), covering the
+/// forged source too.
+const RSYSLOG_HARVESTER: &str = "198.51.100.74";
+const RSYSLOG_FORGED: &str = "198.51.100.75";
 /// Where Debian 12's sendmail binary lives (`/usr/sbin/sendmail-mta` links to it through
 /// /etc/alternatives; /usr/lib/sm.bin/ before Debian 12): the path journald records as
 /// _EXE for sendmail's lines.
@@ -205,6 +208,8 @@ impl Container {
         server.ip(&["link", "set", "vs0", "up"]).unwrap();
         // The daemon attaches to the default route's interface.
         server.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "vs0"]).unwrap();
+        // Clients of another network on the same segment (no router).
+        server.ip(&["route", "add", "198.51.100.0/24", "dev", "vs0"]).unwrap();
         for a in [
             JOURNAL_HARVESTER,
             INNOCENT,

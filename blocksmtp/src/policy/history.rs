@@ -1,7 +1,6 @@
 //! Offence history: every source's past and current bans (for escalation, reasons
 //! and `list`), kept compact, and its persistence in the state file.
 use std::{
-    collections::HashMap,
     hash::Hash,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Evidence, Policy,
     dictionary::NameStat,
-    memory::Bounded,
+    memory::{Bounded, FastMap},
     prefix::NetWindow,
     rounds::Suspect,
     surge::Surge,
@@ -203,13 +202,13 @@ pub fn secs32(t: SystemTime) -> u32 {
 /// one of the two, never both.
 #[derive(Debug)]
 struct Table<K> {
-    one: HashMap<K, Offence>,
-    many: HashMap<K, Vec<Offence>>,
+    one: FastMap<K, Offence>,
+    many: FastMap<K, Vec<Offence>>,
 }
 
 impl<K> Default for Table<K> {
     fn default() -> Self {
-        Self { one: HashMap::new(), many: HashMap::new() }
+        Self { one: FastMap::default(), many: FastMap::default() }
     }
 }
 

@@ -30,7 +30,6 @@
 //! Memory stays bounded: each evidence module holds a capped map that forgets the
 //! least recently seen entries first, and entries idle longer than `--memory`.
 use std::{
-    collections::HashMap,
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -223,7 +222,7 @@ struct Observed {
 pub struct Policy {
     cfg: PolicyConfig,
     whitelist: Whitelist,
-    sources: HashMap<SourceAddr, Tracker>,
+    sources: memory::FastMap<SourceAddr, Tracker>,
     history: Histories,
     stats: PolicyStats,
     last_sweep: Option<SystemTime>,
@@ -239,7 +238,7 @@ impl Policy {
         Self {
             cfg,
             whitelist,
-            sources: HashMap::new(),
+            sources: memory::FastMap::default(),
             history: Histories::default(),
             stats: Default::default(),
             last_sweep: None,
