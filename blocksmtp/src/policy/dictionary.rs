@@ -108,8 +108,8 @@ impl Dictionary {
         })
     }
 
-    pub fn expire(&mut self, oldest: u32) {
-        self.names.expire(oldest);
+    pub fn expire(&mut self, oldest: u32, slack: u32) {
+        self.names.expire(oldest, slack);
     }
 }
 

@@ -511,10 +511,13 @@ impl Policy {
         self.history.retain(|o| o.until().saturating_add(keep) >= now_s);
         let e = self.cfg.evidence;
         let oldest = |d: Duration| u32::try_from(now_s.saturating_sub(d.as_secs())).unwrap_or(u32::MAX);
-        self.prefixes.expire(oldest(e.prefix_window));
-        self.dictionary.expire(oldest(e.memory));
-        self.suspects.expire(oldest(e.memory));
-        self.reputation.expire(oldest(e.memory));
+        // The per-network windows expire on time; the memories within 1/64 of theirs
+        // (22 minutes of a day), so that they are walked that seldom, not every minute.
+        let slack = u32::try_from(e.memory.as_secs() / 64).unwrap_or(u32::MAX);
+        self.prefixes.expire(oldest(e.prefix_window), 0);
+        self.dictionary.expire(oldest(e.memory), slack);
+        self.suspects.expire(oldest(e.memory), slack);
+        self.reputation.expire(oldest(e.memory), slack);
     }
 
     /// Whether `source` is under a ban decided by this policy at `now`.

@@ -79,8 +79,8 @@ impl Prefixes {
         self.nets.remove(&net);
     }
 
-    pub fn expire(&mut self, oldest: u32) {
-        self.nets.expire(oldest);
+    pub fn expire(&mut self, oldest: u32, slack: u32) {
+        self.nets.expire(oldest, slack);
     }
 }
 

@@ -97,8 +97,8 @@ impl Suspects {
         self.map.remove(&key);
     }
 
-    pub fn expire(&mut self, oldest: u32) {
-        self.map.expire(oldest);
+    pub fn expire(&mut self, oldest: u32, slack: u32) {
+        self.map.expire(oldest, slack);
     }
 }
 

@@ -110,9 +110,9 @@ impl Reputation {
         self.addrs.len() + self.nets.len()
     }
 
-    pub fn expire(&mut self, oldest: u32) {
-        self.addrs.expire(oldest);
-        self.nets.expire(oldest);
+    pub fn expire(&mut self, oldest: u32, slack: u32) {
+        self.addrs.expire(oldest, slack);
+        self.nets.expire(oldest, slack);
     }
 }
 
@@ -167,7 +167,7 @@ mod tests {
         r.note(1, 100, 0);
         assert!(r.address_good(1) && r.network_good(100));
         assert!(!r.address_good(2) && !r.network_good(200));
-        r.expire(1);
+        r.expire(1, 0);
         assert!(!r.address_good(1));
     }
 }
