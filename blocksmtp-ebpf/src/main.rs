@@ -108,7 +108,7 @@ fn classify(start: usize, end: usize) -> Verdict {
                 && cfg.flags & CONFIG_BANNET_V4 != 0
                 && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
             {
-                (found, miss) = net_ban_v4(saddr, miss);
+                (found, miss) = net_ban(&BANNET_V4, saddr, miss);
             }
             let Some((ban, len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
@@ -130,7 +130,7 @@ fn classify(start: usize, end: usize) -> Verdict {
                 && cfg.flags & CONFIG_BANNET_V6 != 0
                 && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
             {
-                (found, miss) = net_ban_v6(bytes(saddr), miss);
+                (found, miss) = net_ban(&BANNET_V6, bytes(saddr), miss);
             }
             let Some((ban, len)) = found else { return miss };
             if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
@@ -162,28 +162,14 @@ fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
 /// daemon that is not running).
 const MAX_NESTED: usize = 4;
 
-/// The longest prefix ban in force covering an IPv4 source. A trie answers with the
-/// longest covering entry only: when that has expired, ask again below its length.
+/// The longest prefix ban in force covering a source (`N`: 4 or 16 address bytes). A
+/// trie answers with the longest covering entry only: when that has expired, ask again
+/// below its length.
 #[inline(always)]
-fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Found, Verdict) {
-    let mut max = 32u32;
+fn net_ban<const N: usize>(trie: &LpmTrie<[u8; N], BanValue>, saddr: [u8; N], mut miss: Verdict) -> (Found, Verdict) {
+    let mut max = (N * 8) as u32;
     for _ in 0..MAX_NESTED {
-        let Some(ban) = BANNET_V4.get(Key::new(max, saddr)) else { break };
-        match in_force(ban) {
-            Ok(found) => return (Some(found), miss),
-            Err(0) => return (None, Verdict::PassExpired),
-            Err(len) => (miss, max) = (Verdict::PassExpired, u32::from(len) - 1),
-        }
-    }
-    (None, miss)
-}
-
-/// As `net_ban_v4`, for an IPv6 source.
-#[inline(always)]
-fn net_ban_v6(saddr: [u8; 16], mut miss: Verdict) -> (Found, Verdict) {
-    let mut max = 128u32;
-    for _ in 0..MAX_NESTED {
-        let Some(ban) = BANNET_V6.get(Key::new(max, saddr)) else { break };
+        let Some(ban) = trie.get(Key::new(max, saddr)) else { break };
         match in_force(ban) {
             Ok(found) => return (Some(found), miss),
             Err(0) => return (None, Verdict::PassExpired),

@@ -169,39 +169,38 @@ fn arrival_client(line: &[u8]) -> Option<IpAddr> {
         if !standalone && !after_h {
             continue;
         }
-        let Some(len) = line[pos + 1..].iter().take(60).position(|&b| b == b']') else { continue };
-        let Some(ip) = parse_ip(&line[pos + 1..pos + 1 + len]) else { continue };
-        if !bracket_end_ok(&line[pos + 2 + len..]) {
-            continue;
-        }
-        match found {
-            None => found = Some(ip),
-            Some(prev) if prev == ip => {}
-            Some(_) => return None,
+        if let Some(ip) = bracketed(&line[pos + 1..]) {
+            found = Some(agree(found, ip)?);
         }
     }
     found
 }
 
+/// The address of `ADDR]` at the start of `inner` (just after a `[`), when a port, a
+/// blank or the end follows the bracket.
+fn bracketed(inner: &[u8]) -> Option<IpAddr> {
+    let len = inner.iter().take(60).position(|&b| b == b']')?;
+    let ip = parse_ip(&inner[..len])?;
+    bracket_end_ok(&inner[len + 1..]).then_some(ip)
+}
+
+/// `ip`, if it is the same as the one found before (if any): `None` when they differ.
+fn agree(found: Option<IpAddr>, ip: IpAddr) -> Option<IpAddr> {
+    match found {
+        Some(prev) if prev != ip => None,
+        _ => Some(ip),
+    }
+}
+
 /// The client address of the text after `H=` (see the module documentation).
 fn client(host: &[u8]) -> Option<IpAddr> {
     if host.first() == Some(&b'[') {
-        let close = memchr::memchr(b']', host)?;
-        let ip = parse_ip(&host[1..close])?;
-        return bracket_end_ok(&host[close + 1..]).then_some(ip);
+        return bracketed(&host[1..]);
     }
     let mut found: Option<IpAddr> = None;
     for pos in memmem::find_iter(host, b" [") {
-        let inner_start = pos + 2;
-        let Some(len) = host[inner_start..].iter().take(60).position(|&b| b == b']') else { continue };
-        let Some(ip) = parse_ip(&host[inner_start..inner_start + len]) else { continue };
-        if !bracket_end_ok(&host[inner_start + len + 1..]) {
-            continue;
-        }
-        match found {
-            None => found = Some(ip),
-            Some(prev) if prev == ip => {}
-            Some(_) => return None,
+        if let Some(ip) = bracketed(&host[pos + 2..]) {
+            found = Some(agree(found, ip)?);
         }
     }
     found
