@@ -21,7 +21,6 @@
 //! command=VRFY|EXPN, count=N` tops its probes up to N. Lines already counted are not
 //! counted twice.
 use std::{
-    collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
     time::{Duration, SystemTime},
@@ -125,7 +124,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-type KeyMap<V> = HashMap<Box<[u8]>, V, BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = hashbrown::HashMap<Vec<u8>, V, BuildHasherDefault<KeyHasher>>;
 
 /// Holds per-session state and turns [`Event`]s into [`Attributed`] guesses.
 #[derive(Debug)]
@@ -183,23 +182,26 @@ impl Correlator {
     }
 
     fn session_mut(&mut self, mta: Mta, at: SystemTime) -> &mut Session {
-        if !self.sessions.contains_key(self.key.as_slice()) {
-            if self.sessions.len() >= self.limits.max_sessions {
-                self.evict_oldest();
-            }
-            self.sessions.insert(
-                self.key.clone().into_boxed_slice(),
-                Session { client: None, mta, bad_rcpts: 0, probes: 0, held: Vec::new(), samples: Vec::new(), last_seen: at },
-            );
+        if self.sessions.len() >= self.limits.max_sessions && !self.sessions.contains_key(self.key.as_slice()) {
+            self.evict_oldest();
         }
-        let s = self.sessions.get_mut(self.key.as_slice()).expect("inserted above");
+        // One hash per line; the key is copied only for a new session.
+        let s = self.sessions.entry_ref(self.key.as_slice()).or_insert_with(|| Session {
+            client: None,
+            mta,
+            bad_rcpts: 0,
+            probes: 0,
+            held: Vec::new(),
+            samples: Vec::new(),
+            last_seen: at,
+        });
         s.last_seen = s.last_seen.max(at);
         s
     }
 
     fn evict_oldest(&mut self) {
         // Drop the oldest tenth at once so this stays rare.
-        let mut ages: Vec<(SystemTime, Box<[u8]>)> =
+        let mut ages: Vec<(SystemTime, Vec<u8>)> =
             self.sessions.iter().map(|(k, s)| (s.last_seen, k.clone())).collect();
         ages.sort_unstable_by_key(|(t, _)| *t);
         let n = (ages.len() / 10).max(1);

@@ -97,7 +97,7 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DUR", default_value = "4h")]
     pub campaign_ban_time: HumanDuration,
     /// How long quiet suspects, harvest-dictionary names and senders of valid mail are
-    /// remembered (forgotten within 1/64 of it after; memory is capped as well).
+    /// remembered (exactly; memory is capped as well).
     #[arg(long, value_name = "DUR", default_value = "1d")]
     pub memory: HumanDuration,
 }

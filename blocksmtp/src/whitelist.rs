@@ -24,6 +24,10 @@ use crate::addr::SourceAddr;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Whitelist {
     nets: Vec<IpNet>,
+    /// The nets as sorted, merged address ranges per family: [`Whitelist::contains`]
+    /// runs for every guess, a binary search stays cheap with a long whitelist.
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
 }
 
 /// A whitelist that could not be read.
@@ -45,8 +49,26 @@ fn loopback() -> [IpNet; 2] {
 
 impl Default for Whitelist {
     fn default() -> Self {
-        Self { nets: loopback().to_vec() }
+        Self::indexed(loopback().to_vec())
     }
+}
+
+/// Sorted, merged `[start, end]` ranges.
+fn merged<T: Ord + Copy>(mut r: Vec<(T, T)>) -> Vec<(T, T)> {
+    r.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(r.len());
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+fn in_ranges<T: Ord + Copy>(r: &[(T, T)], x: T) -> bool {
+    let i = r.partition_point(|&(s, _)| s <= x);
+    i > 0 && x <= r[i - 1].1
 }
 
 /// Parse one entry: address, CIDR prefix, or IPv4 address/netmask. Host bits of a
@@ -77,9 +99,19 @@ impl Whitelist {
 
     /// Loopback plus `nets`.
     pub fn from_nets(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        let mut w = Self::default();
-        w.nets.extend(nets);
-        w
+        Self::indexed(loopback().into_iter().chain(nets).collect())
+    }
+
+    fn indexed(nets: Vec<IpNet>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for n in &nets {
+            match n {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            }
+        }
+        Self { nets, v4: merged(v4), v6: merged(v6) }
     }
 
     /// Read a whitelist file.
@@ -91,7 +123,7 @@ impl Whitelist {
 
     /// Parse whitelist text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, WhitelistError> {
-        let mut w = Self::default();
+        let mut nets = loopback().to_vec();
         for (n, line) in text.lines().enumerate() {
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
@@ -102,15 +134,17 @@ impl Whitelist {
                 line: n + 1,
                 entry: entry.to_string(),
             })?;
-            w.nets.push(net);
+            nets.push(net);
         }
-        Ok(w)
+        Ok(Self::indexed(nets))
     }
 
     /// Whether `ip` is whitelisted (IPv4-mapped IPv6 is checked as IPv4).
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        let ip = canonical(*ip);
-        self.nets.iter().any(|n| n.contains(&ip))
+        match canonical(*ip) {
+            IpAddr::V4(a) => in_ranges(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => in_ranges(&self.v6, u128::from(a)),
+        }
     }
 
     /// Whether the whole of `source` is whitelisted.
@@ -185,6 +219,27 @@ mod tests {
         assert!(!w.contains(&ip("192.0.2.99")), "commented out");
         assert!(w.contains(&ip("127.0.0.1")) && w.contains(&ip("127.8.9.10")) && w.contains(&ip("::1")));
         assert!(w.contains(&ip("::ffff:192.0.2.10")));
+    }
+
+    #[test]
+    fn nested_and_adjacent_entries() {
+        // Nested, overlapping and adjacent entries merge into ranges; the answers are the nets'.
+        let w = Whitelist::parse("192.0.2.128/25\n192.0.2.0/24\n192.0.2.7\n198.51.100.0/25\n198.51.100.128/25\n2001:db8::/33\n2001:db8::/32\n", Path::new("wl")).unwrap();
+        for (a, want) in [
+            ("192.0.1.255", false),
+            ("192.0.2.0", true),
+            ("192.0.2.255", true),
+            ("192.0.3.0", false),
+            ("198.51.100.127", true),
+            ("198.51.100.128", true),
+            ("198.51.101.0", false),
+            ("2001:db8:ffff:ffff::1", true),
+            ("2001:db9::", false),
+            ("2001:db7:ffff::", false),
+        ] {
+            assert_eq!(w.contains(&ip(a)), want, "{a}");
+            assert_eq!(w.nets().iter().any(|n| n.contains(&ip(a))), want, "{a}: the nets agree");
+        }
     }
 
     #[test]

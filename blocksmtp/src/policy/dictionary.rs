@@ -8,7 +8,7 @@
 //! lines) and try one unknown name each, so they never contribute.
 use serde::{Deserialize, Serialize};
 
-use super::memory::{Bounded, Key, hash32};
+use super::memory::{Bounded, Key, hash32_lower};
 
 /// Contributors and domains remembered per name (enough for any threshold we use).
 const SLOTS: usize = 6;
@@ -57,15 +57,17 @@ impl From<Name> for (u32, u32) {
 impl Name {
     /// From a sanitised sample (`<John@Example.com>`, `john`); `None` when empty.
     pub fn of(sample: &str) -> Option<Self> {
-        let s = sample.trim().trim_start_matches('<').trim_end_matches('>').trim().to_ascii_lowercase();
+        // Per guess: hashed lowercase without a lowercased copy.
+        let s = sample.trim().trim_start_matches('<').trim_end_matches('>').trim();
         let (local, domain) = match s.rfind('@') {
             Some(i) => (&s[..i], &s[i + 1..]),
-            None => (s.as_str(), ""),
+            None => (s, ""),
         };
         if local.is_empty() {
             return None;
         }
-        Some(Self { local: hash32(local.as_bytes()), domain: if domain.is_empty() { 0 } else { hash32(domain.as_bytes()) } })
+        let domain = if domain.is_empty() { 0 } else { hash32_lower(domain.as_bytes()) };
+        Some(Self { local: hash32_lower(local.as_bytes()), domain })
     }
 
     /// The recipient as a whole (for counting distinct recipients).
@@ -82,8 +84,13 @@ pub(super) struct Dictionary {
 }
 
 impl Dictionary {
-    pub fn new(cap: usize, sources: u32) -> Self {
-        Self { names: Bounded::new(cap), sources: sources.max(2) as usize }
+    /// At most `cap` names, each for `memory` seconds; `sources`: independent networks a name needs.
+    pub fn new(cap: usize, sources: u32, memory: u32) -> Self {
+        Self { names: Bounded::new(cap, memory), sources: sources.max(2) as usize }
+    }
+
+    pub fn set_memory(&mut self, memory: u32) {
+        self.names.set_max_age(memory);
     }
 
     pub fn len(&self) -> usize {
@@ -101,15 +108,15 @@ impl Dictionary {
 
     /// Whether `name` is a harvest-dictionary name: guessed by enough independent
     /// networks, at two domains or more (or, on a one-domain host, by twice as many).
-    pub fn contains(&self, name: Name) -> bool {
-        self.names.get(&u128::from(name.local)).is_some_and(|n| {
+    pub fn contains(&self, name: Name, now: u32) -> bool {
+        self.names.get(&u128::from(name.local), now).is_some_and(|n| {
             let nets = filled(&n.nets);
             nets >= self.sources && (filled(&n.domains) >= 2 || nets >= (2 * self.sources).min(SLOTS))
         })
     }
 
-    pub fn expire(&mut self, oldest: u32, slack: u32) {
-        self.names.expire(oldest, slack);
+    pub fn expire(&mut self, now: u32) {
+        self.names.expire(now);
     }
 }
 
@@ -143,12 +150,13 @@ mod tests {
             (&[(1, "john@a.example"), (2, "john@a.example"), (3, "john@a.example"), (4, "john@a.example"), (5, "john@a.example"), (6, "john@a.example")], true),
         ];
         for (contribs, want) in cases {
-            let mut d = Dictionary::new(64, 3);
+            let mut d = Dictionary::new(64, 3, 3600);
             for (net, r) in *contribs {
                 d.contribute(name(r), *net << 64, 0);
             }
-            assert_eq!(d.contains(name("john@z.example")), *want, "{contribs:?}");
-            assert!(!d.contains(name("mary@a.example")));
+            assert_eq!(d.contains(name("john@z.example"), 3600), *want, "{contribs:?}");
+            assert!(!d.contains(name("john@z.example"), 3601), "forgotten after its memory");
+            assert!(!d.contains(name("mary@a.example"), 0));
         }
     }
 }

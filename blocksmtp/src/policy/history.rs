@@ -479,6 +479,7 @@ impl Policy {
         self.reputation.nets.adopt(e.sender_nets);
         // What is older than its memory goes now, as it would have had the daemon run on.
         self.last_sweep = None;
+        self.history_due = 0;
         // A ban still running is known from its offence: no tracker needed.
         self.sweep(now);
     }
@@ -495,6 +496,13 @@ impl Policy {
     pub fn reconfigure(&mut self, cfg: super::PolicyConfig, whitelist: crate::whitelist::Whitelist) {
         self.cfg = cfg;
         self.whitelist = whitelist;
+        // A new retention: the next sweep walks the history.
+        self.history_due = 0;
+        let memory = super::secs_u32(cfg.evidence.memory);
+        self.prefixes.set_window(super::secs_u32(cfg.evidence.prefix_window));
+        self.dictionary.set_memory(memory);
+        self.suspects.set_memory(memory);
+        self.reputation.set_memory(memory);
     }
 
     /// Write the history as [`PolicyState`] JSON straight from memory: no copy of it is

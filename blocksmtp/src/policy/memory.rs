@@ -1,6 +1,9 @@
 //! Bounded memory for the evidence modules: a map with a size cap that forgets the
 //! least recently touched entries first, and entries idle longer than a given age.
 //! An attacker flooding it with sources only evicts old, quiet entries.
+//!
+//! The age is exact: an entry idle longer than it is never read (a touch starts it
+//! afresh), whether or not a walk has removed it yet; the walks only bound memory.
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +34,13 @@ pub fn net_key(ip: std::net::IpAddr, v4_len: u8, v6_len: u8) -> Key {
 /// are touched on every guess).
 pub type FastMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 
-/// A short hash of text (names, domains, sources) for compact sets.
-pub fn hash32(b: &[u8]) -> u32 {
-    // FNV-1a: stable across runs (replay and daemon agree), good enough for sets of a few.
+/// A short hash of text (names, domains), case-insensitive, for compact sets: FNV-1a of
+/// the ASCII-lowercased bytes, no lowercased copy made. Stable across runs (replay and
+/// daemon agree, and the state file keeps it); good enough for sets of a few.
+pub fn hash32_lower(b: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for &c in b {
-        h ^= u32::from(c);
+    for c in b {
+        h ^= u32::from(c.to_ascii_lowercase());
         h = h.wrapping_mul(0x0100_0193);
     }
     h.max(1)
@@ -48,6 +52,8 @@ pub fn hash32(b: &[u8]) -> u32 {
 pub struct Bounded<V> {
     map: FastMap<Key, (V, u32)>,
     cap: usize,
+    /// Entries idle longer than this (seconds) are gone.
+    max_age: u32,
     /// No entry was touched before this (a lower bound): `expire` skips the walk then.
     min_touched: u32,
 }
@@ -62,7 +68,7 @@ impl<V: PartialEq> PartialEq for Bounded<V> {
 /// Empty; uncapped until [`Bounded::adopt`]ed into a capped one.
 impl<V> Default for Bounded<V> {
     fn default() -> Self {
-        Self { map: FastMap::default(), cap: usize::MAX, min_touched: u32::MAX }
+        Self { map: FastMap::default(), cap: usize::MAX, max_age: u32::MAX, min_touched: u32::MAX }
     }
 }
 
@@ -76,21 +82,33 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Bounded<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<(Key, u32, V)>::deserialize(d)?;
         let min_touched = entries.iter().map(|&(_, t, _)| t).min().unwrap_or(u32::MAX);
-        Ok(Self { map: entries.into_iter().map(|(k, t, v)| (k, (v, t))).collect(), cap: usize::MAX, min_touched })
+        Ok(Self { map: entries.into_iter().map(|(k, t, v)| (k, (v, t))).collect(), cap: usize::MAX, max_age: u32::MAX, min_touched })
     }
 }
 
 impl<V: Default> Bounded<V> {
-    pub fn new(cap: usize) -> Self {
-        Self { map: FastMap::default(), cap: cap.max(8), min_touched: u32::MAX }
+    /// At most `cap` entries, each forgotten once idle for `max_age` seconds.
+    pub fn new(cap: usize, max_age: u32) -> Self {
+        Self { map: FastMap::default(), cap: cap.max(8), max_age, min_touched: u32::MAX }
+    }
+
+    /// A new age (a reload); entries are judged by it from now on.
+    pub fn set_max_age(&mut self, max_age: u32) {
+        self.max_age = max_age;
+    }
+
+    /// Entries touched before this are gone at `now`.
+    fn oldest(&self, now: u32) -> u32 {
+        now.saturating_sub(self.max_age)
     }
 
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn get(&self, k: &Key) -> Option<&V> {
-        self.map.get(k).map(|(v, _)| v)
+    /// The entry of `k` at `now`, unless idle longer than the age.
+    pub fn get(&self, k: &Key, now: u32) -> Option<&V> {
+        self.map.get(k).filter(|(_, t)| *t >= self.oldest(now)).map(|(v, _)| v)
     }
 
     /// The entry of `k`, if any, without touching it.
@@ -102,13 +120,18 @@ impl<V: Default> Bounded<V> {
         self.map.remove(k);
     }
 
-    /// The entry of `k`, created if missing, marked as touched at `now`. At the cap, the
-    /// least recently touched eighth is forgotten first (amortised O(1)).
+    /// The entry of `k`, created if missing (or afresh if idle longer than the age),
+    /// marked as touched at `now`. At the cap, the least recently touched eighth is
+    /// forgotten first (amortised O(1)).
     pub fn touch(&mut self, k: Key, now: u32) -> &mut V {
         if self.map.len() >= self.cap && !self.map.contains_key(&k) {
             self.evict();
         }
+        let oldest = self.oldest(now);
         let e = self.map.entry(k).or_insert_with(|| (V::default(), now));
+        if e.1 < oldest {
+            e.0 = V::default();
+        }
         e.1 = e.1.max(now);
         self.min_touched = self.min_touched.min(e.1);
         &mut e.0
@@ -146,13 +169,14 @@ impl<V: Default> Bounded<V> {
         }
     }
 
-    /// Forget entries not touched since `oldest` (unix seconds) — once some entry is
-    /// `slack` seconds past it: entries may outlive their age by up to `slack`.
-    pub fn expire(&mut self, oldest: u32, slack: u32) {
+    /// Remove entries idle longer than the age at `now` — once some entry is an eighth
+    /// of the age past it (they are unread meanwhile: this bounds memory only).
+    pub fn expire(&mut self, now: u32) {
         // Swept once a minute of log time: walking 80,000 senders each time was a seventh
         // of a harvest-heavy replay while nothing is old enough, and a third of a replay
         // of two days of clean mail once something is (every minute, one minute's worth).
-        if self.min_touched.saturating_add(slack) >= oldest {
+        let oldest = self.oldest(now);
+        if self.min_touched.saturating_add(self.max_age / 8) >= oldest {
             return;
         }
         let mut min = u32::MAX;
@@ -178,14 +202,24 @@ mod tests {
         assert_eq!(a, net_key("::ffff:192.0.2.9".parse().unwrap(), 24, 48));
         assert_ne!(a, net_key("192.0.3.1".parse().unwrap(), 24, 48));
         assert_eq!(net_key("2001:db8:bad:1::1".parse().unwrap(), 24, 48), net_key("2001:db8:bad:ff::2".parse().unwrap(), 24, 48));
-        let mut m: Bounded<u32> = Bounded::new(16);
+        for age in [u32::MAX, 4] {
+            let mut m: Bounded<u32> = Bounded::new(16, age);
+            for i in 0..1000u32 {
+                *m.touch(u128::from(i), i) += 1;
+                assert!(m.len() <= 16);
+            }
+            // The newest survive eviction.
+            assert!(m.get(&999, 999).is_some() && !m.map.contains_key(&0), "age {age}");
+        }
+        let mut m: Bounded<u32> = Bounded::new(16, 4);
         for i in 0..1000u32 {
             *m.touch(u128::from(i), i) += 1;
-            assert!(m.len() <= 16);
         }
-        // The newest survive eviction.
-        assert!(m.get(&999).is_some() && m.get(&0).is_none());
-        m.expire(995, 0);
-        assert_eq!(m.len(), 5);
+        // Idle for longer than 4 s at 999: not read, and a touch starts afresh.
+        assert!(m.get(&994, 999).is_none() && m.get(&995, 999) == Some(&1));
+        *m.touch(990, 999) += 1;
+        assert_eq!(m.get(&990, 999), Some(&1));
+        m.expire(1003);
+        assert_eq!(m.len(), 2, "walked once an entry is an eighth of the age past it");
     }
 }

@@ -57,6 +57,11 @@ pub use history::{Offence, Offender, PolicyState, secs32};
 use history::{Histories, secs};
 
 const EVIDENCE: usize = 5;
+
+/// A setting in whole seconds, as the evidence memories count.
+fn secs_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
 /// Caps of the evidence memories (entries): about 5 MB at most all together (the
 /// daemon's target is 20 MB at 100,000 bans).
 const CAP_SUSPECTS: usize = 16_384;
@@ -226,6 +231,10 @@ pub struct Policy {
     history: Histories,
     stats: PolicyStats,
     last_sweep: Option<SystemTime>,
+    /// No offence is past its retention before this (unix s): until then, and for
+    /// 1/64 of the retention after, the sweep leaves the history unwalked. Reads of it
+    /// check retention themselves, so this only bounds memory.
+    history_due: u64,
     prefixes: prefix::Prefixes,
     dictionary: dictionary::Dictionary,
     surge: surge::Surge,
@@ -235,6 +244,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, whitelist: Whitelist) -> Self {
+        let (memory, prefix_window) = (secs_u32(cfg.evidence.memory), secs_u32(cfg.evidence.prefix_window));
         Self {
             cfg,
             whitelist,
@@ -242,11 +252,12 @@ impl Policy {
             history: Histories::default(),
             stats: Default::default(),
             last_sweep: None,
-            prefixes: prefix::Prefixes::new(CAP_PREFIXES),
-            dictionary: dictionary::Dictionary::new(CAP_NAMES, cfg.evidence.dictionary_sources),
+            history_due: 0,
+            prefixes: prefix::Prefixes::new(CAP_PREFIXES, prefix_window),
+            dictionary: dictionary::Dictionary::new(CAP_NAMES, cfg.evidence.dictionary_sources, memory),
             surge: surge::Surge::default(),
-            reputation: surge::Reputation::new(CAP_REPUTATION),
-            suspects: rounds::Suspects::new(CAP_SUSPECTS),
+            reputation: surge::Reputation::new(CAP_REPUTATION, memory),
+            suspects: rounds::Suspects::new(CAP_SUSPECTS, memory),
         }
     }
 
@@ -274,6 +285,12 @@ impl Policy {
         self.prefixes.len() + self.dictionary.len() + self.suspects.len() + self.reputation.len()
     }
 
+    /// Whether `source` has an offence still within the history's retention at `now_s`.
+    fn has_history(&self, source: &SourceAddr, now_s: u64) -> bool {
+        let keep = self.cfg.ban_time_max.as_secs();
+        self.history.get(source).is_some_and(|h| h.iter().any(|o| o.until().saturating_add(keep) >= now_s))
+    }
+
     /// The end (unix seconds) of `source`'s current ban, if one runs at `now_s`.
     fn banned_until(&self, source: &SourceAddr, now_s: u64) -> Option<u64> {
         let until = self.history.get(source)?.last()?.until();
@@ -282,12 +299,16 @@ impl Policy {
 
     /// The network ban (decided by this policy) covering `ip` at `now`, if any.
     pub fn covering_ban(&self, ip: IpAddr, now: SystemTime) -> Option<SourceAddr> {
+        self.covering_ban_at(ip, secs(now))
+    }
+
+    fn covering_ban_at(&self, ip: IpAddr, now_s: u64) -> Option<SourceAddr> {
         let e = &self.cfg.evidence;
         let net = SourceAddr::prefix_of(ip, e.prefix_v4, e.prefix_v6);
         if !net.is_prefix_ban(self.cfg.v6_prefix) {
             return None;
         }
-        self.banned_until(&net, secs(now)).map(|_| net)
+        self.banned_until(&net, now_s).map(|_| net)
     }
 
     fn unit_key(&self, ip: IpAddr) -> memory::Key {
@@ -312,17 +333,18 @@ impl Policy {
         let at = g.at;
         self.maybe_sweep(at);
         self.stats.guesses += u64::from(g.count);
+        // The guess's time in seconds, once: the rules below all count in seconds.
         let now_s = secs(at);
-        let covering = if self.banned_until(&source, now_s).is_some() { Some(source) } else { self.covering_ban(g.client, at) };
+        let covering = if self.banned_until(&source, now_s).is_some() { Some(source) } else { self.covering_ban_at(g.client, now_s) };
         if let Some(banned) = covering {
             self.stats.guesses_while_banned += u64::from(g.count);
             if let Some(o) = self.history.get_mut(&banned).and_then(|h| h.last_mut()) {
                 o.guesses = o.guesses.saturating_add(g.count);
-                o.last_seen = o.last_seen.max(secs32(at));
+                o.last_seen = o.last_seen.max(u32::try_from(now_s).unwrap_or(u32::MAX));
             }
             return None;
         }
-        let observed = if self.cfg.evidence.enabled { Some(self.observe(g)) } else { None };
+        let observed = if self.cfg.evidence.enabled { Some(self.observe(g, now_s)) } else { None };
         let t = self.sources.entry(source).or_insert_with(|| Tracker::new(at));
         match t.add(g, self.cfg.window) {
             Added::TooOld => {
@@ -335,21 +357,21 @@ impl Policy {
             }
             Added::InWindow(_) => {}
         }
-        self.beyond_one_address(g, source, observed?)
+        self.beyond_one_address(g, source, observed?, now_s)
     }
 
     /// Feed the evidence beyond one source with a guess (no decision).
-    fn observe(&mut self, g: &Attributed) -> Observed {
+    fn observe(&mut self, g: &Attributed, now_s: u64) -> Observed {
         let e = self.cfg.evidence;
-        let at_s = secs32(g.at);
+        let at_s = u32::try_from(now_s).unwrap_or(u32::MAX);
         let addr = self.unit_key(g.client);
         let net = memory::net_key(g.client, e.prefix_v4, e.prefix_v6);
-        let address_good = self.reputation.address_good(addr);
-        let network_good = self.reputation.network_good(net);
+        let address_good = self.reputation.address_good(addr, at_s);
+        let network_good = self.reputation.network_good(net, at_s);
         let no_mail = !address_good && !network_good;
         let window = u32::try_from(self.cfg.window.as_secs()).unwrap_or(u32::MAX);
         let name = g.sample.as_deref().and_then(dictionary::Name::of);
-        let in_dictionary = name.is_some_and(|n| self.dictionary.contains(n));
+        let in_dictionary = name.is_some_and(|n| self.dictionary.contains(n, at_s));
         let s = self.suspects.note(addr, at_s, name, g.count, in_dictionary);
         let (distinct, dict_hits) = (s.distinct(), s.dict_hits());
         // The host's rate of unknown recipients from sources without valid mail of their
@@ -375,7 +397,7 @@ impl Policy {
     }
 
     /// The rules beyond one address's window, strongest first.
-    fn beyond_one_address(&mut self, g: &Attributed, source: SourceAddr, o: Observed) -> Option<BanDecision> {
+    fn beyond_one_address(&mut self, g: &Attributed, source: SourceAddr, o: Observed, now_s: u64) -> Option<BanDecision> {
         let e = self.cfg.evidence;
         if let Some(pc) = o.prefix {
             // A network some of whose addresses deliver valid mail needs twice the evidence.
@@ -398,7 +420,7 @@ impl Policy {
         let first = self.sources.get(&source).and_then(|t| t.entries.iter().map(|e| e.at).min()).unwrap_or(g.at);
         let rule = if o.dict_hits >= strict || (o.surge && o.dict_hits >= 1) {
             Evidence::Dictionary
-        } else if o.distinct >= strict && self.history.get(&source).is_some_and(|h| !h.is_empty()) {
+        } else if o.distinct >= strict && self.has_history(&source, now_s) {
             Evidence::Returning
         } else if o.distinct >= strict && o.surge {
             Evidence::Surge
@@ -468,6 +490,7 @@ impl Policy {
             addrs,
         };
         let reason = offence.reason_for(&source);
+        self.history_due = self.history_due.min(offence.until().saturating_add(keep));
         self.history.push(&source, offence);
         // After the ban the source's recipients count afresh (its offence remembers it).
         self.suspects.forget(self.unit_key(g.client));
@@ -508,16 +531,25 @@ impl Policy {
         self.sources.retain(|_, t| t.in_window > 0 && t.latest.checked_add(window).is_some_and(|end| end > now));
         let now_s = secs(now);
         let keep = self.cfg.ban_time_max.as_secs();
-        self.history.retain(|o| o.until().saturating_add(keep) >= now_s);
-        let e = self.cfg.evidence;
-        let oldest = |d: Duration| u32::try_from(now_s.saturating_sub(d.as_secs())).unwrap_or(u32::MAX);
-        // The per-network windows expire on time; the memories within 1/64 of theirs
-        // (22 minutes of a day), so that they are walked that seldom, not every minute.
-        let slack = u32::try_from(e.memory.as_secs() / 64).unwrap_or(u32::MAX);
-        self.prefixes.expire(oldest(e.prefix_window), 0);
-        self.dictionary.expire(oldest(e.memory), slack);
-        self.suspects.expire(oldest(e.memory), slack);
-        self.reputation.expire(oldest(e.memory), slack);
+        // Walking every offence each log minute was a fifth of a harvest-heavy replay.
+        if now_s > self.history_due.saturating_add(keep / 64) {
+            let mut due = u64::MAX;
+            self.history.retain(|o| {
+                let end = o.until().saturating_add(keep);
+                if end >= now_s {
+                    due = due.min(end);
+                }
+                end >= now_s
+            });
+            self.history_due = due;
+        }
+        // The memories are exact on reading; these walks (each once an entry is an eighth
+        // of its age past due) only hand memory back.
+        let now_s = u32::try_from(now_s).unwrap_or(u32::MAX);
+        self.prefixes.expire(now_s);
+        self.dictionary.expire(now_s);
+        self.suspects.expire(now_s);
+        self.reputation.expire(now_s);
     }
 
     /// Whether `source` is under a ban decided by this policy at `now`.

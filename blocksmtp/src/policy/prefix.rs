@@ -37,8 +37,13 @@ fn fold(k: Key) -> u32 {
 }
 
 impl Prefixes {
-    pub fn new(cap: usize) -> Self {
-        Self { nets: Bounded::new(cap) }
+    /// At most `cap` networks; a network idle for a whole `window` (seconds) starts afresh.
+    pub fn new(cap: usize, window: u32) -> Self {
+        Self { nets: Bounded::new(cap, window) }
+    }
+
+    pub fn set_window(&mut self, window: u32) {
+        self.nets.set_max_age(window);
     }
 
     pub fn len(&self) -> usize {
@@ -79,8 +84,8 @@ impl Prefixes {
         self.nets.remove(&net);
     }
 
-    pub fn expire(&mut self, oldest: u32, slack: u32) {
-        self.nets.expire(oldest, slack);
+    pub fn expire(&mut self, now: u32) {
+        self.nets.expire(now);
     }
 }
 
@@ -99,7 +104,7 @@ mod tests {
             (&[(1, 0), (2, 10), (3, 4000), (4, 4001)], (2, 2)),
         ];
         for (guesses, want) in cases {
-            let mut p = Prefixes::new(16);
+            let mut p = Prefixes::new(16, 3600);
             let mut last = None;
             for (src, at) in *guesses {
                 last = Some(p.add(7, *src, *at, 1, 3600));
@@ -107,7 +112,7 @@ mod tests {
             let c = last.unwrap();
             assert_eq!((c.guesses, c.addrs), *want, "{guesses:?}");
         }
-        let mut p = Prefixes::new(16);
+        let mut p = Prefixes::new(16, 3600);
         for i in 0..500u32 {
             p.add(7, u128::from(i), i, 1, 3600);
         }
@@ -116,7 +121,7 @@ mod tests {
         p.forget(7);
         assert_eq!(p.add(7, 1, 501, 1, 3600).guesses, 1);
         // An address banned on its own leaves its network's count.
-        let mut p = Prefixes::new(16);
+        let mut p = Prefixes::new(16, 3600);
         for (src, at) in [(1u128, 0u32), (1, 1), (2, 2), (3, 3)] {
             p.add(7, src, at, 1, 3600);
         }

@@ -50,8 +50,13 @@ pub(super) struct Suspects {
 }
 
 impl Suspects {
-    pub fn new(cap: usize) -> Self {
-        Self { map: Bounded::new(cap) }
+    /// At most `cap` sources, each for `memory` seconds.
+    pub fn new(cap: usize, memory: u32) -> Self {
+        Self { map: Bounded::new(cap, memory) }
+    }
+
+    pub fn set_memory(&mut self, memory: u32) {
+        self.map.set_max_age(memory);
     }
 
     pub fn len(&self) -> usize {
@@ -97,8 +102,8 @@ impl Suspects {
         self.map.remove(&key);
     }
 
-    pub fn expire(&mut self, oldest: u32, slack: u32) {
-        self.map.expire(oldest, slack);
+    pub fn expire(&mut self, now: u32) {
+        self.map.expire(now);
     }
 }
 
@@ -122,7 +127,7 @@ mod tests {
             (&[(None, false)], (1, 0)),
         ];
         for (guesses, want) in cases {
-            let mut s = Suspects::new(16);
+            let mut s = Suspects::new(16, 3600);
             let mut got = (0, 0);
             for (name, dict) in *guesses {
                 let n = name.and_then(Name::of);
@@ -131,7 +136,7 @@ mod tests {
             }
             assert_eq!(got, *want, "{guesses:?}");
         }
-        let mut s = Suspects::new(16);
+        let mut s = Suspects::new(16, 3600);
         s.note(1, 0, Name::of("a@x.example"), 1, false);
         s.note(1, 0, Name::of("b@x.example"), 1, false);
         let x = s.note(1, 0, None, 3, false);

@@ -87,8 +87,14 @@ pub(super) struct Reputation {
 }
 
 impl Reputation {
-    pub fn new(cap: usize) -> Self {
-        Self { addrs: Bounded::new(cap), nets: Bounded::new(cap / 4) }
+    /// At most `cap` senders (and a quarter as many networks), each for `memory` seconds.
+    pub fn new(cap: usize, memory: u32) -> Self {
+        Self { addrs: Bounded::new(cap, memory), nets: Bounded::new(cap / 4, memory) }
+    }
+
+    pub fn set_memory(&mut self, memory: u32) {
+        self.addrs.set_max_age(memory);
+        self.nets.set_max_age(memory);
     }
 
     pub fn note(&mut self, addr: Key, net: Key, at: u32) {
@@ -97,22 +103,22 @@ impl Reputation {
     }
 
     /// Whether the address itself delivered valid mail.
-    pub fn address_good(&self, addr: Key) -> bool {
-        self.addrs.get(&addr).is_some()
+    pub fn address_good(&self, addr: Key, now: u32) -> bool {
+        self.addrs.get(&addr, now).is_some()
     }
 
     /// Whether any address of the network delivered valid mail.
-    pub fn network_good(&self, net: Key) -> bool {
-        self.nets.get(&net).is_some()
+    pub fn network_good(&self, net: Key, now: u32) -> bool {
+        self.nets.get(&net, now).is_some()
     }
 
     pub fn len(&self) -> usize {
         self.addrs.len() + self.nets.len()
     }
 
-    pub fn expire(&mut self, oldest: u32, slack: u32) {
-        self.addrs.expire(oldest, slack);
-        self.nets.expire(oldest, slack);
+    pub fn expire(&mut self, now: u32) {
+        self.addrs.expire(now);
+        self.nets.expire(now);
     }
 }
 
@@ -163,11 +169,12 @@ mod tests {
 
     #[test]
     fn reputation() {
-        let mut r = Reputation::new(64);
+        let mut r = Reputation::new(64, 3600);
         r.note(1, 100, 0);
-        assert!(r.address_good(1) && r.network_good(100));
-        assert!(!r.address_good(2) && !r.network_good(200));
-        r.expire(1, 0);
-        assert!(!r.address_good(1));
+        assert!(r.address_good(1, 3600) && r.network_good(100, 3600));
+        assert!(!r.address_good(2, 0) && !r.network_good(200, 0));
+        assert!(!r.address_good(1, 3601) && !r.network_good(100, 3601), "forgotten after its memory");
+        r.expire(3601 + 3600 / 8);
+        assert_eq!(r.len(), 0);
     }
 }
