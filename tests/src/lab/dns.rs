@@ -6,15 +6,14 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::Ordering,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
 use anyhow::Context as _;
 
-use crate::netns::Netns;
+use crate::{lab::Worker, netns::Netns};
 
 /// The records the stub serves.
 #[derive(Clone, Debug, Default)]
@@ -176,15 +175,14 @@ fn encode_name(n: &str) -> Vec<u8> {
 /// The running stub; stopped when dropped.
 pub struct DnsStub {
     queries: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    _worker: Worker<anyhow::Result<()>>,
 }
 
 impl DnsStub {
     /// Serve `table` on UDP `addr` (e.g. 127.0.0.1:53) inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddr, table: DnsTable) -> anyhow::Result<Self> {
         let queries = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Worker::<()>::flag();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let (queries, stop) = (queries.clone(), stop.clone());
@@ -212,22 +210,14 @@ impl DnsStub {
                 }
             })
         };
+        let worker = Worker::new(stop, thread);
         rx.recv().context("DNS stub thread")?.with_context(|| format!("binding the DNS stub on {addr}"))?;
-        Ok(Self { queries, stop, thread: Some(thread) })
+        Ok(Self { queries, _worker: worker })
     }
 
     /// Queries answered so far, e.g. `66.2.0.192.in-addr.arpa type 12 -> NXDOMAIN`.
     pub fn queries(&self) -> Vec<String> {
         self.queries.lock().unwrap().clone()
-    }
-}
-
-impl Drop for DnsStub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -22,7 +22,11 @@ pub mod syslog;
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -235,5 +239,37 @@ impl Drop for TempDir {
         if let Some(p) = self.path.take() {
             let _ = std::fs::remove_dir_all(p);
         }
+    }
+}
+
+/// A lab thread that runs until its stop flag is set: set and joined when dropped
+/// (the syslog receiver, the log follower and the DNS stub each own one).
+pub struct Worker<T> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<T>>,
+}
+
+impl<T> Worker<T> {
+    /// A flag for the thread to poll; hand the same flag to [`Worker::new`].
+    pub fn flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    pub fn new(stop: Arc<AtomicBool>, thread: JoinHandle<T>) -> Self {
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stop the thread and wait for it (again: nothing).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -14,11 +14,12 @@ use std::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
+
+use super::Worker;
 
 /// How lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +57,7 @@ pub struct SyslogReceiver {
     socket: PathBuf,
     log: PathBuf,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<()>,
 }
 
 impl SyslogReceiver {
@@ -72,7 +72,7 @@ impl SyslogReceiver {
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         let shared = Arc::new(Shared::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Worker::<()>::flag();
         let hostname = hostname.to_string();
         let thread = {
             let (shared, stop) = (shared.clone(), stop.clone());
@@ -80,7 +80,7 @@ impl SyslogReceiver {
                 .name("lab-syslog".into())
                 .spawn(move || receive(sock, file, &hostname, format, &shared, &stop))?
         };
-        Ok(Self { socket: socket.to_path_buf(), log: log.to_path_buf(), shared, stop, thread: Some(thread) })
+        Ok(Self { socket: socket.to_path_buf(), log: log.to_path_buf(), shared, worker: Worker::new(stop, thread) })
     }
 
     /// The log file.
@@ -125,10 +125,7 @@ impl SyslogReceiver {
     }
 
     fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.stop();
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -224,8 +221,7 @@ fn timestamp(at: SystemTime, format: LogFormat) -> String {
 /// Used to check that lines reach readers of the file as they are written.
 pub struct LogFollower {
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Worker<()>,
 }
 
 impl LogFollower {
@@ -247,7 +243,7 @@ impl LogFollower {
             anyhow::bail!("inotify_add_watch {}: {}", path.display(), std::io::Error::last_os_error());
         }
         let shared = Arc::new(Shared::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Worker::<()>::flag();
         let thread = {
             let (shared, stop) = (shared.clone(), stop.clone());
             std::thread::Builder::new().name("lab-follow".into()).spawn(move || {
@@ -277,7 +273,7 @@ impl LogFollower {
                 }
             })?
         };
-        Ok(Self { shared, stop, thread: Some(thread) })
+        Ok(Self { shared, _worker: Worker::new(stop, thread) })
     }
 
     /// Every line read so far; `written` is the instant the follower read it.
@@ -296,15 +292,6 @@ impl LogFollower {
                 return found;
             }
             lines = self.shared.cond.wait_timeout(lines, deadline - now).unwrap().0;
-        }
-    }
-}
-
-impl Drop for LogFollower {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
