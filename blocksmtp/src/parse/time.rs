@@ -89,6 +89,11 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 }
 
 /// `hh:mm:ss` → seconds of the day.
+/// The seconds field of a time of day, as [`hms`] reads it (a leap second is :59).
+fn seconds(b: &[u8]) -> Option<u32> {
+    digits(b).filter(|s| b.len() == 2 && *s <= 60).map(|s| s.min(59))
+}
+
 fn hms(b: &[u8]) -> Option<u32> {
     if b.len() != 8 || b[2] != b':' || b[5] != b':' {
         return None;
@@ -169,12 +174,27 @@ impl TimeResolver {
             RawTime::Exim(b) => (1, b),
             RawTime::Bsd(b) => (2, b),
         };
-        if let Some(l) = &self.last
+        if let Some(l) = &mut self.last
             && l.kind == kind
             && l.now == now
-            && l.raw == b
         {
-            return l.out;
+            if l.raw == b {
+                return l.out;
+            }
+            // A BSD time in the minute of the line before (most lines of a busy log):
+            // only the seconds differ, and nothing else of the calendar can.
+            if kind == 2
+                && b.len() == 15
+                && l.raw.len() == 15
+                && l.raw[..13] == b[..13]
+                && let (Some(out), Some(old), Some(new)) = (l.out, seconds(&l.raw[13..]), seconds(&b[13..]))
+            {
+                let out = (out + Duration::from_secs(new.into())).checked_sub(Duration::from_secs(old.into()));
+                l.raw.truncate(13);
+                l.raw.extend_from_slice(&b[13..]);
+                l.out = out;
+                return out;
+            }
         }
         let out = match kind {
             0 => parse_rfc3339(b),
@@ -323,6 +343,20 @@ mod tests {
         assert!(parse_rfc3339(b"2026-02-30T12:29:10Z").is_none());
         assert!(parse_rfc3339(b"2026-11-27T12:29:10").is_none());
         assert!(parse_rfc3339(b"2026-11-27T25:29:10Z").is_none());
+    }
+
+    #[test]
+    fn bsd_same_minute_shortcut_agrees() {
+        // Each time read after the one before it (the shortcut), and alone (the full path).
+        let now = at("2026-11-27T13:00:00Z");
+        let mut r = TimeResolver::new();
+        for raw in [
+            "Nov 27 12:35:47", "Nov 27 12:35:48", "Nov 27 12:35:05", "Nov 27 12:35:60", "Nov 27 12:35:4x",
+            "Nov 27 12:35:59", "Nov 27 12:35:00", "Nov 27 12:36:00", "Nov  7 12:36:01", "Nov  7 12:36:1",
+        ] {
+            let fresh = TimeResolver::new().resolve(RawTime::Bsd(raw.as_bytes()), now);
+            assert_eq!(r.resolve(RawTime::Bsd(raw.as_bytes()), now), fresh, "{raw}");
+        }
     }
 
     #[test]
