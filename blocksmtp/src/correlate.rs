@@ -37,6 +37,9 @@ pub trait LiveAttribution {
     fn client_of(&self, pid: u32, queue_id: &str) -> Option<std::net::IpAddr>;
 }
 
+/// A guess's sample text, shared by the policy's window and the evidence it makes.
+pub type Sample = std::sync::Arc<str>;
+
 /// sendmail's default BadRcptThrottle: a flood line proves this many bad recipients.
 pub const BAD_RCPT_THROTTLE: u32 = 3;
 
@@ -55,7 +58,7 @@ pub struct Attributed {
     /// How many guesses this stands for (more than one for sendmail's alarms).
     pub count: u32,
     /// The guessed recipient or probed name (attacker text, sanitised), when known.
-    pub sample: Option<String>,
+    pub sample: Option<Sample>,
 }
 
 /// Bounds of the held state.
@@ -84,7 +87,7 @@ struct Session {
     probes: u32,
     /// Held guesses: time and kind of each, samples of the first few.
     held: Vec<(SystemTime, GuessKind, u32)>,
-    samples: Vec<String>,
+    samples: Vec<Sample>,
     last_seen: SystemTime,
 }
 

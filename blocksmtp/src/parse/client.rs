@@ -107,12 +107,13 @@ pub fn relay_at_start(s: &[u8]) -> Option<(IpAddr, &[u8])> {
 }
 
 /// Lossy text of attacker-supplied bytes for evidence: at most `max` characters,
-/// control characters replaced, so it is safe to print in a terminal or JSON.
-pub fn sample_text(b: &[u8], max: usize) -> String {
+/// control characters replaced, so it is safe to print in a terminal or JSON. Shared
+/// (one allocation per guess however many holders it has).
+pub fn sample_text(b: &[u8], max: usize) -> std::sync::Arc<str> {
     // The common case, printable ASCII within `max`: a plain copy.
     if b.len() <= max && b.iter().all(|c| (0x20..0x7f).contains(c)) {
         // Printable ASCII is UTF-8 (from_utf8_lossy's chunking cost more than the copy).
-        return std::str::from_utf8(b).unwrap_or_default().to_owned();
+        return std::str::from_utf8(b).unwrap_or_default().into();
     }
     let s = String::from_utf8_lossy(b);
     let mut out = String::with_capacity(s.len().min(max + 3));
@@ -123,7 +124,7 @@ pub fn sample_text(b: &[u8], max: usize) -> String {
         }
         out.push(if c.is_control() { '?' } else { c });
     }
-    out
+    out.into()
 }
 
 #[cfg(test)]
@@ -189,8 +190,8 @@ mod tests {
 
     #[test]
     fn samples_are_bounded_and_printable() {
-        assert_eq!(sample_text(b"<a@b>", 10), "<a@b>");
-        assert_eq!(sample_text(b"abcdef", 3), "abc…");
-        assert_eq!(sample_text(b"a\x1b[2Jb\xff", 10), "a?[2Jb\u{fffd}");
+        assert_eq!(&*sample_text(b"<a@b>", 10), "<a@b>");
+        assert_eq!(&*sample_text(b"abcdef", 3), "abc…");
+        assert_eq!(&*sample_text(b"a\x1b[2Jb\xff", 10), "a?[2Jb\u{fffd}");
     }
 }

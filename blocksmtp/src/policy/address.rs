@@ -12,7 +12,7 @@ pub(super) struct Entry {
     pub at: SystemTime,
     pub kind: GuessKind,
     pub count: u32,
-    pub sample: Option<String>,
+    pub sample: Option<crate::correlate::Sample>,
 }
 
 /// One source's guesses within the window (at most `max_unknown` entries are held).

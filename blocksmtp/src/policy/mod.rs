@@ -506,11 +506,11 @@ impl Policy {
             Evidence::Surge => self.stats.bans_surge += 1,
             Evidence::Returning => self.stats.bans_returning += 1,
         }
-        let mut evidence: Vec<String> = entries.iter().filter_map(|e| e.sample.clone()).take(EVIDENCE).collect();
+        let mut evidence: Vec<String> = entries.iter().filter_map(|e| e.sample.as_deref().map(String::from)).take(EVIDENCE).collect();
         if evidence.is_empty()
             && let Some(s) = &g.sample
         {
-            evidence.push(s.clone());
+            evidence.push(s.to_string());
         }
         Some(BanDecision { source, duration, guesses, first_seen, last_seen, evidence, reason, mta: g.mta, offence: number, rule })
     }
@@ -599,7 +599,7 @@ mod tests {
             mta: Mta::Postfix,
             at,
             count: 1,
-            sample: Some(format!("<g{}@example.com>", secs(at) % 1000)),
+            sample: Some(format!("<g{}@example.com>", secs(at) % 1000).into()),
         }
     }
 
@@ -728,7 +728,7 @@ mod tests {
     }
 
     fn named(ip: &str, at: SystemTime, rcpt: &str) -> Attributed {
-        Attributed { sample: Some(format!("<{rcpt}>")), ..guess(ip, at) }
+        Attributed { sample: Some(format!("<{rcpt}>").into()), ..guess(ip, at) }
     }
 
     /// One row: guesses (address, second, recipient) and deliveries (address, second),
@@ -976,7 +976,7 @@ mod tests {
         // 200,000 sources of as many networks, one guess each, one a second.
         for i in 0..200_000u32 {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000u32.wrapping_add(i << 8) | 7));
-            p.record(&Attributed { sample: Some(format!("<n{i}@example.com>")), ..guess("192.0.2.1", t(u64::from(i))) }.with_client(ip));
+            p.record(&Attributed { sample: Some(format!("<n{i}@example.com>").into()), ..guess("192.0.2.1", t(u64::from(i))) }.with_client(ip));
         }
         assert!(p.evidence_entries() <= CAP_SUSPECTS + CAP_PREFIXES + CAP_NAMES + CAP_REPUTATION + CAP_REPUTATION / 4);
     }
