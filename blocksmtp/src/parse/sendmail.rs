@@ -35,8 +35,6 @@ const DID_NOT_ISSUE: &[u8] = b" did not issue MAIL/EXPN/VRFY/ETRN during connect
 const CHECK_RCPT: &[u8] = b"ruleset=check_rcpt, arg1=";
 
 static FIND_ATTACK: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(ATTACK));
-static FIND_RELAY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", relay="));
-static FIND_SIZE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b", size="));
 // Built once: a searcher costs more to build than to run on one line.
 static FIND_NRCPTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", nrcpts="));
 static FIND_RELAY_FWD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", relay="));
@@ -55,6 +53,13 @@ pub fn split_queue_id(msg: &[u8]) -> (Option<&[u8]>, &[u8]) {
         return (Some(&msg[..end]), &msg[end + 2..]);
     }
     (None, msg)
+}
+
+/// The last occurrence of `field` (which starts with a comma) in `body`: the commas
+/// from the end (memrchr's SIMD), not a reverse substring search (the fields sought
+/// are the last ones of a from= line, on every such line).
+fn rfind_field(body: &[u8], field: &[u8]) -> Option<usize> {
+    memchr::memrchr_iter(b',', body).find(|&i| body[i..].starts_with(field))
 }
 
 /// Recognise one sendmail message (the text after `sm-mta[pid]: `).
@@ -101,13 +106,13 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
             // The relay is the last field of the from= line.
             // The relay is the last field of the from= line: whatever the sender
             // holds comes before the last ", relay=".
-            if let Some(pos) = FIND_RELAY.rfind(body)
+            if let Some(pos) = rfind_field(body, b", relay=")
                 && let Some(client) = relay_at_end(&body[pos + 8..])
             {
                 // nrcpts is sendmail's count of accepted recipients, read after the last
                 // `, size=`. Client text (sender, msgid) could fake it: that only spares
                 // the source the stricter rules for senders without valid mail.
-                let fields = FIND_SIZE.rfind(&body[..pos]).map_or(&body[..0], |s| &body[s..pos]);
+                let fields = rfind_field(&body[..pos], b", size=").map_or(&body[..0], |s| &body[s..pos]);
                 let accepted = FIND_NRCPTS
                     .find(fields)
                     .and_then(|i| fields.get(i + 9))
