@@ -26,7 +26,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::parse::{Event, GuessKind, Mta, client::sample_text};
+pub use crate::parse::client::Sample;
+use crate::parse::{
+    Event, GuessKind, Mta,
+    client::{SAMPLE_MAX, sample_text},
+};
 
 /// Live lookup of the client a sendmail child is serving, from its process title.
 /// The daemon implements it over /proc (`crate::proctitle`); replay has none.
@@ -36,9 +40,6 @@ pub trait LiveAttribution {
     /// belong to that session (a recycled pid, a new transaction).
     fn client_of(&self, pid: u32, queue_id: &str) -> Option<std::net::IpAddr>;
 }
-
-/// A guess's sample text, shared by the policy's window and the evidence it makes.
-pub type Sample = std::sync::Arc<str>;
 
 /// sendmail's default BadRcptThrottle: a flood line proves this many bad recipients.
 pub const BAD_RCPT_THROTTLE: u32 = 3;
@@ -255,7 +256,7 @@ impl Correlator {
                     s.client = Some(client);
                     bump(s, kind, 1);
                 }
-                out.push(Attributed { client, kind, mta, at, count: 1, sample: Some(sample_text(target, 64)) });
+                out.push(Attributed { client, kind, mta, at, count: 1, sample: Some(sample_text(target, SAMPLE_MAX)) });
             }
             Event::PendingGuess { session, kind, target } => {
                 self.make_key(host, pid, Some(session));
@@ -273,7 +274,7 @@ impl Correlator {
                 }
                 match client {
                     Some(client) => {
-                        out.push(Attributed { client, kind, mta, at, count: 1, sample: Some(sample_text(target, 64)) })
+                        out.push(Attributed { client, kind, mta, at, count: 1, sample: Some(sample_text(target, SAMPLE_MAX)) })
                     }
                     None => {
                         if s.held.len() < TIMES_PER_SESSION {
@@ -282,7 +283,7 @@ impl Correlator {
                             *last = (at, kind, last.2 + 1);
                         }
                         if s.samples.len() < SAMPLES_PER_SESSION {
-                            s.samples.push(sample_text(target, 64));
+                            s.samples.push(sample_text(target, SAMPLE_MAX));
                         }
                     }
                 }

@@ -106,14 +106,67 @@ pub fn relay_at_start(s: &[u8]) -> Option<(IpAddr, &[u8])> {
     Some((ip, rest.strip_prefix(MAY_BE_FORGED).unwrap_or(rest)))
 }
 
-/// Lossy text of attacker-supplied bytes for evidence: at most `max` characters,
-/// control characters replaced, so it is safe to print in a terminal or JSON. Shared
-/// (one allocation per guess however many holders it has).
-pub fn sample_text(b: &[u8], max: usize) -> std::sync::Arc<str> {
+/// Longest sample kept: guessed recipients and probed names are cut to this many
+/// characters (the rest is attacker text nobody needs).
+pub const SAMPLE_MAX: usize = 64;
+
+/// Lossy text of attacker-supplied bytes for evidence (a guessed recipient, a probed
+/// name): at most `max` (≤ [`SAMPLE_MAX`]) characters, control characters replaced, so it
+/// is safe to print in a terminal or JSON. Printable ASCII — nearly every sample — is
+/// held inline: no allocation per guess (a harvest-heavy log has a million).
+#[derive(Clone)]
+pub enum Sample {
+    Ascii { len: u8, bytes: [u8; SAMPLE_MAX] },
+    Text(std::sync::Arc<str>),
+}
+
+impl std::ops::Deref for Sample {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // Only printable ASCII is put there (sample_text's fast path).
+            Sample::Ascii { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Sample::Text(t) => t,
+        }
+    }
+}
+
+impl PartialEq for Sample {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Sample {}
+
+impl std::fmt::Debug for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// Text that is already a sample (tests, and text made here).
+impl From<&str> for Sample {
+    fn from(s: &str) -> Self {
+        sample_text(s.as_bytes(), SAMPLE_MAX)
+    }
+}
+
+impl From<String> for Sample {
+    fn from(s: String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+/// See [`Sample`].
+pub fn sample_text(b: &[u8], max: usize) -> Sample {
+    let max = max.min(SAMPLE_MAX);
     // The common case, printable ASCII within `max`: a plain copy.
     if b.len() <= max && b.iter().all(|c| (0x20..0x7f).contains(c)) {
-        // Printable ASCII is UTF-8 (from_utf8_lossy's chunking cost more than the copy).
-        return std::str::from_utf8(b).unwrap_or_default().into();
+        let mut bytes = [0u8; SAMPLE_MAX];
+        bytes[..b.len()].copy_from_slice(b);
+        return Sample::Ascii { len: b.len() as u8, bytes };
     }
     let s = String::from_utf8_lossy(b);
     let mut out = String::with_capacity(s.len().min(max + 3));
@@ -124,7 +177,7 @@ pub fn sample_text(b: &[u8], max: usize) -> std::sync::Arc<str> {
         }
         out.push(if c.is_control() { '?' } else { c });
     }
-    out.into()
+    Sample::Text(out.into())
 }
 
 #[cfg(test)]
@@ -193,5 +246,10 @@ mod tests {
         assert_eq!(&*sample_text(b"<a@b>", 10), "<a@b>");
         assert_eq!(&*sample_text(b"abcdef", 3), "abc…");
         assert_eq!(&*sample_text(b"a\x1b[2Jb\xff", 10), "a?[2Jb\u{fffd}");
+        let long = [b'a'; 100];
+        assert_eq!(sample_text(&long, 100).chars().count(), SAMPLE_MAX + 1, "cut at SAMPLE_MAX, then …");
+        assert_eq!(&*sample_text(&long[..SAMPLE_MAX], 100), std::str::from_utf8(&long[..SAMPLE_MAX]).unwrap(), "inline at the limit");
+        assert!(matches!(sample_text(b"<a@b>", 10), Sample::Ascii { .. }) && matches!(sample_text("é".as_bytes(), 10), Sample::Text(_)));
+        assert_eq!(Sample::from("<a@b>"), sample_text(b"<a@b>", 64));
     }
 }
