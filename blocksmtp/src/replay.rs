@@ -260,7 +260,25 @@ fn parallel(
         let mut next = 0u64;
         let mut cut = 0;
         let mut bans = Vec::new();
-        for (seq, max_line, buf, parsed) in done_rx.iter() {
+        loop {
+            let (seq, max_line, buf, parsed) = match done_rx.try_recv() {
+                Ok(w) => w,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                // Nothing parsed to take: parse a waiting block here rather than idle (on
+                // two cores this thread waited a third of the time, while the parsing
+                // threads were the bottleneck). A worker holding the lock is waiting for
+                // work itself: then there is none.
+                Err(mpsc::TryRecvError::Empty) => match work_rx.try_lock().ok().and_then(|rx| rx.try_recv().ok()) {
+                    Some((seq, max_line, buf, mut parsed)) => {
+                        parse_block(&buf, max_line, filter, &mut parsed);
+                        (seq, max_line, buf, parsed)
+                    }
+                    None => match done_rx.recv() {
+                        Ok(w) => w,
+                        Err(_) => break,
+                    },
+                },
+            };
             waiting.insert(seq, (max_line, buf, parsed));
             while let Some((_, buf, parsed)) = waiting.remove(&next) {
                 detector.add_line_stats(&parsed.stats);
