@@ -115,7 +115,11 @@ pub const SAMPLE_MAX: usize = 64;
 /// is safe to print in a terminal or JSON. Printable ASCII — nearly every sample — is
 /// held inline: no allocation per guess (a harvest-heavy log has a million).
 #[derive(Clone)]
-pub enum Sample {
+pub struct Sample(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Only printable ASCII is put here (sample_text's fast path).
     Ascii { len: u8, bytes: [u8; SAMPLE_MAX] },
     Text(std::sync::Arc<str>),
 }
@@ -124,10 +128,9 @@ impl std::ops::Deref for Sample {
     type Target = str;
 
     fn deref(&self) -> &str {
-        match self {
-            // Only printable ASCII is put there (sample_text's fast path).
-            Sample::Ascii { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
-            Sample::Text(t) => t,
+        match &self.0 {
+            Repr::Ascii { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Repr::Text(t) => t,
         }
     }
 }
@@ -166,7 +169,7 @@ pub fn sample_text(b: &[u8], max: usize) -> Sample {
     if b.len() <= max && b.iter().all(|c| (0x20..0x7f).contains(c)) {
         let mut bytes = [0u8; SAMPLE_MAX];
         bytes[..b.len()].copy_from_slice(b);
-        return Sample::Ascii { len: b.len() as u8, bytes };
+        return Sample(Repr::Ascii { len: b.len() as u8, bytes });
     }
     let s = String::from_utf8_lossy(b);
     let mut out = String::with_capacity(s.len().min(max + 3));
@@ -177,7 +180,7 @@ pub fn sample_text(b: &[u8], max: usize) -> Sample {
         }
         out.push(if c.is_control() { '?' } else { c });
     }
-    Sample::Text(out.into())
+    Sample(Repr::Text(out.into()))
 }
 
 #[cfg(test)]
@@ -249,7 +252,7 @@ mod tests {
         let long = [b'a'; 100];
         assert_eq!(sample_text(&long, 100).chars().count(), SAMPLE_MAX + 1, "cut at SAMPLE_MAX, then …");
         assert_eq!(&*sample_text(&long[..SAMPLE_MAX], 100), std::str::from_utf8(&long[..SAMPLE_MAX]).unwrap(), "inline at the limit");
-        assert!(matches!(sample_text(b"<a@b>", 10), Sample::Ascii { .. }) && matches!(sample_text("é".as_bytes(), 10), Sample::Text(_)));
+        assert!(matches!(sample_text(b"<a@b>", 10).0, Repr::Ascii { .. }) && matches!(sample_text("é".as_bytes(), 10).0, Repr::Text(_)));
         assert_eq!(Sample::from("<a@b>"), sample_text(b"<a@b>", 64));
     }
 }
