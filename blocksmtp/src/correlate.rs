@@ -161,17 +161,11 @@ impl Correlator {
     }
 
     /// Whether `event` can change anything. A sendmail line naming the client of a
-    /// finished transaction matters only when that session holds guesses; the common
-    /// `from=` line of ordinary mail is then skipped before its time is even read.
-    pub fn wants(&mut self, host: &[u8], pid: Option<u32>, event: &Event<'_>) -> bool {
+    /// finished transaction matters only when some session holds guesses (whether its
+    /// own does is one lookup, made once, in [`Self::on_event`]).
+    pub fn wants(&self, event: &Event<'_>) -> bool {
         match *event {
-            Event::Session { session, ends: true, .. } => {
-                if self.sessions.is_empty() {
-                    return false;
-                }
-                self.make_key(host, pid, session);
-                self.sessions.contains_key(self.key.as_slice())
-            }
+            Event::Session { ends: true, .. } => !self.sessions.is_empty(),
             Event::Unattributable { .. } | Event::Other => false,
             _ => true,
         }

@@ -465,7 +465,7 @@ impl Detector {
         now: SystemTime,
         bans: &mut Vec<BanDecision>,
     ) {
-        if !self.correlator.wants(host, pid, event) {
+        if !self.correlator.wants(event) {
             return;
         }
         let at = match self.clock {
