@@ -50,10 +50,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
 static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
-// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
-// lookup (inlined by the verifier) keeps the trie off a clean packet's path.
+// One bit per IPv4 /24 (IPv6: per folded /48) that a prefix ban covers or lies in: an
+// array lookup (inlined by the verifier) keeps the trie off a clean packet's path.
 #[map]
-static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 
 #[xdp]
 pub fn blocksmtp_xdp(ctx: XdpContext) -> u32 {
@@ -106,7 +106,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V4 != 0
-                && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+                && hinted(hint_bit_v4(u32::from_be_bytes(saddr) >> 8))
             {
                 (found, miss) = net_ban(&BANNET_V4, saddr, miss);
             }
@@ -128,7 +128,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V6 != 0
-                && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+                && hinted(hint_bit_v6(u64::from_be(saddr[0]) >> 16))
             {
                 (found, miss) = net_ban(&BANNET_V6, bytes(saddr), miss);
             }
@@ -191,7 +191,7 @@ fn in_force(ban: &BanValue) -> Result<(*mut BanValue, u8), u8> {
 /// Whether hint bit `bit` is set (a prefix ban may cover the source).
 #[inline(always)]
 fn hinted(bit: u32) -> bool {
-    match BANNET_HINT.get(bit / 64) {
+    match BANNET_HINT24.get(bit / 64) {
         Some(w) => *w & (1u64 << (bit % 64)) != 0,
         None => false,
     }

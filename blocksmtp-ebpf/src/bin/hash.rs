@@ -42,10 +42,10 @@ static NETS_V4: HashMap<NetKeyV4, BanValue> = HashMap::with_max_entries(MAX_BANS
 static NETS_V6: HashMap<NetKeyV6, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
 #[map]
 static NET_LENS: Array<NetLens> = Array::with_max_entries(1, 0);
-// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
-// lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
+// One bit per IPv4 /24 (IPv6: per folded /48) that a prefix ban covers or lies in: an
+// array lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
 #[map]
-static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 
 #[xdp]
 pub fn hash_xdp(ctx: XdpContext) -> u32 {
@@ -98,7 +98,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V4 != 0
-                && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+                && hinted(hint_bit_v4(u32::from_be_bytes(saddr) >> 8))
             {
                 (found, miss) = net_ban_v4(saddr, miss);
             }
@@ -117,7 +117,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V6 != 0
-                && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+                && hinted(hint_bit_v6(u64::from_be(saddr[0]) >> 16))
             {
                 (found, miss) = net_ban_v6(u64::from_be(saddr[0]), u64::from_be(saddr[1]), miss);
             }
@@ -192,7 +192,7 @@ fn net_ban_v6(hi: u64, lo: u64, mut miss: Verdict) -> (Found, Verdict) {
 /// Whether hint bit `bit` is set (a prefix ban may cover the source).
 #[inline(always)]
 fn hinted(bit: u32) -> bool {
-    match BANNET_HINT.get(bit / 64) {
+    match BANNET_HINT24.get(bit / 64) {
         Some(w) => *w & (1u64 << (bit % 64)) != 0,
         None => false,
     }

@@ -132,6 +132,7 @@ struct HashDp {
     ebpf: aya::Ebpf,
     flags: u8,
     lens: blocksmtp_common::NetLens,
+    hint: blocksmtp::dataplane::hint::Hint,
 }
 
 impl HashDp {
@@ -144,7 +145,7 @@ impl HashDp {
                 _ => unreachable!(),
             }
         }
-        let mut t = Self { ebpf, flags: 0, lens: blocksmtp_common::NetLens::EMPTY };
+        let mut t = Self { ebpf, flags: 0, lens: blocksmtp_common::NetLens::EMPTY, hint: Default::default() };
         t.set_flags(0)?;
         Ok(t)
     }
@@ -194,10 +195,9 @@ impl HashDp {
                 self.set_flags(CONFIG_BANNET_V6)?;
             }
         }
-        let mut hint: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.ebpf.map_mut("BANNET_HINT").unwrap())?;
-        for bit in blocksmtp::dataplane::hint_bits_of(&src.net()) {
-            let w = hint.get(&(bit / 64), 0)?;
-            hint.set(bit / 64, w | 1 << (bit % 64), 0)?;
+        let mut hint: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.ebpf.map_mut(blocksmtp_common::map_names::BANNET_HINT).unwrap())?;
+        for (w, v) in self.hint.add(blocksmtp::dataplane::hint_block(&src.net())) {
+            hint.set(w, v, 0)?;
         }
         Ok(())
     }
