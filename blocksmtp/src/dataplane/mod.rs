@@ -547,6 +547,11 @@ impl Dataplane {
         self.write_hint(&diff)
     }
 
+    /// The hint's user-side memory: blocks counted, bytes of bitmap chunks in use.
+    pub fn hint_footprint(&self) -> (usize, usize) {
+        self.hint.footprint()
+    }
+
     /// Whether the kernel's hint bit for `ip` is set: a clean packet from `ip` pays the
     /// prefix-ban trie lookup (tests and benchmarks; the kernel map is the truth).
     pub fn hint_set_for(&self, ip: IpAddr) -> anyhow::Result<bool> {
