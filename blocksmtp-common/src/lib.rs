@@ -36,9 +36,6 @@ pub const MAX_PREFIX_BANS: u32 = 1 << 16;
 pub const HINT_BITS: u32 = 1 << 24;
 /// Words of `BANNET_HINT24`: the IPv4 bits, then the IPv6 bits.
 pub const HINT_WORDS: u32 = 2 * HINT_BITS / 64;
-/// Words of the 16-bit hint of the release before (`BANNET_HINT`, one bit per IPv4 /16 and
-/// per folded IPv6 /32): its pin is recognised, replaced and removed (see `LAYOUT_VERSION`).
-pub const OLD_HINT_WORDS: u32 = 2 * 65_536 / 64;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -417,6 +414,21 @@ mod tests {
         assert_eq!(&net_key_v6(hi, lo, 72).addr[..9], &a[..9]);
         assert_eq!(&net_key_v6(hi, lo, 72).addr[9..], &[0; 7]);
         assert_eq!(net_key_v6(hi, lo, 64).addr[..8], a[..8]);
+    }
+
+    #[test]
+    fn hint_bits() {
+        assert_eq!(hint_bit_v4(0xc0_00_02), 0xc0_00_02);
+        assert_eq!(hint_bit_v4(u32::from_be_bytes([192, 0, 2, 77]) >> 8), 0xc0_00_02);
+        // The /48s of one /24 get distinct bits; a /48's bit lies in the IPv6 half.
+        let mut seen = std::collections::BTreeSet::new();
+        for low in 0..(1u64 << 16) {
+            let b = hint_bit_v6(0x2001_0d00_0000 | low << 8 | 0xb8);
+            assert!((HINT_BITS..2 * HINT_BITS).contains(&b));
+            assert!(seen.insert(b));
+        }
+        assert_eq!(hint_bit_v6(0x2001_0db8_0bad), HINT_BITS + (0x20010d ^ 0xb80bad));
+        assert_eq!(HINT_WORDS, 1 << 19);
     }
 
     #[test]

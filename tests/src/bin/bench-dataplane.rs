@@ -367,7 +367,7 @@ fn prefix_bans(repeat: u32, quick: bool) -> anyhow::Result<()> {
 fn wide_bans() -> anyhow::Result<()> {
     println!("\n== dataplane: one prefix ban set and lifted, by width (hint words written once each) ==");
     let mut dp = Dataplane::load_unpinned(&DataplaneConfig::default())?;
-    println!("{:>20} {:>10} {:>10} {:>13} {:>16}", "ban", "ban ms", "unban ms", "hint blocks", "hint bitmap KiB");
+    println!("{:>20} {:>10} {:>10} {:>13} {:>16}", "ban", "ban ms", "unban ms", "hint blocks", "hint bitmap B");
     for s in ["203.0.113.0/24", "203.0.0.0/16", "203.0.0.0/8", "128.0.0.0/1", "0.0.0.0/0", "2001:db8::/32", "2001:d00::/24", "::/0"] {
         let src = net(s);
         let t = Instant::now();
@@ -377,7 +377,7 @@ fn wide_bans() -> anyhow::Result<()> {
         let t = Instant::now();
         dp.unban(&src)?;
         let unban = t.elapsed();
-        println!("{s:>20} {:>10.3} {:>10.3} {blocks:>13} {:>16}", ban.as_secs_f64() * 1e3, unban.as_secs_f64() * 1e3, bytes / 1024);
+        println!("{s:>20} {:>10.3} {:>10.3} {blocks:>13} {bytes:>16}", ban.as_secs_f64() * 1e3, unban.as_secs_f64() * 1e3);
     }
     anyhow::ensure!(dp.hint_footprint() == (0, 0), "hint memory left after the last unban: {:?}", dp.hint_footprint());
     Ok(())
