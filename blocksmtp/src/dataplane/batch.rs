@@ -1,7 +1,7 @@
 //! BPF_MAP_LOOKUP_BATCH / BPF_MAP_UPDATE_BATCH (Linux 5.6; aya 0.14 has no batch API):
 //! read a whole map, or write many entries, in a few syscalls instead of one or two per
 //! entry. Restoring 100,000 pinned bans at start-up takes milliseconds this way, not a
-//! second; so does syncing the 524,288-word prefix-ban hint.
+//! second; a /0 prefix ban's 262,144 hint words take 64 writes.
 use std::{io, os::fd::RawFd};
 
 use bytemuck::Pod;
@@ -31,12 +31,12 @@ pub fn dump<K: Pod, V: Pod>(fd: RawFd) -> io::Result<Vec<(K, V)>> {
     Ok(out)
 }
 
-/// Every (key, value) of the hash or array map `fd`, a chunk at a time (an array's
-/// whole contents need not be held at once). `Err(EINVAL)` on kernels without batch ops.
-pub fn for_each_chunk<K: Pod, V: Pod>(fd: RawFd, mut f: impl FnMut(&[K], &[V])) -> io::Result<()> {
+/// Every (key, value) of the hash map `fd`, a chunk at a time. `Err(EINVAL)` on kernels
+/// without batch ops.
+fn for_each_chunk<K: Pod, V: Pod>(fd: RawFd, mut f: impl FnMut(&[K], &[V])) -> io::Result<()> {
     let mut keys = vec![K::zeroed(); CHUNK];
     let mut values = vec![V::zeroed(); CHUNK];
-    // Hash maps use a u32 bucket index as the opaque batch token, arrays a u32 index.
+    // Hash maps use a u32 bucket index as the opaque batch token.
     let mut token_in: u32 = 0;
     let mut token_out: u32 = 0;
     let mut first = true;

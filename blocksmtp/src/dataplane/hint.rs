@@ -108,11 +108,30 @@ impl Hint {
         }
     }
 
-    /// Words with a bit set (for a fresh kernel map: only these need writing).
+    /// Words with a bit set.
     pub fn nonzero_words(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.chunks.iter().enumerate().filter_map(|(i, c)| Some((i, c.as_ref()?))).flat_map(|(i, c)| {
             c.iter().enumerate().filter(|(_, v)| **v != 0).map(move |(j, v)| ((i * CHUNK + j) as u32, *v))
         })
+    }
+
+    /// The words that differ from `old`'s, with their values here (what to write to a
+    /// kernel map that holds `old`).
+    pub fn diff(&self, old: &Hint) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        for (i, (a, b)) in old.chunks.iter().zip(&self.chunks).enumerate() {
+            if a.is_none() && b.is_none() {
+                continue;
+            }
+            for j in 0..CHUNK {
+                let w = (i * CHUNK + j) as u32;
+                let (was, now) = (old.word(w), self.word(w));
+                if was != now {
+                    out.push((w, now));
+                }
+            }
+        }
+        out
     }
 
     /// Blocks in use (distinct), and the mirror's chunks in bytes.
@@ -192,12 +211,6 @@ impl Hint {
         changed
     }
 
-    /// Forget everything (before a rebuild from the tries).
-    pub fn clear(&mut self) {
-        self.counts.clear();
-        self.counts.shrink_to_fit();
-        self.chunks.iter_mut().for_each(|c| *c = None);
-    }
 }
 
 const _: () = assert!(HINT_WORDS as usize % CHUNK == 0 && HINT_BITS.is_power_of_two());
@@ -260,6 +273,19 @@ mod tests {
         assert_eq!(bits(&h), vec![0xc00002]);
         assert_eq!(w.len(), 4);
         assert!(h.remove(Block::v4([198, 51, 100, 0], 24)).is_empty(), "never counted: nothing changes");
+    }
+
+    #[test]
+    fn diff_is_what_to_write_over_the_old_state() {
+        let empty = Hint::default();
+        let mut a = Hint::default();
+        a.add(Block::v4([192, 0, 2, 0], 24));
+        assert_eq!(a.diff(&empty), vec![(0xc00002 / 64, 1 << (0xc00002 % 64))]);
+        assert!(a.diff(&a).is_empty());
+        let mut b = Hint::default();
+        b.add(Block::v4([203, 0, 113, 0], 24));
+        let d = b.diff(&a);
+        assert_eq!(d, vec![(0xc00002 / 64, 0), (0xcb0071 / 64, 1 << (0xcb0071 % 64))]);
     }
 
     #[test]

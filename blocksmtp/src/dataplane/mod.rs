@@ -30,7 +30,7 @@ use aya::{
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, STAT_COUNT, Verdict, map_names, program_names, v6_key,
+    BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict, map_names, program_names, v6_key,
 };
 use ipnet::IpNet;
 
@@ -516,37 +516,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Make the kernel's hint the mirror's: read it in batches, write the words that differ.
-    /// (A pinned hint from an earlier run covers at least the tries' bans, as it was kept:
-    /// each word written goes from one covering state to another.)
-    fn sync_hint(&mut self) -> anyhow::Result<()> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = aya::maps::IterableMap::map(&self.hint_map).fd().as_fd().as_raw_fd();
-        let mut diff = Vec::new();
-        let hint = &self.hint;
-        let read = batch::for_each_chunk::<u32, u64>(fd, |keys, values| {
-            for (k, v) in keys.iter().zip(values) {
-                if hint.word(*k) != *v {
-                    diff.push((*k, hint.word(*k)));
-                }
-            }
-        });
-        match read {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                diff.clear();
-                for w in 0..HINT_WORDS {
-                    let v = self.hint_map.get(&w, 0).context("reading the prefix-ban hint map")?;
-                    if v != self.hint.word(w) {
-                        diff.push((w, self.hint.word(w)));
-                    }
-                }
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("reading the prefix-ban hint map (BPF_MAP_LOOKUP_BATCH)")),
-        }
-        self.write_hint(&diff)
-    }
-
     /// The hint's user-side memory: blocks counted, bytes of bitmap chunks in use.
     pub fn hint_footprint(&self) -> (usize, usize) {
         self.hint.footprint()
@@ -795,16 +764,22 @@ impl Dataplane {
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
         self.expiry_net = BinaryHeap::from(nets);
-        // The hint bitmap from the tries' contents (a pinned one may be from an earlier
-        // run, or new beside the tries of a release with the older hint: either way it is
-        // derived data, rebuilt here).
-        self.hint.clear();
+        // The hint bitmap from the tries' contents, written where it differs from what the
+        // kernel map holds: at load, a new map (zeroed: beside the tries of a release with
+        // the older hint, too) or the pinned one of an earlier run, which covers at least
+        // the tries' bans as each bit went up before its ban and down after it (a bit a
+        // crash left behind costs a clean packet a lookup until its word is next written);
+        // on a reconfiguration, the mirror as it was. Reading 4 MiB back instead would cost
+        // ~100 ms of start-up (a batch lookup copies element by element).
+        let mut hint = hint::Hint::default();
         for Reverse((_, k)) in self.expiry_net.iter() {
             if let Some(b) = hint_block_of(k) {
-                self.hint.add(b);
+                hint.add(b);
             }
         }
-        self.sync_hint()?;
+        let changed = hint.diff(&self.hint);
+        self.hint = hint;
+        self.write_hint(&changed)?;
         self.sync_prefix_flags()
     }
 
