@@ -8,6 +8,7 @@
 //! for a source that is actually banned. Every packet bumps exactly one per-CPU
 //! counter, indexed by its verdict. With the config's log bit set (`--debug 3`), a ban's
 //! first dropped packet is reported through aya-log; with it clear, no logging code runs.
+//! The entry points and the map-free steps are the lib's (shared with bin/hash.rs).
 #![no_std]
 #![no_main]
 
@@ -22,9 +23,7 @@ use blocksmtp_common::{
     CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PREFIX_BANS, STAT_COUNT, Verdict,
     BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6,
 };
-use blocksmtp_ebpf::{
-    Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words,
-};
+use blocksmtp_ebpf::{Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words};
 
 blocksmtp_ebpf::program_boilerplate!();
 

@@ -15,9 +15,7 @@ use blocksmtp_common::{
     CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_NET_LENS, NET_LEN_FREE, NetKeyV4,
     NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, net_key_v4, net_key_v6,
 };
-use blocksmtp_ebpf::{
-    Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words,
-};
+use blocksmtp_ebpf::{Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words};
 
 blocksmtp_ebpf::program_boilerplate!();
 
