@@ -213,7 +213,7 @@ impl Hint {
 
 }
 
-const _: () = assert!(HINT_WORDS as usize % CHUNK == 0 && HINT_BITS.is_power_of_two());
+const _: () = assert!((HINT_WORDS as usize).is_multiple_of(CHUNK) && HINT_BITS.is_power_of_two());
 
 #[cfg(test)]
 mod tests {
