@@ -193,6 +193,9 @@ fn hint_cases() -> Vec<HintCase> {
         h("v4 /31 ban: the rest of its /24 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, true),
         h("v4 expired /24: looked up, passes", &[Expired(NET4)], "192.0.2.77", PassExpired, true),
         h("v4 /8 ban: a /24 inside it", &[Active("203.0.0.0/8")], "203.0.113.9", Drop, true),
+        // The widest bans (a CrowdSec range may be one): every word of the family's half is
+        // written, and cleared again when lifted (the next row's bit must be clear).
+        h("v4 /0 ban: every source", &[Active("0.0.0.0/0")], "198.51.100.7", Drop, true),
         h("v4 /8 ban: a clean source outside it, no lookup", &[Active("203.0.0.0/8")], "198.51.100.7", PassNotBanned, false),
         h("v4 /23 ban: its second /24", &[Active("198.51.100.0/23")], "198.51.101.7", Drop, true),
         h("v4 /23 ban: the /24 after it, no lookup", &[Active("198.51.100.0/23")], "198.51.102.7", PassNotBanned, false),
@@ -202,6 +205,7 @@ fn hint_cases() -> Vec<HintCase> {
         h("v6 fold collision with a banned /48: passes, paying the lookup", &[Active(NET6)], FOLD_TWIN, PassNotBanned, true),
         h("v6 fold twin with the /48 ban lifted: no lookup", &[], FOLD_TWIN, PassNotBanned, false),
         h("v6 /40 ban: a /48 inside it", &[Active("2001:db8:100::/40")], "2001:db8:1ff::9", Drop, true),
+        h("v6 ::/0 ban: every source", &[Active("::/0")], "2001:db8:200::9", Drop, true),
         h("v6 /40 ban: another /40 of the /32, no lookup", &[Active("2001:db8:100::/40")], "2001:db8:200::9", PassNotBanned, false),
         h("v6 /16 ban (wider than /24: every IPv6 bit): a clean source outside pays", &[Active("2001::/16")], "3fff::9", PassNotBanned, true),
     ]
