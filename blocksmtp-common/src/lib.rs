@@ -13,7 +13,11 @@ use bytemuck::{Pod, Zeroable};
 /// Bumped whenever a map's key, value or config layout changes. The daemon pins maps
 /// under `/sys/fs/bpf/blocksmtp/v{LAYOUT_VERSION}` so an old layout is never reused.
 /// (The prefix-ban tries were added beside the v1 maps without changing any of them:
-/// a v1 pin directory gains them, its bans stay.)
+/// a v1 pin directory gains them, its bans stay. The 16-bit prefix-ban hint
+/// `BANNET_HINT` became the 24-bit `BANNET_HINT24` under a new name rather than a bump:
+/// the hint is derived from the tries and rebuilt at every load, so a v1 directory of
+/// the release before keeps its bans and links, gains the new map, and loses the old
+/// pin once the new programs are attached — no migration, no gap in enforcement.)
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
@@ -25,10 +29,13 @@ pub const MAX_ALLOW: u32 = 1 << 16;
 /// Capacity of each prefix-ban trie (networks banned as a whole: few, but not bounded
 /// by the attacker more than address bans are).
 pub const MAX_PREFIX_BANS: u32 = 1 << 16;
-/// Words of the prefix-ban hint bitmap (`BANNET_HINT`): 65,536 bits for IPv4 (by the
-/// source's first 16 bits), then 65,536 for IPv6 (by its first 32 bits, folded to 16).
-/// A clear bit proves no prefix ban covers the source: the trie lookup is skipped.
-pub const HINT_WORDS: u32 = 2 * 65_536 / 64;
+/// Bits of the prefix-ban hint bitmap (`BANNET_HINT24`) per family: IPv4 has one per
+/// /24 (the source's first 24 bits, exact), IPv6 one per /48 folded to 24 bits (see
+/// `hint_bit_v6`). A clear bit proves no prefix ban covers or lies inside the source's
+/// /24 (/48): the trie lookup is skipped. 2 × 2^24 bits: a 4 MiB array in the kernel.
+pub const HINT_BITS: u32 = 1 << 24;
+/// Words of `BANNET_HINT24`: the IPv4 bits, then the IPv6 bits.
+pub const HINT_WORDS: u32 = 2 * HINT_BITS / 64;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -40,8 +47,11 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const BANNET_V4: &str = "BANNET_V4";
     pub const BANNET_V6: &str = "BANNET_V6";
-    pub const BANNET_HINT: &str = "BANNET_HINT";
+    pub const BANNET_HINT: &str = "BANNET_HINT24";
     pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
+    /// Maps of earlier releases that this one no longer uses; their pins are removed once
+    /// this build's programs are attached (`BANNET_HINT`: the 16-bit hint, derived data).
+    pub const RETIRED: [&str; 1] = ["BANNET_HINT"];
     /// The benchmark's per-length hash design (blocksmtp-ebpf/src/bin/hash.rs), not the product's.
     pub const NETS_V4: &str = "NETS_V4";
     pub const NETS_V6: &str = "NETS_V6";
@@ -253,16 +263,20 @@ pub fn v6_key(addr: &[u8; 16], mask: &[u8; 16]) -> BanKeyV6 {
     BanKeyV6 { prefix }
 }
 
-/// The hint bit of an IPv4 source (its first two bytes).
+/// The hint bit of an IPv4 source: its /24 (`first24`: the address's first 24 bits).
 #[inline(always)]
-pub const fn hint_bit_v4(first16: u16) -> u32 {
-    first16 as u32
+pub const fn hint_bit_v4(first24: u32) -> u32 {
+    first24 & (HINT_BITS - 1)
 }
 
-/// The hint bit of an IPv6 source: its first 32 bits folded to 16, after the IPv4 half.
+/// The hint bit of an IPv6 source, after the IPv4 half: its /48 (`first48`: the
+/// address's first 48 bits) folded to 24 by XOR of the halves. The /48s of one /24 get
+/// distinct bits (XOR with their common upper half is a bijection), so bans crowded in
+/// one network never collide; an aligned block of /48s (a wider ban) maps to an aligned
+/// block of bits.
 #[inline(always)]
-pub const fn hint_bit_v6(first32: u32) -> u32 {
-    65_536 + ((first32 >> 16) ^ (first32 & 0xffff))
+pub const fn hint_bit_v6(first48: u64) -> u32 {
+    HINT_BITS + (((first48 >> 24) ^ first48) as u32 & (HINT_BITS - 1))
 }
 
 /// The IPv4 prefix-ban key of `addr` (packet order) at `len` (0..=32) bits.
@@ -400,6 +414,21 @@ mod tests {
         assert_eq!(&net_key_v6(hi, lo, 72).addr[..9], &a[..9]);
         assert_eq!(&net_key_v6(hi, lo, 72).addr[9..], &[0; 7]);
         assert_eq!(net_key_v6(hi, lo, 64).addr[..8], a[..8]);
+    }
+
+    #[test]
+    fn hint_bits() {
+        assert_eq!(hint_bit_v4(0xc0_00_02), 0xc0_00_02);
+        assert_eq!(hint_bit_v4(u32::from_be_bytes([192, 0, 2, 77]) >> 8), 0xc0_00_02);
+        // The /48s of one /24 get distinct bits; a /48's bit lies in the IPv6 half.
+        let mut seen = std::collections::BTreeSet::new();
+        for low in 0..(1u64 << 16) {
+            let b = hint_bit_v6(0x2001_0d00_0000 | low << 8 | 0xb8);
+            assert!((HINT_BITS..2 * HINT_BITS).contains(&b));
+            assert!(seen.insert(b));
+        }
+        assert_eq!(hint_bit_v6(0x2001_0db8_0bad), HINT_BITS + (0x20010d ^ 0xb80bad));
+        assert_eq!(HINT_WORDS, 1 << 19);
     }
 
     #[test]

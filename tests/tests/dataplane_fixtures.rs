@@ -163,6 +163,85 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The prefix-ban hint (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48). Each
+/// row: the bans, a source, its verdict, and whether the kernel's hint bit for it is set —
+/// whether its packet pays the trie lookup. A clean source pays only when its own /24
+/// (/48) holds or is covered by a prefix ban, or its folded /48 collides with a banned one.
+struct HintCase {
+    name: &'static str,
+    bans: &'static [Ban],
+    src: &'static str,
+    expect: Verdict,
+    lookup: bool,
+}
+
+/// A /48 whose folded hint bit is 2001:db8:bad::/48's: 0x3fff00 ^ 0xa7f5a0 = 0x20010d ^
+/// 0xb80bad. The /48s of one /24 never collide, so it lies in another /24: 3fff::/20
+/// (documentation, RFC 9637), as packet bytes only — nothing is sent.
+const FOLD_TWIN: &str = "3fff:a7:f5a0::9";
+
+fn hint_cases() -> Vec<HintCase> {
+    use Ban::*;
+    let h = |name, bans, src, expect, lookup| HintCase { name, bans, src, expect, lookup };
+    const NEAR6: &[Ban] = &[Active("2001:db8:bac::/48"), Active(NET6), Active("2001:db8:bae::/48")];
+    const WITH28: &[Ban] = &[Active(NET4), Active("192.0.3.16/28")];
+    vec![
+        h("v4 clean in the /16 of a banned /24: no lookup", &[Active(NET4)], "192.0.3.9", PassNotBanned, false),
+        h("v4 clean in the next /24, a /28 banned in it: lookup", WITH28, "192.0.3.9", PassNotBanned, true),
+        h("v4 inside that /28", WITH28, "192.0.3.20", Drop, true),
+        h("v4 inside a banned /24", &[Active(NET4)], "192.0.2.77", Drop, true),
+        h("v4 /31 ban: the rest of its /24 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, true),
+        h("v4 expired /24: looked up, passes", &[Expired(NET4)], "192.0.2.77", PassExpired, true),
+        h("v4 /8 ban: a /24 inside it", &[Active("203.0.0.0/8")], "203.0.113.9", Drop, true),
+        // The widest bans (a CrowdSec range may be one): every word of the family's half is
+        // written, and cleared again when lifted (the next row's bit must be clear).
+        h("v4 /0 ban: every source", &[Active("0.0.0.0/0")], "198.51.100.7", Drop, true),
+        h("v4 /8 ban: a clean source outside it, no lookup", &[Active("203.0.0.0/8")], "198.51.100.7", PassNotBanned, false),
+        h("v4 /23 ban: its second /24", &[Active("198.51.100.0/23")], "198.51.101.7", Drop, true),
+        h("v4 /23 ban: the /24 after it, no lookup", &[Active("198.51.100.0/23")], "198.51.102.7", PassNotBanned, false),
+        h("v6 clean next to three banned /48s: no lookup", NEAR6, "2001:db8:baf::9", PassNotBanned, false),
+        h("v6 inside one of them", NEAR6, "2001:db8:bae:1::9", Drop, true),
+        h("v6 clean in a /48 holding a banned /56: lookup", &[Active("2001:db8:bad:100::/56")], "2001:db8:bad:200::9", PassNotBanned, true),
+        h("v6 fold collision with a banned /48: passes, paying the lookup", &[Active(NET6)], FOLD_TWIN, PassNotBanned, true),
+        h("v6 fold twin with the /48 ban lifted: no lookup", &[], FOLD_TWIN, PassNotBanned, false),
+        h("v6 /40 ban: a /48 inside it", &[Active("2001:db8:100::/40")], "2001:db8:1ff::9", Drop, true),
+        h("v6 ::/0 ban: every source", &[Active("::/0")], "2001:db8:200::9", Drop, true),
+        h("v6 /40 ban: another /40 of the /32, no lookup", &[Active("2001:db8:100::/40")], "2001:db8:200::9", PassNotBanned, false),
+        h("v6 /16 ban (wider than /24: every IPv6 bit): a clean source outside pays", &[Active("2001::/16")], "3fff::9", PassNotBanned, true),
+    ]
+}
+
+#[test]
+fn hint_fixture_table() {
+    if !is_root() {
+        eprintln!("SKIP hint_fixture_table: needs root (BPF)");
+        return;
+    }
+    assert_eq!(blocksmtp_common::hint_bit_v6(0x3fff_00a7_f5a0), blocksmtp_common::hint_bit_v6(0x2001_0db8_0bad), "FOLD_TWIN");
+    let mut dp = dataplane(Cfg::Default);
+    let mut failures = Vec::new();
+    for case in hint_cases() {
+        set_state(&mut dp, case.bans, &[]);
+        let ip: std::net::IpAddr = case.src.parse().unwrap();
+        let lookup = dp.hint_set_for(ip).unwrap();
+        let pkt = match ip {
+            std::net::IpAddr::V4(_) => tcp4(case.src, SMTP),
+            std::net::IpAddr::V6(_) => tcp6(case.src, SMTP),
+        }
+        .build();
+        for prog in [Program::Xdp, Program::Tc] {
+            let (ret, verdict) = run(&dp, prog, &pkt);
+            if verdict != case.expect || ret != expected_ret(prog, case.expect) {
+                failures.push(format!("{prog:?}: {}: expected {:?}, got {verdict:?} (ret {ret})", case.name, case.expect));
+            }
+        }
+        if lookup != case.lookup {
+            failures.push(format!("{}: hint bit of {} is {}, expected {}", case.name, case.src, if lookup { "set" } else { "clear" }, if case.lookup { "set" } else { "clear" }));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
 fn dataplane(cfg: Cfg) -> Dataplane {
     let c = match cfg {
         Cfg::Default => DataplaneConfig::default(),
@@ -182,12 +261,10 @@ fn set_state(dp: &mut Dataplane, bans: &[Ban], allow: &[&str]) {
         dp.unban(&ban.source).unwrap();
     }
     // Expired bans are not listed: clear every address and network the table uses.
-    for case in cases() {
-        for ban in case.bans {
-            let (Ban::Active(s) | Ban::Expired(s)) = *ban;
-            if s.contains('/') {
-                let _ = dp.unban(&s.parse().unwrap());
-            }
+    for ban in cases().iter().flat_map(|c| c.bans).chain(hint_cases().iter().flat_map(|c| c.bans)) {
+        let (Ban::Active(s) | Ban::Expired(s)) = *ban;
+        if s.contains('/') {
+            let _ = dp.unban(&s.parse().unwrap());
         }
     }
     for s in [HARVESTER, HARVESTER6, "2001:db8::99", NET4, NET6] {
@@ -350,17 +427,19 @@ fn ban_lookup_unban_roundtrip() {
     assert!(!dp.unban(&n16).unwrap());
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, Drop);
     assert_eq!(dp.lookup(&n4).unwrap().unwrap().dropped, 1, "per-ban drop counter of a prefix ban");
-    // Two networks of one /16 share a hint bit: lifting one keeps the other enforced.
-    let n4b: SourceAddr = "192.0.3.0/24".parse().unwrap();
+    // Two networks of one /24 share a hint bit: lifting one keeps the other enforced.
+    let n4b: SourceAddr = "192.0.2.128/25".parse().unwrap();
     dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
     assert!(dp.unban(&n4b).unwrap());
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, Drop);
     dp.ban(&n4b, Duration::from_secs(60), false).unwrap();
     assert!(dp.unban(&n4).unwrap());
-    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.3.10", SMTP).build()).1, Drop);
+    assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.130", SMTP).build()).1, Drop);
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, PassNotBanned);
+    assert!(dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the /25 keeps its /24's bit");
     assert!(dp.unban(&n4b).unwrap() && dp.unban(&n6).unwrap());
     assert_eq!(dp.prefix_counts(), (0, 0));
+    assert!(!dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the last ban of the /24 lifted: its bit too");
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, PassNotBanned);
     assert!(dp.list().unwrap().is_empty());
 }

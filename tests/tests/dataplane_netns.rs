@@ -154,6 +154,8 @@ fn bans_survive_restart_with_pinned_maps() {
     assert!(!dp.restored);
     dp.ban(&"192.0.2.66".parse().unwrap(), Duration::from_secs(3600), false).unwrap();
     dp.ban(&"2001:db8::/64".parse().unwrap(), Duration::from_secs(2), true).unwrap();
+    // A prefix ban (its hint bit pinned too), covering the client's other /64 as well.
+    dp.ban(&"2001:db8::/63".parse().unwrap(), Duration::from_secs(3600), false).unwrap();
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap());
 
     // Stop with --keep-bans: the pinned link keeps the program attached.
@@ -167,8 +169,10 @@ fn bans_survive_restart_with_pinned_maps() {
     assert_eq!(how, Attached::XdpNative);
     let mut listed: Vec<String> = dp.list().unwrap().iter().map(|b| b.source.to_string()).collect();
     listed.sort();
-    assert_eq!(listed, vec!["192.0.2.66", "2001:db8::/64"]);
+    assert_eq!(listed, vec!["192.0.2.66", "2001:db8::/63", "2001:db8::/64"]);
     assert!(!topo.connect("192.0.2.66", "192.0.2.25:25", T).unwrap());
+    assert!(!topo.connect("2001:db8:0:1::67", "[2001:db8:0:1::25]:25", T).unwrap(), "the prefix ban, after the restart");
+    assert!(dp.hint_set_for("2001:db8:0:1::67".parse().unwrap()).unwrap());
     // The restored expiry index still sweeps on time.
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(dp.sweep_expired().unwrap(), vec!["2001:db8::/64".parse().unwrap()]);

@@ -4,22 +4,18 @@
 //! lookup per length in use (`NET_LENS`), instead of one LPM trie per family.
 #![no_std]
 #![no_main]
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_boot_ns,
-    macros::{classifier, map, xdp},
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{TcContext, XdpContext},
 };
 use blocksmtp_common::{
     AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_NET_LENS, MAX_PORTS,
-    NET_LEN_FREE, NetKeyV4, NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, net_key_v4, net_key_v6,
+    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_NET_LENS, NET_LEN_FREE, NetKeyV4,
+    NetKeyV6, NetLens, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, net_key_v4, net_key_v6,
 };
-use blocksmtp_ebpf::hdr::{self, Tcp};
+use blocksmtp_ebpf::{Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words};
 
 blocksmtp_ebpf::program_boilerplate!();
 
@@ -42,46 +38,12 @@ static NETS_V4: HashMap<NetKeyV4, BanValue> = HashMap::with_max_entries(MAX_BANS
 static NETS_V6: HashMap<NetKeyV6, BanValue> = HashMap::with_max_entries(MAX_BANS, BPF_F_NO_PREALLOC);
 #[map]
 static NET_LENS: Array<NetLens> = Array::with_max_entries(1, 0);
-// One bit per IPv4 /16 (IPv6: per folded /32) that some prefix ban covers: an array
-// lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
+// One bit per IPv4 /24 (IPv6: per folded /48) that a prefix ban covers or lies in: an
+// array lookup (inlined by the verifier) keeps the prefix lookups off a clean packet's path.
 #[map]
-static BANNET_HINT: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 
-#[xdp]
-pub fn hash_xdp(ctx: XdpContext) -> u32 {
-    let v = classify(ctx.data(), ctx.data_end());
-    count(v);
-    match v {
-        Verdict::Drop => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
-    }
-}
-
-#[classifier]
-pub fn hash_tc(ctx: TcContext) -> i32 {
-    let mut v = classify(ctx.data(), ctx.data_end());
-    // Headers may sit partly outside the linear area of an skb: pull them in once.
-    if v == Verdict::PassMalformed && ctx.len() as usize > ctx.data_end() - ctx.data() {
-        let want = if ctx.len() < 256 { ctx.len() } else { 256 };
-        if ctx.pull_data(want).is_ok() {
-            v = classify(ctx.data(), ctx.data_end());
-        }
-    }
-    count(v);
-    match v {
-        Verdict::Drop => TC_ACT_SHOT as i32,
-        // UNSPEC: let later TC/TCX programs see the packet too.
-        _ => TC_ACT_UNSPEC,
-    }
-}
-
-#[inline(always)]
-fn count(v: Verdict) {
-    if let Some(c) = STATS.get_ptr_mut(v as u32) {
-        // Per-CPU slot: no other writer, no atomics needed.
-        unsafe { *c += 1 };
-    }
-}
+blocksmtp_ebpf::entry_points!(xdp: hash_xdp, tc: hash_tc, classify: classify, stats: STATS);
 
 /// The verdict: a protected packet, then its ban (address, else prefix), then the allow-list.
 #[inline(always)]
@@ -98,7 +60,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V4 != 0
-                && hinted(hint_bit_v4(u16::from_be_bytes([saddr[0], saddr[1]])))
+                && hinted(&BANNET_HINT24, hint_bit_v4(u32::from_be_bytes(saddr) >> 8))
             {
                 (found, miss) = net_ban_v4(saddr, miss);
             }
@@ -117,7 +79,7 @@ fn classify(start: usize, end: usize) -> Verdict {
             let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V6 != 0
-                && hinted(hint_bit_v6(u32::from_be(saddr[0] as u32)))
+                && hinted(&BANNET_HINT24, hint_bit_v6(u64::from_be(saddr[0]) >> 16))
             {
                 (found, miss) = net_ban_v6(u64::from_be(saddr[0]), u64::from_be(saddr[1]), miss);
             }
@@ -127,19 +89,6 @@ fn classify(start: usize, end: usize) -> Verdict {
             }
             charge(ban)
         }
-    }
-}
-
-/// A ban in force, and its prefix length (for the log).
-type Found = Option<(*mut BanValue, u8)>;
-
-/// A ban entry found (or not): in force, or the verdict of a source without one.
-#[inline(always)]
-fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
-    match ban {
-        Some(b) if expired(b) => (None, Verdict::PassExpired),
-        Some(b) => (Some((b, len)), Verdict::PassNotBanned),
-        None => (None, Verdict::PassNotBanned),
     }
 }
 
@@ -189,55 +138,3 @@ fn net_ban_v6(hi: u64, lo: u64, mut miss: Verdict) -> (Found, Verdict) {
     (None, miss)
 }
 
-/// Whether hint bit `bit` is set (a prefix ban may cover the source).
-#[inline(always)]
-fn hinted(bit: u32) -> bool {
-    match BANNET_HINT.get(bit / 64) {
-        Some(w) => *w & (1u64 << (bit % 64)) != 0,
-        None => false,
-    }
-}
-
-/// 16 config bytes as two words (the fields sit 8-byte aligned in the map value).
-#[inline(always)]
-fn words(b: &[u8; 16]) -> [u64; 2] {
-    unsafe { *(b.as_ptr() as *const [u64; 2]) }
-}
-
-#[inline(always)]
-fn bytes(w: [u64; 2]) -> [u8; 16] {
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
-}
-
-#[inline(always)]
-fn protected_port(cfg: &Config, dport: u16) -> bool {
-    for i in 0..MAX_PORTS {
-        if i >= cfg.n_ports as usize {
-            break;
-        }
-        if cfg.ports_be[i] == dport {
-            return true;
-        }
-    }
-    false
-}
-
-/// An expired ban is never enforced, whether or not the daemon has swept it yet.
-#[inline(always)]
-fn expired(ban: *mut BanValue) -> bool {
-    !unsafe { &*ban }.active_at(unsafe { bpf_ktime_get_boot_ns() })
-}
-
-/// Drop, and charge the packet to the ban's counter.
-#[inline(always)]
-fn charge(ban: *mut BanValue) -> Verdict {
-    // Shared across CPUs: atomic add (BPF_ATOMIC_ADD). core's AtomicU64 has no
-    // fetch_add on the BPF target, the intrinsic lowers to the right instruction.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            &raw mut (*ban).dropped,
-            1,
-        )
-    };
-    Verdict::Drop
-}

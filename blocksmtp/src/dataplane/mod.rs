@@ -30,8 +30,7 @@ use aya::{
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    BanKeyV4, BanKeyV6, BanValue, Config, HINT_WORDS, STAT_COUNT, Verdict, hint_bit_v4, hint_bit_v6, map_names, program_names,
-    v6_key,
+    BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict, map_names, program_names, v6_key,
 };
 use ipnet::IpNet;
 
@@ -40,6 +39,7 @@ use crate::addr::SourceAddr;
 pub mod attach;
 mod batch;
 pub mod clock;
+pub mod hint;
 pub mod netlink;
 pub mod pin;
 pub mod reconcile;
@@ -168,35 +168,20 @@ impl BanKey {
     }
 }
 
-/// The hint bits a prefix ban on `net` sets (see `blocksmtp_common::HINT_WORDS`); for the
-/// benchmark's other design too.
-pub fn hint_bits_of(net: &IpNet) -> Vec<u32> {
+/// The hint bits a prefix ban on `net` sets (see `hint`); for the benchmark's other design too.
+pub fn hint_block(net: &IpNet) -> hint::Block {
     match net.trunc() {
-        IpNet::V4(n) => hint_bits(&BanKey::Net4(n.network().octets(), n.prefix_len())),
-        IpNet::V6(n) => hint_bits(&BanKey::Net6(n.network().octets(), n.prefix_len())),
+        IpNet::V4(n) => hint::Block::v4(n.network().octets(), n.prefix_len()),
+        IpNet::V6(n) => hint::Block::v6(n.network().octets(), n.prefix_len()),
     }
 }
 
-/// The hint bits a prefix ban sets (see `blocksmtp_common::HINT_WORDS`).
-fn hint_bits(key: &BanKey) -> Vec<u32> {
+/// The hint bits a prefix ban sets; none for an address ban.
+fn hint_block_of(key: &BanKey) -> Option<hint::Block> {
     match *key {
-        BanKey::Net4(a, len) => {
-            let first = u32::from(u16::from_be_bytes([a[0], a[1]]));
-            let span = 1u32 << 16u32.saturating_sub(u32::from(len)).min(16);
-            (first & !(span - 1)..(first & !(span - 1)) + span).map(|f| hint_bit_v4(f as u16)).collect()
-        }
-        BanKey::Net6(a, len) if len >= 16 => {
-            let first = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
-            let span = 1u64 << 32u32.saturating_sub(u32::from(len));
-            let base = u64::from(first) & !(span - 1);
-            let mut bits: Vec<u32> = (base..base + span).map(|f| hint_bit_v6(f as u32)).collect();
-            bits.sort_unstable();
-            bits.dedup();
-            bits
-        }
-        // Wider than a /16: every IPv6 bit.
-        BanKey::Net6(..) => (0..65_536).map(|i| 65_536 + i).collect(),
-        _ => Vec::new(),
+        BanKey::Net4(a, len) => Some(hint::Block::v4(a, len)),
+        BanKey::Net6(a, len) => Some(hint::Block::v6(a, len)),
+        _ => None,
     }
 }
 
@@ -219,9 +204,8 @@ pub struct Dataplane {
     bannet_v4: LpmTrie<MapData, [u8; 4], BanValue>,
     bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
     hint_map: Array<MapData, u64>,
-    /// Prefix bans per hint bit, and the bitmap as written to `BANNET_HINT`.
-    hint_counts: Vec<u32>,
-    hint_words: Vec<u64>,
+    /// Prefix bans per block of hint bits, and the bitmap as written to `BANNET_HINT24`.
+    hint: hint::Hint,
     stats: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     /// (expiry, key) for every ban set or found, one heap per family so an IPv4 entry
@@ -346,8 +330,7 @@ impl Dataplane {
             bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
             bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
             hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
-            hint_counts: vec![0; HINT_WORDS as usize * 64],
-            hint_words: vec![0; HINT_WORDS as usize],
+            hint: hint::Hint::default(),
             stats: take(&mut ebpf, map_names::STATS)?,
             config_map: {
                 config_map.set(0, config, 0).context("writing the config map")?;
@@ -412,6 +395,12 @@ impl Dataplane {
                     log::info!("{iface}: detaching the {how} attachment of an earlier run (interface not configured now)");
                     attach::detach_pinned(dir, &iface)?;
                 }
+            }
+        }
+        // The links now run this build's programs: maps only an earlier release used go.
+        if let Some(pins) = &self.pins {
+            for name in pins.remove_retired()? {
+                log::info!("unpinned {name}, a map of an earlier release (its data is rebuilt in this one's maps)");
             }
         }
         Ok(out)
@@ -504,21 +493,43 @@ impl Dataplane {
 
     /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
     fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
-        let mut dirty = Vec::new();
-        for bit in hint_bits(key) {
-            let c = &mut self.hint_counts[bit as usize];
-            let was = *c > 0;
-            *c = if add { *c + 1 } else { c.saturating_sub(1) };
-            if was != (*c > 0) {
-                self.hint_words[bit as usize / 64] ^= 1 << (bit % 64);
-                dirty.push(bit / 64);
+        let Some(block) = hint_block_of(key) else { return Ok(()) };
+        let changed = if add { self.hint.add(block) } else { self.hint.remove(block) };
+        self.write_hint(&changed)
+    }
+
+    /// Write hint words: each once, in batches when there are many (a /8 is 1,024 words).
+    fn write_hint(&mut self, words: &[(u32, u64)]) -> anyhow::Result<()> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        if words.len() > 4 {
+            let (keys, values): (Vec<u32>, Vec<u64>) = words.iter().copied().unzip();
+            let fd = aya::maps::IterableMap::map(&self.hint_map).fd().as_fd().as_raw_fd();
+            match batch::update(fd, &keys, &values) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("writing the prefix-ban hint map (BPF_MAP_UPDATE_BATCH)")),
             }
         }
-        dirty.dedup();
-        for w in dirty {
-            self.hint_map.set(w, self.hint_words[w as usize], 0).context("writing the prefix-ban hint map")?;
+        for (w, v) in words {
+            self.hint_map.set(*w, *v, 0).context("writing the prefix-ban hint map")?;
         }
         Ok(())
+    }
+
+    /// The hint's user-side memory: blocks counted, bytes of bitmap chunks in use.
+    pub fn hint_footprint(&self) -> (usize, usize) {
+        self.hint.footprint()
+    }
+
+    /// Whether the kernel's hint bit for `ip` is set: a clean packet from `ip` pays the
+    /// prefix-ban trie lookup (tests and benchmarks; the kernel map is the truth).
+    pub fn hint_set_for(&self, ip: IpAddr) -> anyhow::Result<bool> {
+        let bit = match ip {
+            IpAddr::V4(a) => blocksmtp_common::hint_bit_v4(u32::from(a) >> 8),
+            IpAddr::V6(a) => blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64),
+        };
+        let w = self.hint_map.get(&(bit / 64), 0).context("reading the prefix-ban hint map")?;
+        Ok(w & 1 << (bit % 64) != 0)
     }
 
     /// Tell the program whether a prefix-ban trie is worth a lookup.
@@ -753,19 +764,22 @@ impl Dataplane {
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
         self.expiry_net = BinaryHeap::from(nets);
-        // The hint bitmap from the tries' contents (pinned ones may be from an earlier run).
-        self.hint_counts.iter_mut().for_each(|c| *c = 0);
-        self.hint_words.iter_mut().for_each(|w| *w = 0);
-        let keys: Vec<BanKey> = self.expiry_net.iter().map(|Reverse((_, k))| *k).collect();
-        for k in &keys {
-            for bit in hint_bits(k) {
-                self.hint_counts[bit as usize] += 1;
-                self.hint_words[bit as usize / 64] |= 1 << (bit % 64);
+        // The hint bitmap from the tries' contents, written where it differs from what the
+        // kernel map holds: at load, a new map (zeroed: beside the tries of a release with
+        // the older hint, too) or the pinned one of an earlier run, which covers at least
+        // the tries' bans as each bit went up before its ban and down after it (a bit a
+        // crash left behind costs a clean packet a lookup until its word is next written);
+        // on a reconfiguration, the mirror as it was. Reading 4 MiB back instead would cost
+        // ~100 ms of start-up (a batch lookup copies element by element).
+        let mut hint = hint::Hint::default();
+        for Reverse((_, k)) in self.expiry_net.iter() {
+            if let Some(b) = hint_block_of(k) {
+                hint.add(b);
             }
         }
-        for (i, w) in self.hint_words.iter().enumerate() {
-            self.hint_map.set(i as u32, *w, 0).context("writing the prefix-ban hint map")?;
-        }
+        let changed = hint.diff(&self.hint);
+        self.hint = hint;
+        self.write_hint(&changed)?;
         self.sync_prefix_flags()
     }
 

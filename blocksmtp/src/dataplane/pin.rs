@@ -93,6 +93,24 @@ impl PinDir {
     }
 }
 
+impl PinDir {
+    /// Unpin the maps of earlier releases this build no longer uses (`map_names::RETIRED`),
+    /// once this build's programs are attached: a program still running keeps its own
+    /// reference, and the file is all that is removed. Returns the names removed.
+    pub fn remove_retired(&self) -> anyhow::Result<Vec<&'static str>> {
+        let mut removed = Vec::new();
+        for name in map_names::RETIRED {
+            let path = self.map(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(name),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("unpinning the retired map {}", path.display())),
+            }
+        }
+        Ok(removed)
+    }
+}
+
 fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
     let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
     let fstype = c"bpf";
