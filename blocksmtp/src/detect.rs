@@ -223,7 +223,7 @@ impl DetectArgs {
 
     /// The line filter part of these settings.
     pub fn mailer_filter(&self) -> MailerFilter {
-        MailerFilter::new(&self.mailer_syslog_name, self.mailer_syslog_host.as_deref()).with_trust(self.journal_trust())
+        MailerFilter::with_rules(&self.mailer_syslog_name, self.mailer_syslog_host.as_deref(), self.journal_trust())
     }
 
     /// Which journal entries count as the MTA's (see [`crate::parse::JournalTrust`]).

@@ -129,11 +129,12 @@ impl Default for MailerFilter {
 
 impl MailerFilter {
     pub fn new(names: &[String], host: Option<&str>) -> Self {
-        Self {
-            names: names.iter().map(|n| n.as_bytes().to_vec()).collect(),
-            host: host.map(|h| h.as_bytes().to_vec()),
-            trust: JournalTrust::mta_defaults(),
-        }
+        Self::with_rules(names, host, JournalTrust::mta_defaults())
+    }
+
+    /// As [`Self::new`], with these journal trust rules (their user lookups made once).
+    pub fn with_rules(names: &[String], host: Option<&str>, trust: JournalTrust) -> Self {
+        Self { names: names.iter().map(|n| n.as_bytes().to_vec()).collect(), host: host.map(|h| h.as_bytes().to_vec()), trust }
     }
 
     /// The default tags without journal trust rules, allocating nothing: a placeholder
