@@ -33,6 +33,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{Mutex, mpsc},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -197,6 +198,28 @@ fn parse_block(block: &[u8], max_line: usize, filter: &MailerFilter, out: &mut P
 /// Blocks in flight at once (read, being parsed, parsed and waiting), per thread.
 const IN_FLIGHT_PER_THREAD: usize = 3;
 
+/// A block on its way through [`parallel`]: its number, the longest line it may hold,
+/// its bytes and (once parsed) what its lines said.
+type Work = (u64, usize, Vec<u8>, ParsedBlock);
+
+/// The next parsed block for the in-order thread: one a parsing thread finished, else
+/// one waiting to be parsed, parsed here rather than idle (on two cores this thread
+/// waited a third of the time while the parsing threads were the bottleneck), else the
+/// next to finish. `None` at the end. A parsing thread holding the lock is waiting for
+/// work itself: then there is none.
+fn next_parsed(done: &mpsc::Receiver<Work>, work: &Mutex<mpsc::Receiver<Work>>, filter: &MailerFilter) -> Option<Work> {
+    match done.try_recv() {
+        Ok(w) => return Some(w),
+        Err(mpsc::TryRecvError::Disconnected) => return None,
+        Err(mpsc::TryRecvError::Empty) => {}
+    }
+    if let Some((seq, max_line, buf, mut parsed)) = work.try_lock().ok().and_then(|rx| rx.try_recv().ok()) {
+        parse_block(&buf, max_line, filter, &mut parsed);
+        return Some((seq, max_line, buf, parsed));
+    }
+    done.recv().ok()
+}
+
 /// Framing and parsing on `threads` threads, block by block: `threads - 1` parsing
 /// threads and this one, which correlates and decides in the order of the log and
 /// parses a block itself when none is ready. Same result as [`sequential`] (tested).
@@ -209,8 +232,6 @@ fn parallel(
     threads: usize,
     decisions: &mut Vec<(BanDecision, SystemTime)>,
 ) -> anyhow::Result<u64> {
-    use std::sync::{Mutex, mpsc};
-    type Work = (u64, usize, Vec<u8>, ParsedBlock);
     let filter = detector.filter().clone();
     let in_flight = threads * IN_FLIGHT_PER_THREAD;
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(in_flight);
@@ -264,25 +285,7 @@ fn parallel(
         let mut next = 0u64;
         let mut cut = 0;
         let mut bans = Vec::new();
-        loop {
-            let (seq, max_line, buf, parsed) = match done_rx.try_recv() {
-                Ok(w) => w,
-                Err(mpsc::TryRecvError::Disconnected) => break,
-                // Nothing parsed to take: parse a waiting block here rather than idle (on
-                // two cores this thread waited a third of the time, while the parsing
-                // threads were the bottleneck). A worker holding the lock is waiting for
-                // work itself: then there is none.
-                Err(mpsc::TryRecvError::Empty) => match work_rx.try_lock().ok().and_then(|rx| rx.try_recv().ok()) {
-                    Some((seq, max_line, buf, mut parsed)) => {
-                        parse_block(&buf, max_line, filter, &mut parsed);
-                        (seq, max_line, buf, parsed)
-                    }
-                    None => match done_rx.recv() {
-                        Ok(w) => w,
-                        Err(_) => break,
-                    },
-                },
-            };
+        while let Some((seq, max_line, buf, parsed)) = next_parsed(&done_rx, work_rx, filter) {
             waiting.insert(seq, (max_line, buf, parsed));
             while let Some((_, buf, parsed)) = waiting.remove(&next) {
                 detector.add_line_stats(&parsed.stats);

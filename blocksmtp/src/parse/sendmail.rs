@@ -103,7 +103,6 @@ pub fn parse(msg: &[u8]) -> Event<'_> {
     }
     match body.first() {
         Some(b'f') if body.starts_with(b"from=") => {
-            // The relay is the last field of the from= line.
             // The relay is the last field of the from= line: whatever the sender
             // holds comes before the last ", relay=".
             if let Some(pos) = rfind_field(body, b", relay=")

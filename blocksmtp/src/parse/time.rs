@@ -88,18 +88,18 @@ pub fn unix_secs(t: SystemTime) -> i64 {
     }
 }
 
-/// `hh:mm:ss` → seconds of the day.
-/// The seconds field of a time of day, as [`hms`] reads it (a leap second is :59).
+/// The seconds field of a time of day (two digits; a leap second is read as :59).
 fn seconds(b: &[u8]) -> Option<u32> {
     digits(b).filter(|s| b.len() == 2 && *s <= 60).map(|s| s.min(59))
 }
 
+/// `hh:mm:ss` → seconds of the day.
 fn hms(b: &[u8]) -> Option<u32> {
     if b.len() != 8 || b[2] != b':' || b[5] != b':' {
         return None;
     }
-    let (h, m, s) = (digits(&b[0..2])?, digits(&b[3..5])?, digits(&b[6..8])?);
-    (h < 24 && m < 60 && s <= 60).then(|| h * 3600 + m * 60 + s.min(59))
+    let (h, m, s) = (digits(&b[0..2])?, digits(&b[3..5])?, seconds(&b[6..8])?);
+    (h < 24 && m < 60).then(|| h * 3600 + m * 60 + s)
 }
 
 /// Fraction `.123456` at the start of `b` → (micros, bytes used).
@@ -190,8 +190,7 @@ impl TimeResolver {
                 && let (Some(out), Some(old), Some(new)) = (l.out, seconds(&l.raw[13..]), seconds(&b[13..]))
             {
                 let out = (out + Duration::from_secs(new.into())).checked_sub(Duration::from_secs(old.into()));
-                l.raw.truncate(13);
-                l.raw.extend_from_slice(&b[13..]);
+                l.raw[13..].copy_from_slice(&b[13..]);
                 l.out = out;
                 return out;
             }

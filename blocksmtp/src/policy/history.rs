@@ -196,7 +196,7 @@ pub(super) fn secs(t: SystemTime) -> u64 {
 
 /// Unix seconds as stored in an [`Offence`] (good until 2106).
 pub fn secs32(t: SystemTime) -> u32 {
-    u32::try_from(secs(t)).unwrap_or(u32::MAX)
+    super::clamp32(secs(t))
 }
 
 /// Offences of the sources of one kind of key. Nearly every source has one offence: it

@@ -97,6 +97,11 @@ impl<V: Default> Bounded<V> {
         self.max_age = max_age;
     }
 
+    /// Seconds an entry lasts idle.
+    pub fn max_age(&self) -> u32 {
+        self.max_age
+    }
+
     /// Entries touched before this are gone at `now`.
     fn oldest(&self, now: u32) -> u32 {
         now.saturating_sub(self.max_age)

@@ -57,17 +57,22 @@ pub use history::{Offence, Offender, PolicyState, secs32};
 use history::{Histories, secs};
 
 const EVIDENCE: usize = 5;
-
-/// A setting in whole seconds, as the evidence memories count.
-fn secs_u32(d: Duration) -> u32 {
-    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
-}
 /// Caps of the evidence memories (entries): about 5 MB at most all together (the
 /// daemon's target is 20 MB at 100,000 bans).
 const CAP_SUSPECTS: usize = 16_384;
 const CAP_PREFIXES: usize = 8_192;
 const CAP_NAMES: usize = 16_384;
 const CAP_REPUTATION: usize = 65_536;
+
+/// A setting in whole seconds, as the evidence memories count.
+fn secs_u32(d: Duration) -> u32 {
+    clamp32(d.as_secs())
+}
+
+/// Unix seconds (or a span) as the u32 the memories and offences hold (good until 2106).
+fn clamp32(s: u64) -> u32 {
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
 
 /// Which rule decided a ban.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -297,18 +302,17 @@ impl Policy {
         (until > now_s).then_some(until)
     }
 
-    /// The network ban (decided by this policy) covering `ip` at `now`, if any.
-    pub fn covering_ban(&self, ip: IpAddr, now: SystemTime) -> Option<SourceAddr> {
-        self.covering_ban_at(ip, secs(now))
+    /// The network of `ip` a prefix ban would cover (none when prefixes are no wider
+    /// than a source).
+    fn network_of(&self, ip: IpAddr) -> Option<SourceAddr> {
+        let e = &self.cfg.evidence;
+        Some(SourceAddr::prefix_of(ip, e.prefix_v4, e.prefix_v6)).filter(|net| net.is_prefix_ban(self.cfg.v6_prefix))
     }
 
-    fn covering_ban_at(&self, ip: IpAddr, now_s: u64) -> Option<SourceAddr> {
-        let e = &self.cfg.evidence;
-        let net = SourceAddr::prefix_of(ip, e.prefix_v4, e.prefix_v6);
-        if !net.is_prefix_ban(self.cfg.v6_prefix) {
-            return None;
-        }
-        self.banned_until(&net, now_s).map(|_| net)
+    /// The network ban (decided by this policy) covering `ip` at `now`, if any.
+    pub fn covering_ban(&self, ip: IpAddr, now: SystemTime) -> Option<SourceAddr> {
+        let net = self.network_of(ip)?;
+        self.banned_until(&net, secs(now)).map(|_| net)
     }
 
     /// If `banned` is under a ban at `now_s`, count `count` guesses made while banned on
@@ -318,7 +322,7 @@ impl Policy {
             return false;
         };
         o.guesses = o.guesses.saturating_add(count);
-        o.last_seen = o.last_seen.max(u32::try_from(now_s).unwrap_or(u32::MAX));
+        o.last_seen = o.last_seen.max(clamp32(now_s));
         self.stats.guesses_while_banned += u64::from(count);
         true
     }
@@ -352,9 +356,9 @@ impl Policy {
         if self.charge_ban(&source, g.count, now_s) {
             return None;
         }
-        let e = &self.cfg.evidence;
-        let net = SourceAddr::prefix_of(g.client, e.prefix_v4, e.prefix_v6);
-        if net.is_prefix_ban(self.cfg.v6_prefix) && self.charge_ban(&net, g.count, now_s) {
+        if let Some(net) = self.network_of(g.client)
+            && self.charge_ban(&net, g.count, now_s)
+        {
             return None;
         }
         let observed = if self.cfg.evidence.enabled { Some(self.observe(g, now_s)) } else { None };
@@ -376,13 +380,13 @@ impl Policy {
     /// Feed the evidence beyond one source with a guess (no decision).
     fn observe(&mut self, g: &Attributed, now_s: u64) -> Observed {
         let e = self.cfg.evidence;
-        let at_s = u32::try_from(now_s).unwrap_or(u32::MAX);
+        let at_s = clamp32(now_s);
         let addr = self.unit_key(g.client);
         let net = memory::net_key(g.client, e.prefix_v4, e.prefix_v6);
         let address_good = self.reputation.address_good(addr, at_s);
         let network_good = self.reputation.network_good(net, at_s);
         let no_mail = !address_good && !network_good;
-        let window = u32::try_from(self.cfg.window.as_secs()).unwrap_or(u32::MAX);
+        let window = secs_u32(self.cfg.window);
         let name = g.sample.as_deref().and_then(dictionary::Name::of);
         let in_dictionary = name.is_some_and(|n| self.dictionary.contains(n, at_s));
         let s = self.suspects.note(addr, at_s, name, g.count, in_dictionary);
@@ -403,8 +407,7 @@ impl Policy {
         }
         let unit_is_narrower = SourceAddr::prefix_of(g.client, e.prefix_v4, e.prefix_v6).is_prefix_ban(self.cfg.v6_prefix);
         let prefix = (unit_is_narrower && !address_good).then(|| {
-            let w = u32::try_from(e.prefix_window.as_secs()).unwrap_or(u32::MAX);
-            self.prefixes.add(net, addr, at_s, g.count, w)
+            self.prefixes.add(net, addr, at_s, g.count)
         });
         Observed { prefix, net, no_mail, network_good, distinct, dict_hits, surge: self.surge.active() }
     }
@@ -491,13 +494,13 @@ impl Policy {
         let offence = Offence {
             number,
             at: secs32(at),
-            duration: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
+            duration: secs_u32(duration),
             guesses,
             first_seen: secs32(first_seen),
             last_seen: secs32(last_seen),
             mta: Some(g.mta),
             kinds,
-            span: u32::try_from(last_seen.duration_since(first_seen).unwrap_or_default().as_secs()).unwrap_or(u32::MAX),
+            span: secs_u32(last_seen.duration_since(first_seen).unwrap_or_default()),
             lifted: false,
             evidence: rule,
             addrs,
@@ -549,16 +552,17 @@ impl Policy {
             let mut due = u64::MAX;
             self.history.retain(|o| {
                 let end = o.until().saturating_add(keep);
-                if end >= now_s {
+                let kept = end >= now_s;
+                if kept {
                     due = due.min(end);
                 }
-                end >= now_s
+                kept
             });
             self.history_due = due;
         }
         // The memories are exact on reading; these walks (each once an entry is an eighth
         // of its age past due) only hand memory back.
-        let now_s = u32::try_from(now_s).unwrap_or(u32::MAX);
+        let now_s = clamp32(now_s);
         self.prefixes.expire(now_s);
         self.dictionary.expire(now_s);
         self.suspects.expire(now_s);

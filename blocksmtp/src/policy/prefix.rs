@@ -50,11 +50,12 @@ impl Prefixes {
         self.nets.len()
     }
 
-    /// Count `count` guesses of source `src` in network `net` at `at` (unix seconds).
-    pub fn add(&mut self, net: Key, src: Key, at: u32, count: u32, window: u32) -> PrefixCount {
+    /// Count `count` guesses of source `src` in network `net` at `at` (unix seconds),
+    /// within the window.
+    pub fn add(&mut self, net: Key, src: Key, at: u32, count: u32) -> PrefixCount {
+        let cutoff = at.saturating_sub(self.nets.max_age());
         let w = self.nets.touch(net, at);
         w.entries.push_back((at, fold(src), u16::try_from(count).unwrap_or(u16::MAX)));
-        let cutoff = at.saturating_sub(window);
         w.entries.retain(|e| e.0 >= cutoff);
         while w.entries.len() > ENTRIES {
             w.entries.pop_front();
@@ -107,25 +108,25 @@ mod tests {
             let mut p = Prefixes::new(16, 3600);
             let mut last = None;
             for (src, at) in *guesses {
-                last = Some(p.add(7, *src, *at, 1, 3600));
+                last = Some(p.add(7, *src, *at, 1));
             }
             let c = last.unwrap();
             assert_eq!((c.guesses, c.addrs), *want, "{guesses:?}");
         }
         let mut p = Prefixes::new(16, 3600);
         for i in 0..500u32 {
-            p.add(7, u128::from(i), i, 1, 3600);
+            p.add(7, u128::from(i), i, 1);
         }
-        let c = p.add(7, 1, 500, 1, 3600);
+        let c = p.add(7, 1, 500, 1);
         assert_eq!(c.guesses as usize, ENTRIES, "bounded per network");
         p.forget(7);
-        assert_eq!(p.add(7, 1, 501, 1, 3600).guesses, 1);
+        assert_eq!(p.add(7, 1, 501, 1).guesses, 1);
         // An address banned on its own leaves its network's count.
         let mut p = Prefixes::new(16, 3600);
         for (src, at) in [(1u128, 0u32), (1, 1), (2, 2), (3, 3)] {
-            p.add(7, src, at, 1, 3600);
+            p.add(7, src, at, 1);
         }
         p.answered(7, 1);
-        assert_eq!(p.add(7, 4, 4, 1, 3600), PrefixCount { guesses: 3, addrs: 3, first: 2 });
+        assert_eq!(p.add(7, 4, 4, 1), PrefixCount { guesses: 3, addrs: 3, first: 2 });
     }
 }

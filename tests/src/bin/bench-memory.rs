@@ -35,6 +35,36 @@ fn mib(kb: Option<u64>) -> String {
     kb.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
+/// Start `d` and check it holds at least `n` bans at once (restored, not made): how many,
+/// and how long the start took (to the control socket answering).
+fn start_holding(d: &mut BenchDaemon, n: u32, what: &str) -> anyhow::Result<(u64, Duration)> {
+    let t0 = Instant::now();
+    d.start()?;
+    let active = d.status()?["active_bans"].as_u64().unwrap_or(0);
+    if active < u64::from(n) {
+        bail!("{what} {active} of {n} bans:\n{}", d.stderr_tail());
+    }
+    Ok((active, t0.elapsed()))
+}
+
+/// The daemon's memory 3 s after it settled, as a row; with `target`, its larger figure
+/// counts toward the target's worst case.
+fn memory_row(
+    d: &BenchDaemon,
+    label: &str,
+    (active, took): (u64, Duration),
+    note: String,
+    target: Option<&mut Option<u64>>,
+) -> anyhow::Result<Vec<String>> {
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = d.pid().context("pid")?;
+    let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
+    if let Some(worst) = target {
+        *worst = (*worst).max(rss.max(hwm));
+    }
+    Ok(vec![label.into(), thousands(active), mib(rss), mib(hwm), format!("{:.2}", took.as_secs_f64()), note])
+}
+
 fn main() -> anyhow::Result<()> {
     bench::require_root("bench-memory")?;
     let quick = bench::quick();
@@ -64,27 +94,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         d.stop()?;
-        let t0 = Instant::now();
-        d.start()?;
-        let active = d.status()?["active_bans"].as_u64().unwrap_or(0);
-        if active < u64::from(n) {
-            bail!("restored {active} of {n} bans:\n{}", d.stderr_tail());
-        }
-        let took = t0.elapsed();
-        std::thread::sleep(Duration::from_secs(3));
-        let pid = d.pid().context("pid")?;
-        let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
-        if n == sizes[1] {
-            ours_at_100k = ours_at_100k.max(rss.max(hwm));
-        }
-        t.row(vec![
-            "blocksmtp run (xdp), bans restored from pinned maps".into(),
-            thousands(active),
-            mib(rss),
-            mib(hwm),
-            format!("{:.2}", took.as_secs_f64()),
+        let started = start_holding(&mut d, n, "restored")?;
+        t.row(memory_row(
+            &d,
+            "blocksmtp run (xdp), bans restored from pinned maps",
+            started,
             "time = start to control socket answering".into(),
-        ]);
+            (n == sizes[1]).then_some(&mut ours_at_100k),
+        )?);
         d.stop()?;
     }
     // Bans made from the log: detection state and offence history included.
@@ -130,21 +147,14 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         };
         let took = t0.elapsed();
-        std::thread::sleep(Duration::from_secs(3));
-        let pid = d.pid().context("pid")?;
-        let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
         // The target is judged on bans made by detection (with their history), too.
-        if n == sizes[1] {
-            ours_at_100k = ours_at_100k.max(rss.max(hwm));
-        }
-        t.row(vec![
-            "blocksmtp run (xdp), bans made from a log (harvest sessions)".into(),
-            thousands(active),
-            mib(rss),
-            mib(hwm),
-            format!("{:.2}", took.as_secs_f64()),
+        t.row(memory_row(
+            &d,
+            "blocksmtp run (xdp), bans made from a log (harvest sessions)",
+            (active, took),
             format!("{:.0} bans/s from the log", f64::from(n) / took.as_secs_f64()),
-        ]);
+            (n == sizes[1]).then_some(&mut ours_at_100k),
+        )?);
         d.stop()?;
         if n != detected[0] {
             continue;
@@ -152,30 +162,17 @@ fn main() -> anyhow::Result<()> {
         // A restart (an upgrade): the offence history of those bans comes back from the
         // state file, the bans from the pinned maps; the log is read again, its guesses
         // all from banned sources.
-        let t0 = Instant::now();
-        d.start()?;
-        let active = d.status()?["active_bans"].as_u64().unwrap_or(0);
-        if active < u64::from(n) {
-            bail!("restarted with {active} of {n} bans:\n{}", d.stderr_tail());
-        }
-        let took = t0.elapsed();
+        let started = start_holding(&mut d, n, "restarted with")?;
         // The daemon says how many offenders it restored.
-        let restored = d.stderr_tail();
-        let restored = restored.lines().rev().find_map(|l| l.split("state: ").nth(1)).and_then(|r| r.split(' ').next()).unwrap_or("?").to_string();
-        std::thread::sleep(Duration::from_secs(3));
-        let pid = d.pid().context("pid")?;
-        let (rss, hwm) = (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM"));
-        if n == sizes[1] {
-            ours_at_100k = ours_at_100k.max(rss.max(hwm));
-        }
-        t.row(vec![
-            "blocksmtp run (xdp), restarted: the history from the state file, the bans pinned".into(),
-            thousands(active),
-            mib(rss),
-            mib(hwm),
-            format!("{:.2}", took.as_secs_f64()),
+        let log = d.stderr_tail();
+        let restored = log.lines().rev().find_map(|l| l.split("state: ").nth(1)).and_then(|r| r.split(' ').next()).unwrap_or("?");
+        t.row(memory_row(
+            &d,
+            "blocksmtp run (xdp), restarted: the history from the state file, the bans pinned",
+            started,
             format!("time = start to control socket answering; {restored} offenders restored"),
-        ]);
+            (n == sizes[1]).then_some(&mut ours_at_100k),
+        )?);
         d.stop()?;
     }
 
