@@ -33,7 +33,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Mutex, mpsc},
+    sync::{Condvar, Mutex, mpsc},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -195,27 +195,121 @@ fn parse_block(block: &[u8], max_line: usize, filter: &MailerFilter, out: &mut P
     }
 }
 
-/// Blocks in flight at once (read, being parsed, parsed and waiting), per thread.
+/// Blocks in flight at once (being parsed, parsed and waiting), per thread.
 const IN_FLIGHT_PER_THREAD: usize = 3;
 
-/// A block on its way through [`parallel`]: its number, the longest line it may hold,
-/// its bytes and (once parsed) what its lines said.
-type Work = (u64, usize, Vec<u8>, ParsedBlock);
+/// A parsed block on its way to the in-order thread: its number and what its lines said.
+type Work = (u64, ParsedBlock);
+
+/// What the parsing threads share: the inputs, read a block at a time by whichever
+/// thread parses it next (a reading thread of its own cost more in wake-ups and
+/// hand-offs than the copy itself on two CPUs), and the parsed blocks free for reuse,
+/// which bound how far parsing runs ahead of the in-order thread.
+struct Feed<'i> {
+    inputs: std::vec::IntoIter<(&'i Input, LineReader)>,
+    current: Option<(&'i Input, crate::source::file::Blocks)>,
+    seq: u64,
+    truncated: u64,
+    /// Parsed blocks the in-order thread has finished with.
+    free: Vec<ParsedBlock>,
+    /// The end of the last input, or a read error: nothing more to read.
+    finished: bool,
+    error: Option<InputError>,
+}
+
+impl Feed<'_> {
+    /// Read the next block into `buf`: its number and longest line, or `None` at the end
+    /// (or after an error, kept for the in-order thread to report).
+    fn next_block(&mut self, buf: &mut Vec<u8>) -> Option<(u64, usize)> {
+        while !self.finished {
+            let (input, blocks) = match &mut self.current {
+                Some(c) => c,
+                None => match self.inputs.next() {
+                    Some((input, reader)) => self.current.insert((input, reader.into_blocks())),
+                    None => {
+                        self.finished = true;
+                        break;
+                    }
+                },
+            };
+            match blocks.next_block(buf) {
+                Ok(true) => {
+                    self.seq += 1;
+                    return Some((self.seq - 1, blocks.max_line()));
+                }
+                Ok(false) => {
+                    self.truncated += blocks.truncated();
+                    self.current = None;
+                }
+                Err(source) => {
+                    self.error = Some(InputError { input: input.clone(), source });
+                    self.finished = true;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The feed and the signal that a parsed block was freed.
+struct Shared<'i> {
+    feed: Mutex<Feed<'i>>,
+    freed: Condvar,
+}
+
+impl Shared<'_> {
+    /// A free parsed block and the next block read into `buf`, waiting for a free one
+    /// while parsing is far enough ahead; `None` at the end.
+    fn take(&self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
+        let mut feed = self.feed.lock().ok()?;
+        while feed.free.is_empty() && !feed.finished {
+            feed = self.freed.wait(feed).ok()?;
+        }
+        let parsed = feed.free.pop()?;
+        match feed.next_block(buf) {
+            Some((seq, max_line)) => Some((seq, max_line, parsed)),
+            None => {
+                feed.free.push(parsed);
+                None
+            }
+        }
+    }
+
+    /// As [`Self::take`] without waiting: `None` when another thread holds the feed or
+    /// no parsed block is free (then the parsing threads are ahead).
+    fn try_take(&self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
+        let mut feed = self.feed.try_lock().ok()?;
+        let parsed = feed.free.pop()?;
+        match feed.next_block(buf) {
+            Some((seq, max_line)) => Some((seq, max_line, parsed)),
+            None => {
+                feed.free.push(parsed);
+                None
+            }
+        }
+    }
+
+    fn give_back(&self, parsed: ParsedBlock) {
+        if let Ok(mut feed) = self.feed.lock() {
+            feed.free.push(parsed);
+        }
+        self.freed.notify_one();
+    }
+}
 
 /// The next parsed block for the in-order thread: one a parsing thread finished, else
-/// one waiting to be parsed, parsed here rather than idle (on two cores this thread
-/// waited a third of the time while the parsing threads were the bottleneck), else the
-/// next to finish. `None` at the end. A parsing thread holding the lock is waiting for
-/// work itself: then there is none.
-fn next_parsed(done: &mpsc::Receiver<Work>, work: &Mutex<mpsc::Receiver<Work>>, filter: &MailerFilter) -> Option<Work> {
+/// one read and parsed here rather than idle (on two cores this thread waited a third
+/// of the time while the parsing threads were the bottleneck), else the next to finish.
+/// `None` at the end.
+fn next_parsed(done: &mpsc::Receiver<Work>, shared: &Shared<'_>, buf: &mut Vec<u8>, filter: &MailerFilter) -> Option<Work> {
     match done.try_recv() {
         Ok(w) => return Some(w),
         Err(mpsc::TryRecvError::Disconnected) => return None,
         Err(mpsc::TryRecvError::Empty) => {}
     }
-    if let Some((seq, max_line, buf, mut parsed)) = work.try_lock().ok().and_then(|rx| rx.try_recv().ok()) {
-        parse_block(&buf, max_line, filter, &mut parsed);
-        return Some((seq, max_line, buf, parsed));
+    if let Some((seq, max_line, mut parsed)) = shared.try_take(buf) {
+        parse_block(buf, max_line, filter, &mut parsed);
+        return Some((seq, parsed));
     }
     done.recv().ok()
 }
@@ -234,46 +328,30 @@ fn parallel(
 ) -> anyhow::Result<u64> {
     let filter = detector.filter().clone();
     let in_flight = threads * IN_FLIGHT_PER_THREAD;
-    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(in_flight);
-    let work_rx = Mutex::new(work_rx);
-    std::thread::scope(|scope| -> anyhow::Result<u64> {
-        // Buffers go round: reader → workers → here → back to the reader, so at most
-        // `in_flight` blocks exist and no block allocates after the first rounds.
-        let (free_tx, free_rx) = mpsc::sync_channel::<(Vec<u8>, ParsedBlock)>(in_flight);
-        for _ in 0..in_flight {
-            free_tx.send((Vec::new(), ParsedBlock::default())).expect("room for every buffer");
-        }
-        let (done_tx, done_rx) = mpsc::sync_channel::<Work>(in_flight);
-        let reader = scope.spawn(move || -> Result<u64, InputError> {
-            let mut seq = 0;
-            let mut truncated = 0;
-            for (input, reader) in readers {
-                let mut blocks = reader.into_blocks();
-                loop {
-                    let Ok((mut buf, parsed)) = free_rx.recv() else { return Ok(truncated) };
-                    match blocks.next_block(&mut buf) {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(source) => return Err(InputError { input: input.clone(), source }),
-                    }
-                    if work_tx.send((seq, blocks.max_line(), buf, parsed)).is_err() {
-                        return Ok(truncated);
-                    }
-                    seq += 1;
-                }
-                truncated += blocks.truncated();
-            }
-            Ok(truncated)
-        });
-        let (work_rx, filter) = (&work_rx, &filter);
+    // At most `in_flight` parsed blocks exist; they go round, so none allocates after
+    // the first rounds.
+    let shared = Shared {
+        feed: Mutex::new(Feed {
+            inputs: readers.into_iter(),
+            current: None,
+            seq: 0,
+            truncated: 0,
+            free: (0..in_flight).map(|_| ParsedBlock::default()).collect(),
+            finished: false,
+            error: None,
+        }),
+        freed: Condvar::new(),
+    };
+    let (done_tx, done_rx) = mpsc::sync_channel::<Work>(in_flight);
+    let cut = std::thread::scope(|scope| {
+        let (shared, filter) = (&shared, &filter);
         for _ in 1..threads {
             let done_tx = done_tx.clone();
             scope.spawn(move || {
-                loop {
-                    let next = work_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((seq, max_line, buf, mut parsed))) = next else { return };
+                let mut buf = Vec::new();
+                while let Some((seq, max_line, mut parsed)) = shared.take(&mut buf) {
                     parse_block(&buf, max_line, filter, &mut parsed);
-                    if done_tx.send((seq, max_line, buf, parsed)).is_err() {
+                    if done_tx.send((seq, parsed)).is_err() {
                         return;
                     }
                 }
@@ -285,9 +363,10 @@ fn parallel(
         let mut next = 0u64;
         let mut cut = 0;
         let mut bans = Vec::new();
-        while let Some((seq, max_line, buf, parsed)) = next_parsed(&done_rx, work_rx, filter) {
-            waiting.insert(seq, (max_line, buf, parsed));
-            while let Some((_, buf, parsed)) = waiting.remove(&next) {
+        let mut buf = Vec::new();
+        while let Some((seq, parsed)) = next_parsed(&done_rx, shared, &mut buf, filter) {
+            waiting.insert(seq, parsed);
+            while let Some(parsed) = waiting.remove(&next) {
                 detector.add_line_stats(&parsed.stats);
                 cut += parsed.cut;
                 for e in &parsed.events {
@@ -296,14 +375,18 @@ fn parallel(
                     decided(bans.drain(..), decisions);
                 }
                 next += 1;
-                // The reader may have stopped (an error, the end): then nobody takes it.
-                let _ = free_tx.send((buf, parsed));
+                shared.give_back(parsed);
             }
         }
-        drop(free_tx);
-        let truncated = reader.join().map_err(|_| anyhow::anyhow!("the reading thread panicked"))??;
-        Ok(truncated + cut)
-    })
+        // The parsing threads end when the feed does; none is left waiting.
+        shared.freed.notify_all();
+        cut
+    });
+    let feed = shared.feed.into_inner().map_err(|_| anyhow::anyhow!("a parsing thread panicked"))?;
+    match feed.error {
+        Some(e) => Err(e.into()),
+        None => Ok(feed.truncated + cut),
+    }
 }
 
 fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBan {
@@ -642,6 +725,34 @@ mod tests {
         let (a, argv) = args_of(&["blocksmtp", "replay", "--config", c, "x.log"]);
         let e = with_config(&a, &argv).unwrap_err().to_string();
         assert!(e.contains("b.toml:1: key `max-unknown`"), "{e}");
+    }
+
+    /// A gzip file corrupt half-way: every thread count fails the same way, naming the
+    /// file, after a clean file before it was read whole (no thread is left waiting).
+    #[test]
+    fn a_read_error_half_way_is_the_same_error_with_any_thread_count() {
+        use flate2::{Compression, write::GzEncoder};
+        let d = tempfile::tempdir().unwrap();
+        let mut log = Vec::new();
+        for i in 0..40_000u32 {
+            log.extend_from_slice(format!("Nov 27 12:00:{:02} mx cron[{i}]: (root) CMD (true)\n", i % 60).as_bytes());
+        }
+        let clean = d.path().join("mail.log.1");
+        std::fs::write(&clean, &log).unwrap();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        std::io::Write::write_all(&mut gz, &log).unwrap();
+        let mut gz = gz.finish().unwrap();
+        let mid = gz.len() / 2;
+        gz[mid..mid + 64].fill(0xa5);
+        let bad = d.path().join("mail.log.2.gz");
+        std::fs::write(&bad, &gz).unwrap();
+        let (args, _) = args_of(&["blocksmtp", "replay", "x"]);
+        let inputs = [Input::File(clean), Input::File(bad.clone())];
+        for threads in [1, 2, 3] {
+            let e = run_with(&args.detect, &inputs, threads).expect_err("a corrupt gzip file is an error");
+            let e = format!("{e:#}");
+            assert!(e.contains(&bad.display().to_string()), "{threads} threads: {e}");
+        }
     }
 
     #[test]

@@ -151,12 +151,26 @@ pub struct Blocks {
     discarding: bool,
     eof: bool,
     truncated: u64,
+    /// This block's size: small at first, so that the consumer starts on the first
+    /// block early, doubling up to [`BLOCK`].
+    size: usize,
 }
+
+/// The first block's size.
+const FIRST_BLOCK: usize = 1 << 14;
 
 impl LineReader {
     /// Read the rest of the input in blocks (nothing must have been read as lines yet).
     pub fn into_blocks(self) -> Blocks {
-        Blocks { src: self.src, max_line: self.split.max_line(), carry: Vec::new(), discarding: false, eof: false, truncated: 0 }
+        Blocks {
+            src: self.src,
+            max_line: self.split.max_line(),
+            carry: Vec::new(),
+            discarding: false,
+            eof: false,
+            truncated: 0,
+            size: FIRST_BLOCK,
+        }
     }
 }
 
@@ -190,10 +204,11 @@ impl Blocks {
                     }
                 }
             } else if let Some(nl) = last_nl
-                && out.len() >= BLOCK
+                && out.len() >= self.size
             {
                 self.carry.extend_from_slice(&out[nl + 1..]);
                 out.truncate(nl + 1);
+                self.size = (self.size * 2).min(BLOCK);
                 return Ok(true);
             } else if last_nl.is_none() && out.len() > self.max_line {
                 // One line longer than max_line and no end in sight: its head, once.
@@ -213,7 +228,7 @@ impl Blocks {
             let n0 = out.len();
             // Into the spare capacity, without zeroing it first (read_to_end does that
             // safely); retried on EINTR there.
-            match (&mut self.src).take((BLOCK / 4) as u64).read_to_end(out) {
+            match (&mut self.src).take((self.size / 4) as u64).read_to_end(out) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {
                     if let Some(i) = memchr::memrchr(b'\n', &out[n0..]) {
