@@ -405,7 +405,7 @@ fn start_sources(args: &RunArgs, tx: &mpsc::Sender<(LogLine, Instant)>) -> anyho
     }
     if journal {
         // journalctl already leaves out other users' entries (the parser checks again).
-        let opts = JournalOptions { uids: args.detect.journal_trust().uids, ..JournalOptions::default() };
+        let opts = JournalOptions { uids: args.detect.journal_trust().uids().to_vec(), ..JournalOptions::default() };
         out.push(crate::source::spawn(Journal::spawn(&opts).context("reading the journal")?, tx));
     }
     if args.stdin {

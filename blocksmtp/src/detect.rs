@@ -423,8 +423,11 @@ impl Detector {
     }
 
     /// Attribute sendmail's address-less guesses at once through process titles.
+    /// (The daemon's path: its trusted users are looked up here, at start, rather than
+    /// on the first journal entry, which replay leaves to need.)
     pub fn with_live_attribution(mut self, live: Box<dyn LiveAttribution + Send>) -> Self {
         self.live = Some(live);
+        let _ = self.filter.trust().uids();
         self
     }
 

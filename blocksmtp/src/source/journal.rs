@@ -40,7 +40,7 @@ impl Default for JournalOptions {
         Self {
             journalctl: "journalctl".into(),
             identifiers: Vec::new(),
-            uids: crate::parse::JournalTrust::mta_defaults().uids,
+            uids: crate::parse::JournalTrust::mta_defaults().uids().to_vec(),
             new_only: true,
         }
     }
