@@ -120,6 +120,12 @@ pub fn run(args: &DetectArgs, inputs: &[Input]) -> anyhow::Result<Report> {
 
 /// As [`run`] with `threads` parsing threads (0: one per CPU; 1: the sequential path).
 pub fn run_with(args: &DetectArgs, inputs: &[Input], threads: usize) -> anyhow::Result<Report> {
+    run_keeping(args, inputs, threads).map(|(report, _detector)| report)
+}
+
+/// As [`run_with`], handing back the detector too, for a caller about to exit to leave
+/// undropped (freeing its maps entry by entry only delays the exit).
+fn run_keeping(args: &DetectArgs, inputs: &[Input], threads: usize) -> anyhow::Result<(Report, Detector)> {
     let mut detector = Detector::new(args)?.with_clock(Clock::Log);
     // Open everything first: an unreadable input fails before any output.
     let mut readers = Vec::with_capacity(inputs.len());
@@ -138,7 +144,7 @@ pub fn run_with(args: &DetectArgs, inputs: &[Input], threads: usize) -> anyhow::
     };
     let stats = detector.stats();
     let bans = decisions.into_iter().map(|(d, at)| report_ban(&detector, d, at)).collect();
-    Ok(report(stats, bans, truncated))
+    Ok((report(stats, bans, truncated), detector))
 }
 
 fn decided(bans: impl IntoIterator<Item = BanDecision>, decisions: &mut Vec<(BanDecision, SystemTime)>) {
@@ -633,21 +639,26 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let report = match run_with(&args.detect, &inputs, args.threads) {
+    let (report, detector) = match run_keeping(&args.detect, &inputs, args.threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("blocksmtp replay: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // The process ends after the report: its memory goes back whole, not entry by entry.
+    std::mem::forget(detector);
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    // A report of thousands of bans is megabytes of JSON: written in large pieces.
+    let mut out = std::io::BufWriter::with_capacity(1 << 18, stdout.lock());
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from).and_then(|()| writeln!(out))
     } else {
         write_table(&report, &mut out)
     };
-    match written.and_then(|()| out.flush()) {
+    let written = written.and_then(|()| out.flush());
+    std::mem::forget(report);
+    match written {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is not a failure of the replay.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
