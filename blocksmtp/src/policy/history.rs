@@ -70,47 +70,79 @@ impl Offence {
 
     /// E.g. `7 unknown recipients in 2m (sendmail)`; the same text as the decision's.
     pub fn reason(&self) -> String {
-        let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-        let mut parts = Vec::new();
-        for (n, one, many) in [
-            (u32::from(self.kinds[0]), "unknown recipient", "unknown recipients"),
-            (u32::from(self.kinds[1]), "VRFY probe", "VRFY probes"),
-            (u32::from(self.kinds[2]), "EXPN probe", "EXPN probes"),
-        ] {
-            if n > 0 {
-                parts.push(plural(n, one, many));
-            }
-        }
-        if parts.is_empty() {
-            parts.push(plural(self.guesses, "guess", "guesses"));
-        }
-        let mta = self.mta.map_or(String::new(), |m| format!(" ({m})"));
-        let span = format_duration(Duration::from_secs(self.span.into()));
-        match self.evidence {
-            Evidence::Address => format!("{} in {span}{mta}", parts.join(", ")),
-            Evidence::Prefix => format!(
-                "{} from {} of its network in {span}{mta}",
-                plural(self.guesses_at_decision(), "guess", "guesses"),
-                plural(self.addrs.into(), "address", "addresses")
-            ),
-            Evidence::Dictionary => format!(
-                "{} from the harvest dictionary ({}, no valid mail){mta}",
-                plural(self.addrs.into(), "guessed name", "guessed names"),
-                parts.join(", ")
-            ),
-            Evidence::Surge => format!("{} during a surge of unknown recipients, no valid mail{mta}", parts.join(", ")),
-            Evidence::Returning => format!("{}, back after an earlier ban{mta}", parts.join(", ")),
-        }
+        self.reason_naming(None)
     }
 
     /// [`Self::reason`] naming the network of a prefix ban: `14 guesses from 9
     /// addresses of 192.0.2.0/24 in 12m (postfix)`.
     pub fn reason_for(&self, source: &SourceAddr) -> String {
-        let r = self.reason();
+        self.reason_naming(Some(source))
+    }
+
+    /// The reason, written into one string (a replay of a harvest makes thousands).
+    fn reason_naming(&self, network: Option<&SourceAddr>) -> String {
+        use std::fmt::Write;
+        let plural = |out: &mut String, n: u32, one: &str, many: &str| {
+            let _ = write!(out, "{n} {}", if n == 1 { one } else { many });
+        };
+        // The kinds of guesses: "3 unknown recipients, 2 VRFY probes", or the count.
+        let kinds = |out: &mut String| {
+            let mut any = false;
+            for (n, one, many) in [
+                (u32::from(self.kinds[0]), "unknown recipient", "unknown recipients"),
+                (u32::from(self.kinds[1]), "VRFY probe", "VRFY probes"),
+                (u32::from(self.kinds[2]), "EXPN probe", "EXPN probes"),
+            ] {
+                if n > 0 {
+                    if any {
+                        out.push_str(", ");
+                    }
+                    plural(out, n, one, many);
+                    any = true;
+                }
+            }
+            if !any {
+                plural(out, self.guesses, "guess", "guesses");
+            }
+        };
+        let mut out = String::with_capacity(96);
+        let span = || format_duration(Duration::from_secs(self.span.into()));
         match self.evidence {
-            Evidence::Prefix => r.replacen("of its network", &format!("of {source}"), 1),
-            _ => r,
+            Evidence::Address => {
+                kinds(&mut out);
+                let _ = write!(out, " in {}", span());
+            }
+            Evidence::Prefix => {
+                plural(&mut out, self.guesses_at_decision(), "guess", "guesses");
+                out.push_str(" from ");
+                plural(&mut out, self.addrs.into(), "address", "addresses");
+                match network {
+                    Some(n) => {
+                        let _ = write!(out, " of {n}");
+                    }
+                    None => out.push_str(" of its network"),
+                }
+                let _ = write!(out, " in {}", span());
+            }
+            Evidence::Dictionary => {
+                plural(&mut out, self.addrs.into(), "guessed name", "guessed names");
+                out.push_str(" from the harvest dictionary (");
+                kinds(&mut out);
+                out.push_str(", no valid mail)");
+            }
+            Evidence::Surge => {
+                kinds(&mut out);
+                out.push_str(" during a surge of unknown recipients, no valid mail");
+            }
+            Evidence::Returning => {
+                kinds(&mut out);
+                out.push_str(", back after an earlier ban");
+            }
         }
+        if let Some(m) = self.mta {
+            let _ = write!(out, " ({m})");
+        }
+        out
     }
 
     /// Guesses of the decision itself (the kinds' sum; `guesses` grows while banned).
@@ -654,6 +686,28 @@ mod tests {
             evidence: Evidence::Address,
             addrs: 0,
         }
+    }
+
+    /// Each rule's reason, word for word (the daemon logs them, replay prints them).
+    #[test]
+    fn reasons_name_the_rule_and_the_evidence() {
+        let with = |evidence, kinds: [u16; 3], guesses, addrs, span, mta| Offence { evidence, kinds, guesses, addrs, span, mta, ..offence(0) };
+        let net: SourceAddr = "192.0.2.0/24".parse().unwrap();
+        let cases: &[(Offence, &str)] = &[
+            (with(Evidence::Address, [7, 0, 0], 7, 0, 120, Some(Mta::Sendmail)), "7 unknown recipients in 2m (sendmail)"),
+            (with(Evidence::Address, [1, 2, 1], 4, 0, 1, None), "1 unknown recipient, 2 VRFY probes, 1 EXPN probe in 1s"),
+            (with(Evidence::Address, [0, 0, 0], 1, 0, 0, None), "1 guess in 0s"),
+            (with(Evidence::Prefix, [14, 0, 0], 30, 9, 720, Some(Mta::Postfix)), "14 guesses from 9 addresses of its network in 12m (postfix)"),
+            (with(Evidence::Prefix, [0, 0, 0], 1, 1, 0, None), "1 guess from 1 address of its network in 0s"),
+            (with(Evidence::Dictionary, [2, 0, 0], 2, 2, 5, Some(Mta::Exim)), "2 guessed names from the harvest dictionary (2 unknown recipients, no valid mail) (exim)"),
+            (with(Evidence::Surge, [0, 1, 0], 1, 0, 0, None), "1 VRFY probe during a surge of unknown recipients, no valid mail"),
+            (with(Evidence::Returning, [3, 0, 0], 3, 0, 9, Some(Mta::Sendmail)), "3 unknown recipients, back after an earlier ban (sendmail)"),
+        ];
+        for (o, want) in cases {
+            assert_eq!(o.reason(), *want);
+        }
+        assert_eq!(cases[3].0.reason_for(&net), "14 guesses from 9 addresses of 192.0.2.0/24 in 12m (postfix)");
+        assert_eq!(cases[0].0.reason_for(&net), cases[0].1, "only a prefix ban names its network");
     }
 
     #[test]
