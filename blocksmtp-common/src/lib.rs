@@ -17,7 +17,11 @@ use bytemuck::{Pod, Zeroable};
 /// `BANNET_HINT` became the 24-bit `BANNET_HINT24` under a new name rather than a bump:
 /// the hint is derived from the tries and rebuilt at every load, so a v1 directory of
 /// the release before keeps its bans and links, gains the new map, and loses the old
-/// pin once the new programs are attached — no migration, no gap in enforcement.)
+/// pin once the new programs are attached — no migration, no gap in enforcement.
+/// IPv6 prefix bans longer than /48 moved from `BANNET_V6` to `BANNET_V6L` (with their
+/// own hint, `BANNET_HINT6L`), again beside the v1 maps: a daemon started on older pins
+/// copies them into the new trie at load, swaps its programs in, and only then deletes
+/// them from `BANNET_V6`; both programs enforce either copy meanwhile.)
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
@@ -36,6 +40,17 @@ pub const MAX_PREFIX_BANS: u32 = 1 << 16;
 pub const HINT_BITS: u32 = 1 << 24;
 /// Words of `BANNET_HINT24`: the IPv4 bits, then the IPv6 bits.
 pub const HINT_WORDS: u32 = 2 * HINT_BITS / 64;
+/// IPv6 prefix bans up to this length live in `BANNET_V6` (hinted in `BANNET_HINT24`),
+/// longer ones in `BANNET_V6L` (hinted in `BANNET_HINT6L`): a /56 in a /48 no longer
+/// sets the bit that sends the /48's clean hosts into a trie crowded with /48s.
+pub const V6_SHORT_MAX: u8 = 48;
+/// Bits of `BANNET_HINT6L`: one per /48 that holds a ban longer than /48, folded to 20
+/// bits (`hint_bit_v6l`). Such bans are one bit each (never a block), and fewer than
+/// /48s; 2^20 bits are 128 KiB of kernel memory, and a clean /48 that collides with a
+/// hinted one only pays a walk of the small trie.
+pub const HINT_LONG_BITS: u32 = 1 << 20;
+/// Words of `BANNET_HINT6L`.
+pub const HINT_LONG_WORDS: u32 = HINT_LONG_BITS / 64;
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -48,7 +63,11 @@ pub mod map_names {
     pub const BANNET_V4: &str = "BANNET_V4";
     pub const BANNET_V6: &str = "BANNET_V6";
     pub const BANNET_HINT: &str = "BANNET_HINT24";
-    pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
+    /// IPv6 prefix bans longer than `V6_SHORT_MAX`, and their hint.
+    pub const BANNET_V6_LONG: &str = "BANNET_V6L";
+    pub const BANNET_HINT_LONG: &str = "BANNET_HINT6L";
+    pub const ALL: [&str; 11] =
+        [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT, BANNET_V6_LONG, BANNET_HINT_LONG];
     /// Maps of earlier releases that this one no longer uses; their pins are removed once
     /// this build's programs are attached (`BANNET_HINT`: the 16-bit hint, derived data).
     pub const RETIRED: [&str; 1] = ["BANNET_HINT"];
@@ -175,6 +194,9 @@ pub const CONFIG_BANNET_V6: u8 = 32;
 /// Rare events (a ban's first dropped packet) go to aya-log (`--debug 3`). When clear
 /// the program takes no logging path at all.
 pub const CONFIG_LOG: u8 = 64;
+/// `BANNET_V6L` holds entries (IPv6 prefix bans longer than /48). Programs of earlier
+/// releases, which share the config map during an upgrade, ignore the bit.
+pub const CONFIG_BANNET_V6L: u8 = 128;
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]
@@ -277,6 +299,15 @@ pub const fn hint_bit_v4(first24: u32) -> u32 {
 #[inline(always)]
 pub const fn hint_bit_v6(first48: u64) -> u32 {
     HINT_BITS + (((first48 >> 24) ^ first48) as u32 & (HINT_BITS - 1))
+}
+
+/// The bit of `BANNET_HINT6L` for an IPv6 source: its /48 (`first48`) folded to 20 bits
+/// by XOR of its 20-bit pieces. The low piece is the /48's bits below its /28, so the
+/// /48s of one /28 get distinct bits (XOR with a function of the common upper bits is a
+/// bijection): 2001:db8::/32, or any provider's /32, never collides with itself.
+#[inline(always)]
+pub const fn hint_bit_v6l(first48: u64) -> u32 {
+    ((first48 ^ (first48 >> 20) ^ (first48 >> 40)) as u32) & (HINT_LONG_BITS - 1)
 }
 
 /// The IPv4 prefix-ban key of `addr` (packet order) at `len` (0..=32) bits.
@@ -429,6 +460,20 @@ mod tests {
         }
         assert_eq!(hint_bit_v6(0x2001_0db8_0bad), HINT_BITS + (0x20010d ^ 0xb80bad));
         assert_eq!(HINT_WORDS, 1 << 19);
+    }
+
+    #[test]
+    fn long_hint_bits() {
+        // Every /48 of 2001:db8::/32 on its own bit, inside the map.
+        let mut seen = std::collections::BTreeSet::new();
+        for low in 0..(1u64 << 16) {
+            let b = hint_bit_v6l(0x2001_0db8_0000 | low);
+            assert!(b < HINT_LONG_BITS);
+            assert!(seen.insert(b));
+        }
+        // A twin in another /28 (3fff::/20, documentation) does collide: the fixture uses it.
+        assert_eq!(hint_bit_v6l(0x3fff_0a77_ebce), hint_bit_v6l(0x2001_0db8_0bad));
+        assert_eq!(HINT_LONG_WORDS, 1 << 14);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The prefix-ban hint (`BANNET_HINT24`) as user space keeps it: which bits must be set
-//! for the prefix bans in the tries, and which kernel words change when one comes or goes.
+//! The prefix-ban hints (`BANNET_HINT24`, and `BANNET_HINT6L` for IPv6 bans longer than
+//! /48) as user space keeps them: which bits must be set for the prefix bans in the
+//! tries, and which kernel words change when one comes or goes.
 //!
 //! Every prefix ban sets an aligned block of hint bits: one bit for an IPv4 /24 or longer
 //! (an IPv6 /48 or longer), 2^(24 − len) bits for a wider IPv4 ban, 2^(48 − len) for an
@@ -8,10 +9,11 @@
 //! is one entry, not 65,536, so memory follows the number of bans whatever their width.
 //! The bitmap itself is mirrored in 512-byte chunks (4,096 bits: an IPv4 /12), allocated on
 //! a chunk's first set bit and freed when it clears: a thousand scattered /24s cost at most
-//! 500 KiB, an IPv4 /0 2 MiB while it lasts.
+//! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint is the same structure
+//! over `HINT_LONG_WORDS`, each ban one bit (`Block::v6_long`).
 use std::collections::HashMap;
 
-use blocksmtp_common::{HINT_BITS, HINT_WORDS, hint_bit_v4, hint_bit_v6};
+use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v6, hint_bit_v6l};
 
 /// Words per mirror chunk (512 bytes).
 const CHUNK: usize = 64;
@@ -40,6 +42,12 @@ impl Block {
         let first48 = u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]]);
         let bit = hint_bit_v6(first48);
         Self { start: bit & !((1 << log2) - 1), log2 }
+    }
+
+    /// The one bit of `BANNET_HINT6L` for an IPv6 prefix ban longer than /48 on `addr`: its /48's.
+    pub fn v6_long(addr: [u8; 16]) -> Self {
+        let first48 = u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]]);
+        Self { start: hint_bit_v6l(first48), log2: 0 }
     }
 
     fn key(self) -> u32 {
@@ -74,12 +82,22 @@ pub struct Hint {
 }
 
 impl Default for Hint {
+    /// `BANNET_HINT24`'s.
     fn default() -> Self {
-        Self { counts: HashMap::default(), chunks: (0..HINT_WORDS as usize / CHUNK).map(|_| None).collect() }
+        Self::with_words(HINT_WORDS)
     }
 }
 
 impl Hint {
+    /// `BANNET_HINT6L`'s.
+    pub fn long() -> Self {
+        Self::with_words(HINT_LONG_WORDS)
+    }
+
+    fn with_words(words: u32) -> Self {
+        Self { counts: HashMap::default(), chunks: (0..words as usize / CHUNK).map(|_| None).collect() }
+    }
+
     /// The mirror's word `w` (what the kernel holds once changes are written).
     pub fn word(&self, w: u32) -> u64 {
         self.chunks[w as usize / CHUNK].as_ref().map_or(0, |c| c[w as usize % CHUNK])
@@ -214,6 +232,7 @@ impl Hint {
 }
 
 const _: () = assert!((HINT_WORDS as usize).is_multiple_of(CHUNK) && HINT_BITS.is_power_of_two());
+const _: () = assert!((HINT_LONG_WORDS as usize).is_multiple_of(CHUNK));
 
 #[cfg(test)]
 mod tests {
@@ -247,6 +266,26 @@ mod tests {
             assert!(seen.insert(one.start));
         }
         assert_eq!(Block::v6(a32, 16), Block { start: HINT_BITS, log2: 24 });
+    }
+
+    #[test]
+    fn long_bans_are_one_bit_each() {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut h = Hint::long();
+        // Two /56s and a /64 of one /48: one bit, kept until the last is lifted.
+        let b = Block::v6_long(a("2001:db8:bad:100::"));
+        assert_eq!(b, Block::v6_long(a("2001:db8:bad:ff00::")));
+        assert_eq!(b, Block { start: hint_bit_v6l(0x2001_0db8_0bad), log2: 0 });
+        assert_eq!(h.add(b).len(), 1);
+        assert!(h.add(b).is_empty() && h.add(b).is_empty());
+        assert!(h.remove(b).is_empty() && h.remove(b).is_empty());
+        assert!(h.bit(b.start));
+        assert_eq!(h.remove(b), vec![(b.start / 64, 0)]);
+        assert_eq!(h.footprint(), (0, 0));
+        // The neighbouring /48 has its own bit; the mirror is the long map's size.
+        let n = Block::v6_long(a("2001:db8:bae:100::"));
+        assert_ne!(n.start, b.start);
+        assert_eq!(h.chunks.len() * CHUNK, HINT_LONG_WORDS as usize);
     }
 
     #[test]
