@@ -44,11 +44,12 @@ pub const HINT_WORDS: u32 = 2 * HINT_BITS / 64;
 /// longer ones in `BANNET_V6L` (hinted in `BANNET_HINT6L`): a /56 in a /48 no longer
 /// sets the bit that sends the /48's clean hosts into a trie crowded with /48s.
 pub const V6_SHORT_MAX: u8 = 48;
-/// Bits of `BANNET_HINT6L`: one per /48 that holds a ban longer than /48, folded to 20
-/// bits (`hint_bit_v6l`). Such bans are one bit each (never a block), and fewer than
-/// /48s; 2^20 bits are 128 KiB of kernel memory, and a clean /48 that collides with a
-/// hinted one only pays a walk of the small trie.
-pub const HINT_LONG_BITS: u32 = 1 << 20;
+/// Bits of `BANNET_HINT6L`: one per IPv6 /56 that a ban longer than /48 covers or lies
+/// in, folded to 24 bits (`hint_bit_v6l`). Finer than the other hint, as no ban of this
+/// class fills a /48: a clean host of a /48 holding a /56 ban finds its own /56's bit
+/// clear and walks no trie. 24 bits is the least for which a /32's /56s (2^24 of them)
+/// all get bits of their own; a 2 MiB array in the kernel.
+pub const HINT_LONG_BITS: u32 = 1 << 24;
 /// Words of `BANNET_HINT6L`.
 pub const HINT_LONG_WORDS: u32 = HINT_LONG_BITS / 64;
 
@@ -301,13 +302,15 @@ pub const fn hint_bit_v6(first48: u64) -> u32 {
     HINT_BITS + (((first48 >> 24) ^ first48) as u32 & (HINT_BITS - 1))
 }
 
-/// The bit of `BANNET_HINT6L` for an IPv6 source: its /48 (`first48`) folded to 20 bits
-/// by XOR of its 20-bit pieces. The low piece is the /48's bits below its /28, so the
-/// /48s of one /28 get distinct bits (XOR with a function of the common upper bits is a
-/// bijection): 2001:db8::/32, or any provider's /32, never collides with itself.
+/// The bit of `BANNET_HINT6L` for an IPv6 source: its /56 (`first56`: the address's
+/// first 56 bits) folded to 24 bits by XOR of its 24-bit pieces. The low piece is the
+/// /56's bits below its /32, so the /56s of one /32 get distinct bits (XOR with a
+/// function of the common upper bits is a bijection): 2001:db8::/32, or any provider's
+/// /32, never collides with itself; an aligned block of /56s (a /49 … /55 ban) maps to
+/// an aligned block of bits.
 #[inline(always)]
-pub const fn hint_bit_v6l(first48: u64) -> u32 {
-    ((first48 ^ (first48 >> 20) ^ (first48 >> 40)) as u32) & (HINT_LONG_BITS - 1)
+pub const fn hint_bit_v6l(first56: u64) -> u32 {
+    ((first56 ^ (first56 >> 24) ^ (first56 >> 48)) as u32) & (HINT_LONG_BITS - 1)
 }
 
 /// The IPv4 prefix-ban key of `addr` (packet order) at `len` (0..=32) bits.
@@ -464,16 +467,21 @@ mod tests {
 
     #[test]
     fn long_hint_bits() {
-        // Every /48 of 2001:db8::/32 on its own bit, inside the map.
-        let mut seen = std::collections::BTreeSet::new();
-        for low in 0..(1u64 << 16) {
-            let b = hint_bit_v6l(0x2001_0db8_0000 | low);
+        // Every /56 of 2001:db8::/32 on its own bit (every bit once), inside the map.
+        let mut seen = std::vec![0u64; HINT_LONG_WORDS as usize];
+        for low in 0..(1u64 << 24) {
+            let b = hint_bit_v6l(0x2001_0db8 << 24 | low);
             assert!(b < HINT_LONG_BITS);
-            assert!(seen.insert(b));
+            assert_eq!(seen[b as usize / 64] & 1 << (b % 64), 0, "{low:#x}");
+            seen[b as usize / 64] |= 1 << (b % 64);
         }
-        // A twin in another /28 (3fff::/20, documentation) does collide: the fixture uses it.
-        assert_eq!(hint_bit_v6l(0x3fff_0a77_ebce), hint_bit_v6l(0x2001_0db8_0bad));
-        assert_eq!(HINT_LONG_WORDS, 1 << 14);
+        // The /56s of a /49 form an aligned block of 128 bits.
+        let first = hint_bit_v6l(0x2001_0db8_0bad_80);
+        let block: std::collections::BTreeSet<u32> = (0..128).map(|i| hint_bit_v6l(0x2001_0db8_0bad_80 | i)).collect();
+        assert_eq!(block, (first & !127..(first & !127) + 128).collect());
+        // A twin in another /32 (3fff::/20, documentation) does collide: the fixture uses it.
+        assert_eq!(hint_bit_v6l(0x3fff_0000_f5a0_a6), hint_bit_v6l(0x2001_0db8_0bad_01));
+        assert_eq!(HINT_LONG_WORDS, 1 << 18);
     }
 
     #[test]

@@ -53,8 +53,9 @@ static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PR
 #[map]
 static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
 // IPv6 prefix bans longer than /48, apart from the rest: a clean host of a /48 that
-// holds a /56 walks this small trie, not the one holding every banned /48. Its hint has
-// one bit per folded /48 holding such a ban.
+// holds a /56 ban walks no trie (its /56's bit here is clear, its /48's in the other
+// hint too), at most this small one, never the one holding every banned /48. Its hint
+// has one bit per folded /56 that such a ban covers or lies in.
 #[map]
 static BANNET_V6L: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
@@ -97,13 +98,13 @@ fn classify(start: usize, end: usize) -> Verdict {
             let mask = words(&cfg.v6_mask);
             let key = bytes([saddr[0] & mask[0], saddr[1] & mask[1]]);
             let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
-            let first48 = u64::from_be(saddr[0]) >> 16;
+            let first64 = u64::from_be(saddr[0]);
             // The longer class first: any ban of it in force is more specific than one of
             // the other, and an expired one there leaves the other to answer.
-            if found.is_none() && cfg.flags & CONFIG_BANNET_V6L != 0 && hinted(&BANNET_HINT6L, hint_bit_v6l(first48)) {
+            if found.is_none() && cfg.flags & CONFIG_BANNET_V6L != 0 && hinted(&BANNET_HINT6L, hint_bit_v6l(first64 >> 8)) {
                 (found, miss) = net_ban(&BANNET_V6L, bytes(saddr), miss);
             }
-            if found.is_none() && cfg.flags & CONFIG_BANNET_V6 != 0 && hinted(&BANNET_HINT24, hint_bit_v6(first48)) {
+            if found.is_none() && cfg.flags & CONFIG_BANNET_V6 != 0 && hinted(&BANNET_HINT24, hint_bit_v6(first64 >> 16)) {
                 (found, miss) = net_ban(&BANNET_V6, bytes(saddr), miss);
             }
             let Some((ban, len)) = found else { return miss };

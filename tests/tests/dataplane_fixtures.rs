@@ -181,12 +181,12 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// The prefix-ban hints (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48;
-/// `BANNET_HINT6L`: one per folded /48 holding an IPv6 ban longer than /48). Each row: the
-/// bans, a source, its verdict, and which of the kernel's hint bits for it are set —
-/// which tries its packet walks. A clean source pays only when its own /24 (/48) holds or
-/// is covered by a prefix ban, or its folded /48 collides with a banned one; a /48 that
-/// holds only longer bans sends it to their small trie alone.
+/// The prefix-ban hints (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48 of
+/// bans up to /48; `BANNET_HINT6L`: one per folded /56 of IPv6 bans longer than /48). Each
+/// row: the bans, a source, its verdict, and which of the kernel's hint bits for it are
+/// set — which tries its packet walks. A clean source pays only when its own /24 (/48, or
+/// for the longer bans /56) holds or is covered by a prefix ban, or its folded network
+/// collides with a banned one.
 struct HintCase {
     name: &'static str,
     bans: &'static [Ban],
@@ -206,9 +206,9 @@ const BOTH: Walks = (true, true);
 /// 0xb80bad. The /48s of one /24 never collide, so it lies in another /24: 3fff::/20
 /// (documentation, RFC 9637), as packet bytes only — nothing is sent.
 const FOLD_TWIN: &str = "3fff:a7:f5a0::9";
-/// A /48 whose `BANNET_HINT6L` bit is 2001:db8:bad::/48's (the 20-bit fold; the /48s of
-/// one /28 never collide): 3fff:a77:ebce::/48, packet bytes only.
-const LONG_TWIN: &str = "3fff:a77:ebce::9";
+/// A /56 whose `BANNET_HINT6L` bit is 2001:db8:bad:100::/56's (the 24-bit fold; the /56s
+/// of one /32 never collide): 3fff:0:f5a0:a600::/56, packet bytes only.
+const LONG_TWIN: &str = "3fff:0:f5a0:a600::9";
 
 fn hint_cases() -> Vec<HintCase> {
     use Ban::*;
@@ -231,13 +231,15 @@ fn hint_cases() -> Vec<HintCase> {
         h("v4 /23 ban: the /24 after it, no lookup", &[Active("198.51.100.0/23")], "198.51.102.7", PassNotBanned, NO),
         h("v6 clean next to three banned /48s: no lookup", NEAR6, "2001:db8:baf::9", PassNotBanned, NO),
         h("v6 inside one of them", NEAR6, "2001:db8:bae:1::9", Drop, SHORT),
-        h("v6 clean in a /48 holding a banned /56: the long class's trie only", &[Active(NET56)], "2001:db8:bad:200::9", PassNotBanned, LONG),
-        h("v6 inside that /56", &[Active(NET56)], "2001:db8:bad:100::9", Drop, LONG),
-        h("v6 the /56 and its /48 banned: both", &[Active(NET56), Active(NET6)], "2001:db8:bad:200::9", Drop, BOTH),
-        h("v6 clean next to the /56's /48: no lookup", &[Active(NET56)], "2001:db8:bae::9", PassNotBanned, NO),
+        h("v6 clean in a /48 holding a banned /56: no lookup", &[Active(NET56)], "2001:db8:bad:200::9", PassNotBanned, NO),
+        h("v6 inside that /56: the long class's trie", &[Active(NET56)], "2001:db8:bad:100::9", Drop, LONG),
+        h("v6 inside the /56 with its /48 banned too: both tries' bits", &[Active(NET56), Active(NET6)], "2001:db8:bad:100::9", Drop, BOTH),
+        h("v6 another /56 of that banned /48: the short class's only", &[Active(NET56), Active(NET6)], "2001:db8:bad:200::9", Drop, SHORT),
+        h("v6 clean in the /56 of a banned /60: pays the small trie", &[Active("2001:db8:bad:100::/60")], "2001:db8:bad:110::9", PassNotBanned, LONG),
+        h("v6 /52 ban: its last /56", &[Active("2001:db8:bad:1000::/52")], "2001:db8:bad:1f00::9", Drop, LONG),
+        h("v6 /52 ban: the /56 after it, no lookup", &[Active("2001:db8:bad:1000::/52")], "2001:db8:bad:2000::9", PassNotBanned, NO),
         h("v6 long-class fold collision: passes, paying the small trie", &[Active(NET56)], LONG_TWIN, PassNotBanned, LONG),
         h("v6 long fold twin with the /56 lifted: no lookup", &[], LONG_TWIN, PassNotBanned, NO),
-        h("v6 /60 ban: a host inside it (the long class)", &[Active("2001:db8:bad:10::/60")], "2001:db8:bad:10::9", Drop, LONG),
         h("v6 fold collision with a banned /48: passes, paying the lookup", &[Active(NET6)], FOLD_TWIN, PassNotBanned, SHORT),
         h("v6 fold twin with the /48 ban lifted: no lookup", &[], FOLD_TWIN, PassNotBanned, NO),
         h("v6 /40 ban: a /48 inside it", &[Active("2001:db8:100::/40")], "2001:db8:1ff::9", Drop, SHORT),
@@ -254,7 +256,7 @@ fn hint_fixture_table() {
         return;
     }
     assert_eq!(blocksmtp_common::hint_bit_v6(0x3fff_00a7_f5a0), blocksmtp_common::hint_bit_v6(0x2001_0db8_0bad), "FOLD_TWIN");
-    assert_eq!(blocksmtp_common::hint_bit_v6l(0x3fff_0a77_ebce), blocksmtp_common::hint_bit_v6l(0x2001_0db8_0bad), "LONG_TWIN");
+    assert_eq!(blocksmtp_common::hint_bit_v6l(0x3fff_0000_f5a0_a6), blocksmtp_common::hint_bit_v6l(0x2001_0db8_0bad_01), "LONG_TWIN");
     let mut dp = dataplane(Cfg::Default);
     let mut failures = Vec::new();
     for case in hint_cases() {
@@ -494,12 +496,13 @@ fn long_v6_prefix_bans_have_their_own_trie() {
     let mut dp = dataplane(Cfg::Default);
     let (n48, n56): (SourceAddr, SourceAddr) = (NET6.parse().unwrap(), NET56.parse().unwrap());
     let inside = tcp6("2001:db8:bad:100::9", SMTP).build();
-    let clean: std::net::IpAddr = "2001:db8:bad:200::9".parse().unwrap();
+    let (src, clean): (std::net::IpAddr, std::net::IpAddr) = ("2001:db8:bad:100::9".parse().unwrap(), "2001:db8:bad:200::9".parse().unwrap());
     let flags = |dp: &Dataplane| (dp.config().flags & CONFIG_BANNET_V6 != 0, dp.config().flags & CONFIG_BANNET_V6L != 0);
     assert_eq!(flags(&dp), (false, false));
     dp.ban(&n56, Duration::from_secs(60), true).unwrap();
     assert_eq!(flags(&dp), (false, true), "only the long class's trie is looked at");
-    assert_eq!(dp.hint_bits_for(clean).unwrap(), (false, true));
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (false, true));
+    assert_eq!(dp.hint_bits_for(clean).unwrap(), (false, false), "another /56 of its /48: no trie");
     assert_eq!((dp.counts(), dp.prefix_counts()), ((0, 1), (0, 1)));
     let listed: Vec<String> = dp.list().unwrap().iter().map(|b| b.source.to_string()).collect();
     assert_eq!(listed, [NET56]);
@@ -511,23 +514,24 @@ fn long_v6_prefix_bans_have_their_own_trie() {
     // Its /48 banned too: both classes; the longer ban answers while in force.
     dp.ban(&n48, Duration::from_secs(60), false).unwrap();
     assert_eq!(flags(&dp), (true, true));
-    assert_eq!(dp.hint_bits_for(clean).unwrap(), (true, true));
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (true, true));
+    assert_eq!(dp.hint_bits_for(clean).unwrap(), (true, false));
     assert_eq!(dp.prefix_counts(), (0, 2));
     assert_eq!(run(&dp, Program::Xdp, &inside).1, Drop);
     assert_eq!(dp.lookup(&n56).unwrap().unwrap().dropped, 2);
     assert!(dp.unban(&n56).unwrap());
     assert_eq!(flags(&dp), (true, false));
-    assert_eq!(dp.hint_bits_for(clean).unwrap(), (true, false), "the long bit clears with its last ban");
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (true, false), "the long bit clears with its last ban");
     assert_eq!(run(&dp, Program::Xdp, &inside).1, Drop, "the /48 still holds");
     assert_eq!(dp.lookup(&n48).unwrap().unwrap().dropped, 1);
     assert!(dp.unban(&n48).unwrap());
-    assert_eq!((flags(&dp), dp.hint_bits_for(clean).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
+    assert_eq!((flags(&dp), dp.hint_bits_for(src).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
     assert_eq!(run(&dp, Program::Xdp, &inside).1, PassNotBanned);
     // Expired: swept from its trie, its bit and flag cleared.
     dp.ban(&n56, Duration::ZERO, false).unwrap();
     assert_eq!(run(&dp, Program::Xdp, &inside).1, PassExpired);
     assert_eq!(dp.sweep_expired().unwrap(), vec![n56]);
-    assert_eq!((flags(&dp), dp.hint_bits_for(clean).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
+    assert_eq!((flags(&dp), dp.hint_bits_for(src).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
     assert_eq!(dp.hint_footprint(), (0, 0));
 }
 

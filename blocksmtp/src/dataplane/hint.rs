@@ -10,7 +10,7 @@
 //! The bitmap itself is mirrored in 512-byte chunks (4,096 bits: an IPv4 /12), allocated on
 //! a chunk's first set bit and freed when it clears: a thousand scattered /24s cost at most
 //! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint is the same structure
-//! over `HINT_LONG_WORDS`, each ban one bit (`Block::v6_long`).
+//! over `HINT_LONG_WORDS`, one bit per folded /56 (`Block::v6_long`).
 use std::collections::HashMap;
 
 use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v6, hint_bit_v6l};
@@ -44,10 +44,12 @@ impl Block {
         Self { start: bit & !((1 << log2) - 1), log2 }
     }
 
-    /// The one bit of `BANNET_HINT6L` for an IPv6 prefix ban longer than /48 on `addr`: its /48's.
-    pub fn v6_long(addr: [u8; 16]) -> Self {
-        let first48 = u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]]);
-        Self { start: hint_bit_v6l(first48), log2: 0 }
+    /// The block of `BANNET_HINT6L` for the IPv6 prefix ban `addr`/`len`, longer than /48:
+    /// 2^(56 − len) bits for a /49 … /55, one bit (its /56's) for a /56 or longer.
+    pub fn v6_long(addr: [u8; 16], len: u8) -> Self {
+        let log2 = 56u8.saturating_sub(len).min(7);
+        let first56 = u64::from_be_bytes([0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6]]);
+        Self { start: hint_bit_v6l(first56) & !((1 << log2) - 1), log2 }
     }
 
     fn key(self) -> u32 {
@@ -269,23 +271,30 @@ mod tests {
     }
 
     #[test]
-    fn long_bans_are_one_bit_each() {
+    fn long_bans_set_their_56s() {
         let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
         let mut h = Hint::long();
-        // Two /56s and a /64 of one /48: one bit, kept until the last is lifted.
-        let b = Block::v6_long(a("2001:db8:bad:100::"));
-        assert_eq!(b, Block::v6_long(a("2001:db8:bad:ff00::")));
-        assert_eq!(b, Block { start: hint_bit_v6l(0x2001_0db8_0bad), log2: 0 });
+        // A /56 and a /64 in it: one bit, kept until the last is lifted.
+        let b = Block::v6_long(a("2001:db8:bad:100::"), 56);
+        assert_eq!(b, Block::v6_long(a("2001:db8:bad:1ff::"), 64));
+        assert_eq!(b, Block { start: hint_bit_v6l(0x2001_0db8_0bad_01), log2: 0 });
         assert_eq!(h.add(b).len(), 1);
-        assert!(h.add(b).is_empty() && h.add(b).is_empty());
-        assert!(h.remove(b).is_empty() && h.remove(b).is_empty());
+        assert!(h.add(b).is_empty());
+        assert!(h.remove(b).is_empty());
         assert!(h.bit(b.start));
         assert_eq!(h.remove(b), vec![(b.start / 64, 0)]);
         assert_eq!(h.footprint(), (0, 0));
-        // The neighbouring /48 has its own bit; the mirror is the long map's size.
-        let n = Block::v6_long(a("2001:db8:bae:100::"));
-        assert_ne!(n.start, b.start);
-        assert_eq!(h.chunks.len() * CHUNK, HINT_LONG_WORDS as usize);
+        // The next /56 of the same /48 has its own bit: its clean hosts walk no trie.
+        assert_ne!(Block::v6_long(a("2001:db8:bad:200::"), 56).start, b.start);
+        // A /52 is 16 bits, a /49 128 (two whole words), aligned.
+        let b52 = Block::v6_long(a("2001:db8:bad:1000::"), 52);
+        assert_eq!((b52.log2, b52.start % 16), (4, 0));
+        assert!(b52.contains(Block::v6_long(a("2001:db8:bad:1f00::"), 56)));
+        assert!(!b52.contains(Block::v6_long(a("2001:db8:bad:2000::"), 56)));
+        let w = h.add(Block::v6_long(a("2001:db8:bad:8000::"), 49));
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|(_, v)| *v == u64::MAX));
+        assert_eq!(h.chunks.len() * CHUNK, HINT_LONG_WORDS as usize, "the mirror is the long map's size");
     }
 
     #[test]

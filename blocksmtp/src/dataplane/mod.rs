@@ -193,7 +193,7 @@ fn hint_block_of(key: &BanKey) -> Option<(HintMap, hint::Block)> {
     match *key {
         BanKey::Net4(a, len) => Some((HintMap::Short, hint::Block::v4(a, len))),
         BanKey::Net6(a, len) if len <= V6_SHORT_MAX => Some((HintMap::Short, hint::Block::v6(a, len))),
-        BanKey::Net6(a, _) => Some((HintMap::Long, hint::Block::v6_long(a))),
+        BanKey::Net6(a, len) => Some((HintMap::Long, hint::Block::v6_long(a, len))),
         _ => None,
     }
 }
@@ -595,13 +595,10 @@ impl Dataplane {
         };
         match ip {
             IpAddr::V4(a) => Ok((read(&self.hint_map, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?, false)),
-            IpAddr::V6(a) => {
-                let first48 = (u128::from(a) >> 80) as u64;
-                Ok((
-                    read(&self.hint_map, blocksmtp_common::hint_bit_v6(first48))?,
-                    read(&self.hint_long_map, blocksmtp_common::hint_bit_v6l(first48))?,
-                ))
-            }
+            IpAddr::V6(a) => Ok((
+                read(&self.hint_map, blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64))?,
+                read(&self.hint_long_map, blocksmtp_common::hint_bit_v6l((u128::from(a) >> 72) as u64))?,
+            )),
         }
     }
 
@@ -641,8 +638,8 @@ impl Dataplane {
                     if let BanKey::Net6(a, len) = *key
                         && let Some(i) = self.legacy_v6.iter().position(|l| (l.0, l.1) == (a, len))
                     {
-                        self.legacy_v6.swap_remove(i);
                         self.remove_legacy_v6(a, len)?;
+                        self.legacy_v6.swap_remove(i);
                     }
                     self.sync_prefix_flags()?;
                 }
@@ -913,10 +910,12 @@ impl Dataplane {
                 Some(cur) if cur.expires_ns >= v.expires_ns => {}
                 Some(cur) => self.put(&key, BanValue { expires_ns: v.expires_ns, ..cur })?,
                 None => {
-                    // The mirror is rebuilt from the tries next: set the kernel's bit directly.
-                    let b = hint::Block::v6_long(a);
-                    let w = self.hint_long_map.get(&(b.start / 64), 0).context("reading the prefix-ban hint map")?;
-                    self.write_hint(HintMap::Long, &[(b.start / 64, w | 1 << (b.start % 64))])?;
+                    // The mirror is rebuilt from the tries next: set the kernel's bits directly.
+                    let mut words = hint::Hint::long().add(hint::Block::v6_long(a, len));
+                    for (w, v) in &mut words {
+                        *v |= self.hint_long_map.get(w, 0).context("reading the prefix-ban hint map")?;
+                    }
+                    self.write_hint(HintMap::Long, &words)?;
                     self.put(&key, v).with_context(|| format!("copying the prefix ban {}/{len} into {}", Ipv6Addr::from(a), map_names::BANNET_V6_LONG))?;
                 }
             }
@@ -937,24 +936,26 @@ impl Dataplane {
     /// `BANNET_V6` (packets the old programs dropped under one meanwhile are added to its
     /// ban's count), then their hint bits there.
     fn finish_split_v6(&mut self) -> anyhow::Result<()> {
-        let legacy = std::mem::take(&mut self.legacy_v6);
-        if legacy.is_empty() {
-            return Ok(());
-        }
-        for (a, len, dropped_then) in &legacy {
-            let k = Key::new(u32::from(*len), *a);
-            let key = BanKey::Net6(*a, *len);
-            if let Ok(old) = self.bannet_v6.get(&k, 0)
-                && old.dropped > *dropped_then
+        let n = self.legacy_v6.len();
+        // One at a time, forgotten only once gone: after an error the rest stay tracked
+        // (an unban still deletes both copies).
+        while let Some(&(a, len, dropped_then)) = self.legacy_v6.last() {
+            let key = BanKey::Net6(a, len);
+            if let Ok(old) = self.bannet_v6.get(&Key::new(u32::from(len), a), 0)
+                && len_of(&old) == len
+                && old.dropped > dropped_then
                 && let Some(mut cur) = self.get(&key)?
             {
                 cur.dropped += old.dropped - dropped_then;
                 self.put(&key, cur)?;
             }
-            self.remove_legacy_v6(*a, *len)?;
+            self.remove_legacy_v6(a, len)?;
+            self.legacy_v6.pop();
         }
-        self.sync_prefix_flags()?;
-        log::info!("{} IPv6 prefix bans longer than /{V6_SHORT_MAX} moved to {}", legacy.len(), map_names::BANNET_V6_LONG);
+        if n > 0 {
+            self.sync_prefix_flags()?;
+            log::info!("{n} IPv6 prefix bans longer than /{V6_SHORT_MAX} moved to {}", map_names::BANNET_V6_LONG);
+        }
         Ok(())
     }
 
@@ -1115,5 +1116,32 @@ impl KernelBan {
     /// The wall-clock end of the ban.
     pub fn expires_at(&self) -> SystemTime {
         clock::boottime_to_wall(self.expires_boot_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 prefix bans go to their trie and hint by length: up to /48 the short class
+    /// (`BANNET_V6`, `BANNET_HINT24`), longer ones the long class (`BANNET_V6L`, the bits
+    /// of their /56s in `BANNET_HINT6L`); IPv4 is not split.
+    #[test]
+    fn prefix_bans_route_by_length() {
+        let a: [u8; 16] = "2001:db8:bad:100::".parse::<Ipv6Addr>().unwrap().octets();
+        for (len, family, map) in [(16, 3, HintMap::Short), (48, 3, HintMap::Short), (49, 4, HintMap::Long), (56, 4, HintMap::Long), (127, 4, HintMap::Long)] {
+            let k = BanKey::Net6(a, len);
+            assert_eq!(k.family(), family, "/{len}");
+            assert_eq!(hint_block_of(&k).map(|(m, _)| m), Some(map), "/{len}");
+        }
+        let bit = blocksmtp_common::hint_bit_v6l(0x2001_0db8_0bad_01);
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 56)).unwrap().1, hint::Block { start: bit, log2: 0 });
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 64)).unwrap().1, hint::Block { start: bit, log2: 0 }, "its /56's bit");
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 49)).unwrap().1.log2, 7, "a /49 is 128 /56s");
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 48)).unwrap().1, hint::Block::v6(a, 48));
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 40)).unwrap().1.log2, 8, "a short ban is still a block");
+        assert_eq!((BanKey::Net4([192, 0, 2, 0], 24).family(), BanKey::Net4([192, 0, 2, 64], 31).family()), (2, 2));
+        assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 64], 31)).map(|(m, _)| m), Some(HintMap::Short));
+        assert!(hint_block_of(&BanKey::V6(a)).is_none() && hint_block_of(&BanKey::V4(BanKeyV4Ord([192, 0, 2, 1]))).is_none());
     }
 }
