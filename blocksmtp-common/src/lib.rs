@@ -476,11 +476,11 @@ mod tests {
             seen[b as usize / 64] |= 1 << (b % 64);
         }
         // The /56s of a /49 form an aligned block of 128 bits.
-        let first = hint_bit_v6l(0x2001_0db8_0bad_80);
-        let block: std::collections::BTreeSet<u32> = (0..128).map(|i| hint_bit_v6l(0x2001_0db8_0bad_80 | i)).collect();
+        let first = hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x80);
+        let block: std::collections::BTreeSet<u32> = (0..128).map(|i| hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x80 | i)).collect();
         assert_eq!(block, (first & !127..(first & !127) + 128).collect());
         // A twin in another /32 (3fff::/20, documentation) does collide: the fixture uses it.
-        assert_eq!(hint_bit_v6l(0x3fff_0000_f5a0_a6), hint_bit_v6l(0x2001_0db8_0bad_01));
+        assert_eq!(hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01));
         assert_eq!(HINT_LONG_WORDS, 1 << 18);
     }
 

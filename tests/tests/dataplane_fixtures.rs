@@ -256,7 +256,7 @@ fn hint_fixture_table() {
         return;
     }
     assert_eq!(blocksmtp_common::hint_bit_v6(0x3fff_00a7_f5a0), blocksmtp_common::hint_bit_v6(0x2001_0db8_0bad), "FOLD_TWIN");
-    assert_eq!(blocksmtp_common::hint_bit_v6l(0x3fff_0000_f5a0_a6), blocksmtp_common::hint_bit_v6l(0x2001_0db8_0bad_01), "LONG_TWIN");
+    assert_eq!(blocksmtp_common::hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), blocksmtp_common::hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01), "LONG_TWIN");
     let mut dp = dataplane(Cfg::Default);
     let mut failures = Vec::new();
     for case in hint_cases() {

@@ -277,7 +277,7 @@ mod tests {
         // A /56 and a /64 in it: one bit, kept until the last is lifted.
         let b = Block::v6_long(a("2001:db8:bad:100::"), 56);
         assert_eq!(b, Block::v6_long(a("2001:db8:bad:1ff::"), 64));
-        assert_eq!(b, Block { start: hint_bit_v6l(0x2001_0db8_0bad_01), log2: 0 });
+        assert_eq!(b, Block { start: hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01), log2: 0 });
         assert_eq!(h.add(b).len(), 1);
         assert!(h.add(b).is_empty());
         assert!(h.remove(b).is_empty());

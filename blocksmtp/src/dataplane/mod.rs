@@ -1134,7 +1134,7 @@ mod tests {
             assert_eq!(k.family(), family, "/{len}");
             assert_eq!(hint_block_of(&k).map(|(m, _)| m), Some(map), "/{len}");
         }
-        let bit = blocksmtp_common::hint_bit_v6l(0x2001_0db8_0bad_01);
+        let bit = blocksmtp_common::hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01);
         assert_eq!(hint_block_of(&BanKey::Net6(a, 56)).unwrap().1, hint::Block { start: bit, log2: 0 });
         assert_eq!(hint_block_of(&BanKey::Net6(a, 64)).unwrap().1, hint::Block { start: bit, log2: 0 }, "its /56's bit");
         assert_eq!(hint_block_of(&BanKey::Net6(a, 49)).unwrap().1.log2, 7, "a /49 is 128 /56s");
