@@ -3,14 +3,15 @@
 //! tries, and which kernel words change when one comes or goes.
 //!
 //! Every prefix ban sets an aligned block of hint bits: one bit for an IPv4 /24 or longer
-//! (an IPv6 /48 or longer), 2^(24 − len) bits for a wider IPv4 ban, 2^(48 − len) for an
+//! (an IPv6 /48), 2^(24 − len) bits for a wider IPv4 ban, 2^(48 − len) for an
 //! IPv6 ban of /24 to /47 (the XOR fold maps an aligned block of /48s to an aligned block
 //! of bits), every IPv6 bit for a ban wider than /24. Blocks are counted, not bits: a /8
 //! is one entry, not 65,536, so memory follows the number of bans whatever their width.
 //! The bitmap itself is mirrored in 512-byte chunks (4,096 bits: an IPv4 /12), allocated on
 //! a chunk's first set bit and freed when it clears: a thousand scattered /24s cost at most
-//! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint is the same structure
-//! over `HINT_LONG_WORDS`, one bit per folded /56 (`Block::v6_long`).
+//! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint (IPv6 /49 and longer)
+//! is the same structure over `HINT_LONG_WORDS`: one bit per folded /56, 2^(56 − len)
+//! bits for a /49 … /55 (`Block::v6_long`).
 use std::collections::HashMap;
 
 use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v6, hint_bit_v6l};
@@ -69,7 +70,7 @@ impl Block {
     }
 
     /// The words the block touches, each with the block's bits in it.
-    fn words(self) -> impl Iterator<Item = (u32, u64)> {
+    pub(super) fn words(self) -> impl Iterator<Item = (u32, u64)> {
         let (first, n) = if self.log2 >= 6 { (self.start / 64, self.len() / 64) } else { (self.start / 64, 1) };
         let mask = if self.log2 >= 6 { u64::MAX } else { ((1u64 << self.len()) - 1) << (self.start % 64) };
         (first..first + n).map(move |w| (w, mask))

@@ -911,10 +911,11 @@ impl Dataplane {
                 Some(cur) => self.put(&key, BanValue { expires_ns: v.expires_ns, ..cur })?,
                 None => {
                     // The mirror is rebuilt from the tries next: set the kernel's bits directly.
-                    let mut words = hint::Hint::long().add(hint::Block::v6_long(a, len));
-                    for (w, v) in &mut words {
-                        *v |= self.hint_long_map.get(w, 0).context("reading the prefix-ban hint map")?;
-                    }
+                    let words = hint::Block::v6_long(a, len)
+                        .words()
+                        .map(|(w, bits)| Ok((w, bits | self.hint_long_map.get(&w, 0)?)))
+                        .collect::<Result<Vec<_>, MapError>>()
+                        .context("reading the prefix-ban hint map")?;
                     self.write_hint(HintMap::Long, &words)?;
                     self.put(&key, v).with_context(|| format!("copying the prefix ban {}/{len} into {}", Ipv6Addr::from(a), map_names::BANNET_V6_LONG))?;
                 }
