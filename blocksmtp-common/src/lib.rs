@@ -52,6 +52,8 @@ pub const V6_SHORT_MAX: u8 = 48;
 pub const HINT_LONG_BITS: u32 = 1 << 24;
 /// Words of `BANNET_HINT6L`.
 pub const HINT_LONG_WORDS: u32 = HINT_LONG_BITS / 64;
+// The long hint's blocks (`2^(56 − len)` bits) assume its class starts past /48.
+const _: () = assert!(HINT_LONG_BITS.is_power_of_two() && HINT_LONG_WORDS * 64 == HINT_LONG_BITS && V6_SHORT_MAX == 48);
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -198,6 +200,23 @@ pub const CONFIG_LOG: u8 = 64;
 /// `BANNET_V6L` holds entries (IPv6 prefix bans longer than /48). Programs of earlier
 /// releases, which share the config map during an upgrade, ignore the bit.
 pub const CONFIG_BANNET_V6L: u8 = 128;
+
+// Each flag its own bit. The byte is full now: a ninth flag needs a wider field, which
+// is a layout change (LAYOUT_VERSION).
+const _: () = {
+    let all = [
+        CONFIG_MAILER_V4, CONFIG_MAILER_V6, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, CONFIG_LOG,
+        CONFIG_BANNET_V6L,
+    ];
+    let (mut or, mut sum, mut i) = (0u32, 0u32, 0);
+    while i < all.len() {
+        assert!(all[i].is_power_of_two());
+        or |= all[i] as u32;
+        sum += all[i] as u32;
+        i += 1;
+    }
+    assert!(or == sum);
+};
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]
