@@ -17,7 +17,11 @@ use bytemuck::{Pod, Zeroable};
 /// `BANNET_HINT` became the 24-bit `BANNET_HINT24` under a new name rather than a bump:
 /// the hint is derived from the tries and rebuilt at every load, so a v1 directory of
 /// the release before keeps its bans and links, gains the new map, and loses the old
-/// pin once the new programs are attached — no migration, no gap in enforcement.)
+/// pin once the new programs are attached — no migration, no gap in enforcement.
+/// IPv6 prefix bans longer than /48 moved from `BANNET_V6` to `BANNET_V6L` (with their
+/// own hint, `BANNET_HINT6L`), again beside the v1 maps: a daemon started on older pins
+/// copies them into the new trie at load, swaps its programs in, and only then deletes
+/// them from `BANNET_V6`; both programs enforce either copy meanwhile.)
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Protected TCP destination ports (the old `--mailer-port`, plus `--ports`).
@@ -36,6 +40,20 @@ pub const MAX_PREFIX_BANS: u32 = 1 << 16;
 pub const HINT_BITS: u32 = 1 << 24;
 /// Words of `BANNET_HINT24`: the IPv4 bits, then the IPv6 bits.
 pub const HINT_WORDS: u32 = 2 * HINT_BITS / 64;
+/// IPv6 prefix bans up to this length live in `BANNET_V6` (hinted in `BANNET_HINT24`),
+/// longer ones in `BANNET_V6L` (hinted in `BANNET_HINT6L`): a /56 in a /48 no longer
+/// sets the bit that sends the /48's clean hosts into a trie crowded with /48s.
+pub const V6_SHORT_MAX: u8 = 48;
+/// Bits of `BANNET_HINT6L`: one per IPv6 /56 that a ban longer than /48 covers or lies
+/// in, folded to 24 bits (`hint_bit_v6l`). Finer than the other hint, as no ban of this
+/// class fills a /48: a clean host of a /48 holding a /56 ban finds its own /56's bit
+/// clear and walks no trie. 24 bits is the least for which a /32's /56s (2^24 of them)
+/// all get bits of their own; a 2 MiB array in the kernel.
+pub const HINT_LONG_BITS: u32 = 1 << 24;
+/// Words of `BANNET_HINT6L`.
+pub const HINT_LONG_WORDS: u32 = HINT_LONG_BITS / 64;
+// The long hint's blocks (`2^(56 − len)` bits) assume its class starts past /48.
+const _: () = assert!(HINT_LONG_BITS.is_power_of_two() && HINT_LONG_WORDS * 64 == HINT_LONG_BITS && V6_SHORT_MAX == 48);
 
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
@@ -48,7 +66,11 @@ pub mod map_names {
     pub const BANNET_V4: &str = "BANNET_V4";
     pub const BANNET_V6: &str = "BANNET_V6";
     pub const BANNET_HINT: &str = "BANNET_HINT24";
-    pub const ALL: [&str; 9] = [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT];
+    /// IPv6 prefix bans longer than `V6_SHORT_MAX`, and their hint.
+    pub const BANNET_V6_LONG: &str = "BANNET_V6L";
+    pub const BANNET_HINT_LONG: &str = "BANNET_HINT6L";
+    pub const ALL: [&str; 11] =
+        [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT, BANNET_V6_LONG, BANNET_HINT_LONG];
     /// Maps of earlier releases that this one no longer uses; their pins are removed once
     /// this build's programs are attached (`BANNET_HINT`: the 16-bit hint, derived data).
     pub const RETIRED: [&str; 1] = ["BANNET_HINT"];
@@ -175,6 +197,26 @@ pub const CONFIG_BANNET_V6: u8 = 32;
 /// Rare events (a ban's first dropped packet) go to aya-log (`--debug 3`). When clear
 /// the program takes no logging path at all.
 pub const CONFIG_LOG: u8 = 64;
+/// `BANNET_V6L` holds entries (IPv6 prefix bans longer than /48). Programs of earlier
+/// releases, which share the config map during an upgrade, ignore the bit.
+pub const CONFIG_BANNET_V6L: u8 = 128;
+
+// Each flag its own bit. The byte is full now: a ninth flag needs a wider field, which
+// is a layout change (LAYOUT_VERSION).
+const _: () = {
+    let all = [
+        CONFIG_MAILER_V4, CONFIG_MAILER_V6, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, CONFIG_LOG,
+        CONFIG_BANNET_V6L,
+    ];
+    let (mut or, mut sum, mut i) = (0u32, 0u32, 0);
+    while i < all.len() {
+        assert!(all[i].is_power_of_two());
+        or |= all[i] as u32;
+        sum += all[i] as u32;
+        i += 1;
+    }
+    assert!(or == sum);
+};
 
 /// Runtime configuration, in slot 0 of the one-slot `CONFIG` array.
 #[repr(C)]
@@ -277,6 +319,17 @@ pub const fn hint_bit_v4(first24: u32) -> u32 {
 #[inline(always)]
 pub const fn hint_bit_v6(first48: u64) -> u32 {
     HINT_BITS + (((first48 >> 24) ^ first48) as u32 & (HINT_BITS - 1))
+}
+
+/// The bit of `BANNET_HINT6L` for an IPv6 source: its /56 (`first56`: the address's
+/// first 56 bits) folded to 24 bits by XOR of its 24-bit pieces. The low piece is the
+/// /56's bits below its /32, so the /56s of one /32 get distinct bits (XOR with a
+/// function of the common upper bits is a bijection): 2001:db8::/32, or any provider's
+/// /32, never collides with itself; an aligned block of /56s (a /49 … /55 ban) maps to
+/// an aligned block of bits.
+#[inline(always)]
+pub const fn hint_bit_v6l(first56: u64) -> u32 {
+    ((first56 ^ (first56 >> 24) ^ (first56 >> 48)) as u32) & (HINT_LONG_BITS - 1)
 }
 
 /// The IPv4 prefix-ban key of `addr` (packet order) at `len` (0..=32) bits.
@@ -429,6 +482,25 @@ mod tests {
         }
         assert_eq!(hint_bit_v6(0x2001_0db8_0bad), HINT_BITS + (0x20010d ^ 0xb80bad));
         assert_eq!(HINT_WORDS, 1 << 19);
+    }
+
+    #[test]
+    fn long_hint_bits() {
+        // Every /56 of 2001:db8::/32 on its own bit (every bit once), inside the map.
+        let mut seen = std::vec![0u64; HINT_LONG_WORDS as usize];
+        for low in 0..(1u64 << 24) {
+            let b = hint_bit_v6l(0x2001_0db8 << 24 | low);
+            assert!(b < HINT_LONG_BITS);
+            assert_eq!(seen[b as usize / 64] & 1 << (b % 64), 0, "{low:#x}");
+            seen[b as usize / 64] |= 1 << (b % 64);
+        }
+        // The /56s of a /49 form an aligned block of 128 bits.
+        let first = hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x80);
+        let block: std::collections::BTreeSet<u32> = (0..128).map(|i| hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x80 | i)).collect();
+        assert_eq!(block, (first & !127..(first & !127) + 128).collect());
+        // A twin in another /32 (3fff::/20, documentation) does collide: the fixture uses it.
+        assert_eq!(hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01));
+        assert_eq!(HINT_LONG_WORDS, 1 << 18);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! NICs and stacks where XDP is unavailable). Per packet, cheapest tests first:
 //! protocol, port, destination (`hdr::parse`), then one hash lookup; prefix bans only
 //! when some exist (a config bit), the address has none of its own and the source's
-//! hint bit is set — then one longest-prefix lookup in a trie; the allow-list trie only
+//! hint bit is set — then one longest-prefix lookup in a trie (IPv6: bans longer than
+//! /48 first, in their own trie with their own hint, then the rest); the allow-list trie only
 //! for a source that is actually banned. Every packet bumps exactly one per-CPU
 //! counter, indexed by its verdict. With the config's log bit set (`--debug 3`), a ban's
 //! first dropped packet is reported through aya-log; with it clear, no logging code runs.
@@ -19,9 +20,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6, CONFIG_LOG,
-    CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_WORDS, MAX_ALLOW, MAX_BANS, MAX_PREFIX_BANS, STAT_COUNT, Verdict,
-    BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
+    CONFIG_BANNET_V6L, CONFIG_LOG, CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_LONG_WORDS, HINT_WORDS, MAX_ALLOW,
+    MAX_BANS, MAX_PREFIX_BANS, STAT_COUNT, Verdict, BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6, hint_bit_v6l,
 };
 use blocksmtp_ebpf::{Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words};
 
@@ -51,6 +52,14 @@ static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PR
 // array lookup (inlined by the verifier) keeps the trie off a clean packet's path.
 #[map]
 static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+// IPv6 prefix bans longer than /48, apart from the rest: a clean host of a /48 that
+// holds a /56 ban walks no trie (its /56's bit here is clear, its /48's in the other
+// hint too), at most this small one, never the one holding every banned /48. Its hint
+// has one bit per folded /56 that such a ban covers or lies in.
+#[map]
+static BANNET_V6L: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
+#[map]
+static BANNET_HINT6L: Array<u64> = Array::with_max_entries(HINT_LONG_WORDS, 0);
 
 blocksmtp_ebpf::entry_points!(xdp: blocksmtp_xdp, tc: blocksmtp_tc, classify: classify, stats: STATS);
 
@@ -89,10 +98,13 @@ fn classify(start: usize, end: usize) -> Verdict {
             let mask = words(&cfg.v6_mask);
             let key = bytes([saddr[0] & mask[0], saddr[1] & mask[1]]);
             let (mut found, mut miss) = ban_state(BANS_V6.get_ptr_mut(BanKeyV6 { prefix: key }), cfg.v6_prefix_len);
-            if found.is_none()
-                && cfg.flags & CONFIG_BANNET_V6 != 0
-                && hinted(&BANNET_HINT24, hint_bit_v6(u64::from_be(saddr[0]) >> 16))
-            {
+            let first64 = u64::from_be(saddr[0]);
+            // The longer class first: any ban of it in force is more specific than one of
+            // the other, and an expired one there leaves the other to answer.
+            if found.is_none() && cfg.flags & CONFIG_BANNET_V6L != 0 && hinted(&BANNET_HINT6L, hint_bit_v6l(first64 >> 8)) {
+                (found, miss) = net_ban(&BANNET_V6L, bytes(saddr), miss);
+            }
+            if found.is_none() && cfg.flags & CONFIG_BANNET_V6 != 0 && hinted(&BANNET_HINT24, hint_bit_v6(first64 >> 16)) {
                 (found, miss) = net_ban(&BANNET_V6, bytes(saddr), miss);
             }
             let Some((ban, len)) = found else { return miss };
@@ -109,7 +121,7 @@ fn classify(start: usize, end: usize) -> Verdict {
 
 /// Nested prefix bans looked through when the longest one has expired (the sweep
 /// deletes expired entries within 500 ms; this covers the time until then, and a
-/// daemon that is not running).
+/// daemon that is not running). Per trie: IPv6 looks through as many in each class.
 const MAX_NESTED: usize = 4;
 
 /// The longest prefix ban in force covering a source (`N`: 4 or 16 address bytes). A

@@ -25,6 +25,8 @@ enum Ban {
 
 const NET4: &str = "192.0.2.0/24";
 const NET6: &str = "2001:db8:bad::/48";
+/// A ban longer than /48 (`BANNET_V6L`, its own hint) inside NET6's /48.
+const NET56: &str = "2001:db8:bad:100::/56";
 /// Three IPv4 lengths in use at once (/8, /16, /24), and three IPv6 (/32, /48, /56).
 const LENS4: &[Ban] = &[Ban::Active("203.0.0.0/8"), Ban::Active("192.0.0.0/16"), Ban::Active(NET4)];
 const LENS6: &[Ban] = &[Ban::Active("2001:db8::/32"), Ban::Active(NET6), Ban::Active("2001:db8:bad:100::/56")];
@@ -160,25 +162,53 @@ fn cases() -> Vec<Case> {
         c("v6 /96 ban with bans per /128 (a length past 64)", V6Host, tcp6("2001:db8::1:0:7", SMTP), &[Active("2001:db8::1:0:0/96")], none, Drop),
         c("v6 /96 ban with bans per /128: the next /96", V6Host, tcp6("2001:db8::2:0:7", SMTP), &[Active("2001:db8::1:0:0/96")], none, PassNotBanned),
         c("v6 /96 and /60 in use, bans per /128: in the /60", V6Host, tcp6("2001:db8::9", SMTP), &[Active("2001:db8::1:0:0/96"), Active("2001:db8::/60")], none, Drop),
+        // IPv6 split by length: bans longer than /48 in their own trie, looked at first.
+        c("v6 split: clean host of a /48 holding a /56 ban", Default, tcp6("2001:db8:bad:200::9", SMTP), &[Active(NET56)], none, PassNotBanned),
+        c("v6 split: host inside the /56", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Active(NET56)], none, Drop),
+        c("v6 split: host inside the /56 and its /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Active(NET56), Active(NET6)], none, Drop),
+        c("v6 split: expired /56 inside an active /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Expired(NET56), Active(NET6)], none, Drop),
+        c("v6 split: active /56 inside an expired /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Active(NET56), Expired(NET6)], none, Drop),
+        c("v6 split: expired /56 inside an expired /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Expired(NET56), Expired(NET6)], none, PassExpired),
+        c("v6 split: expired /56 alone", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Expired(NET56)], none, PassExpired),
+        c("v6 split: expired /60 and /56 inside an active /32", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Expired("2001:db8:bad:100::/60"), Expired(NET56), Active("2001:db8::/32")], none, Drop),
+        c("v6 split: four expired past /48 (each trie its own bound) inside an active /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Expired("2001:db8:bad:100::/63"), Expired("2001:db8:bad:100::/62"), Expired("2001:db8:bad:100::/60"), Expired(NET56), Active(NET6)], none, Drop),
+        c("v6 split: allow-listed host inside a banned /56", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Active(NET56)], &["2001:db8:bad:100::9/128"], PassAllowListed),
+        c("v6 split: allow-listed host inside a banned /56 and /48", Default, tcp6("2001:db8:bad:100::9", SMTP), &[Active(NET56), Active(NET6)], &["2001:db8:bad:100::9/128"], PassAllowListed),
+        c("v6 split: neighbour of an allow-listed host in a banned /56", Default, tcp6("2001:db8:bad:100::a", SMTP), &[Active(NET56)], &["2001:db8:bad:100::9/128"], Drop),
+        c("v6 split: a /60 and a /56 in use, bans per /128: in the /60", V6Host, tcp6("2001:db8:bad:5::9", SMTP), &[Active("2001:db8:bad::/60"), Active(NET56)], none, Drop),
+        c("v4 unchanged: expired /28 inside an active /24", Default, tcp4("192.0.2.70", SMTP), &[Expired("192.0.2.64/28"), Active(NET4)], none, Drop),
+        c("v4 unchanged: clean host of a /24 holding a /28", Default, tcp4("192.0.2.9", SMTP), &[Active("192.0.2.64/28")], none, PassNotBanned),
     ]
 }
 
-/// The prefix-ban hint (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48). Each
-/// row: the bans, a source, its verdict, and whether the kernel's hint bit for it is set —
-/// whether its packet pays the trie lookup. A clean source pays only when its own /24
-/// (/48) holds or is covered by a prefix ban, or its folded /48 collides with a banned one.
+/// The prefix-ban hints (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48 of
+/// bans up to /48; `BANNET_HINT6L`: one per folded /56 of IPv6 bans longer than /48). Each
+/// row: the bans, a source, its verdict, and which of the kernel's hint bits for it are
+/// set — which tries its packet walks. A clean source pays only when its own /24 (/48, or
+/// for the longer bans /56) holds or is covered by a prefix ban, or its folded network
+/// collides with a banned one.
 struct HintCase {
     name: &'static str,
     bans: &'static [Ban],
     src: &'static str,
     expect: Verdict,
-    lookup: bool,
+    lookup: Walks,
 }
+
+/// (`BANNET_HINT24`'s bit, `BANNET_HINT6L`'s bit).
+type Walks = (bool, bool);
+const NO: Walks = (false, false);
+const SHORT: Walks = (true, false);
+const LONG: Walks = (false, true);
+const BOTH: Walks = (true, true);
 
 /// A /48 whose folded hint bit is 2001:db8:bad::/48's: 0x3fff00 ^ 0xa7f5a0 = 0x20010d ^
 /// 0xb80bad. The /48s of one /24 never collide, so it lies in another /24: 3fff::/20
 /// (documentation, RFC 9637), as packet bytes only — nothing is sent.
 const FOLD_TWIN: &str = "3fff:a7:f5a0::9";
+/// A /56 whose `BANNET_HINT6L` bit is 2001:db8:bad:100::/56's (the 24-bit fold; the /56s
+/// of one /32 never collide): 3fff:0:f5a0:a600::/56, packet bytes only.
+const LONG_TWIN: &str = "3fff:0:f5a0:a600::9";
 
 fn hint_cases() -> Vec<HintCase> {
     use Ban::*;
@@ -186,28 +216,36 @@ fn hint_cases() -> Vec<HintCase> {
     const NEAR6: &[Ban] = &[Active("2001:db8:bac::/48"), Active(NET6), Active("2001:db8:bae::/48")];
     const WITH28: &[Ban] = &[Active(NET4), Active("192.0.3.16/28")];
     vec![
-        h("v4 clean in the /16 of a banned /24: no lookup", &[Active(NET4)], "192.0.3.9", PassNotBanned, false),
-        h("v4 clean in the next /24, a /28 banned in it: lookup", WITH28, "192.0.3.9", PassNotBanned, true),
-        h("v4 inside that /28", WITH28, "192.0.3.20", Drop, true),
-        h("v4 inside a banned /24", &[Active(NET4)], "192.0.2.77", Drop, true),
-        h("v4 /31 ban: the rest of its /24 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, true),
-        h("v4 expired /24: looked up, passes", &[Expired(NET4)], "192.0.2.77", PassExpired, true),
-        h("v4 /8 ban: a /24 inside it", &[Active("203.0.0.0/8")], "203.0.113.9", Drop, true),
+        h("v4 clean in the /16 of a banned /24: no lookup", &[Active(NET4)], "192.0.3.9", PassNotBanned, NO),
+        h("v4 clean in the next /24, a /28 banned in it: lookup", WITH28, "192.0.3.9", PassNotBanned, SHORT),
+        h("v4 inside that /28", WITH28, "192.0.3.20", Drop, SHORT),
+        h("v4 inside a banned /24", &[Active(NET4)], "192.0.2.77", Drop, SHORT),
+        h("v4 /31 ban: the rest of its /24 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, SHORT),
+        h("v4 expired /24: looked up, passes", &[Expired(NET4)], "192.0.2.77", PassExpired, SHORT),
+        h("v4 /8 ban: a /24 inside it", &[Active("203.0.0.0/8")], "203.0.113.9", Drop, SHORT),
         // The widest bans (a CrowdSec range may be one): every word of the family's half is
         // written, and cleared again when lifted (the next row's bit must be clear).
-        h("v4 /0 ban: every source", &[Active("0.0.0.0/0")], "198.51.100.7", Drop, true),
-        h("v4 /8 ban: a clean source outside it, no lookup", &[Active("203.0.0.0/8")], "198.51.100.7", PassNotBanned, false),
-        h("v4 /23 ban: its second /24", &[Active("198.51.100.0/23")], "198.51.101.7", Drop, true),
-        h("v4 /23 ban: the /24 after it, no lookup", &[Active("198.51.100.0/23")], "198.51.102.7", PassNotBanned, false),
-        h("v6 clean next to three banned /48s: no lookup", NEAR6, "2001:db8:baf::9", PassNotBanned, false),
-        h("v6 inside one of them", NEAR6, "2001:db8:bae:1::9", Drop, true),
-        h("v6 clean in a /48 holding a banned /56: lookup", &[Active("2001:db8:bad:100::/56")], "2001:db8:bad:200::9", PassNotBanned, true),
-        h("v6 fold collision with a banned /48: passes, paying the lookup", &[Active(NET6)], FOLD_TWIN, PassNotBanned, true),
-        h("v6 fold twin with the /48 ban lifted: no lookup", &[], FOLD_TWIN, PassNotBanned, false),
-        h("v6 /40 ban: a /48 inside it", &[Active("2001:db8:100::/40")], "2001:db8:1ff::9", Drop, true),
-        h("v6 ::/0 ban: every source", &[Active("::/0")], "2001:db8:200::9", Drop, true),
-        h("v6 /40 ban: another /40 of the /32, no lookup", &[Active("2001:db8:100::/40")], "2001:db8:200::9", PassNotBanned, false),
-        h("v6 /16 ban (wider than /24: every IPv6 bit): a clean source outside pays", &[Active("2001::/16")], "3fff::9", PassNotBanned, true),
+        h("v4 /0 ban: every source", &[Active("0.0.0.0/0")], "198.51.100.7", Drop, SHORT),
+        h("v4 /8 ban: a clean source outside it, no lookup", &[Active("203.0.0.0/8")], "198.51.100.7", PassNotBanned, NO),
+        h("v4 /23 ban: its second /24", &[Active("198.51.100.0/23")], "198.51.101.7", Drop, SHORT),
+        h("v4 /23 ban: the /24 after it, no lookup", &[Active("198.51.100.0/23")], "198.51.102.7", PassNotBanned, NO),
+        h("v6 clean next to three banned /48s: no lookup", NEAR6, "2001:db8:baf::9", PassNotBanned, NO),
+        h("v6 inside one of them", NEAR6, "2001:db8:bae:1::9", Drop, SHORT),
+        h("v6 clean in a /48 holding a banned /56: no lookup", &[Active(NET56)], "2001:db8:bad:200::9", PassNotBanned, NO),
+        h("v6 inside that /56: the long class's trie", &[Active(NET56)], "2001:db8:bad:100::9", Drop, LONG),
+        h("v6 inside the /56 with its /48 banned too: both tries' bits", &[Active(NET56), Active(NET6)], "2001:db8:bad:100::9", Drop, BOTH),
+        h("v6 another /56 of that banned /48: the short class's only", &[Active(NET56), Active(NET6)], "2001:db8:bad:200::9", Drop, SHORT),
+        h("v6 clean in the /56 of a banned /60: pays the small trie", &[Active("2001:db8:bad:100::/60")], "2001:db8:bad:110::9", PassNotBanned, LONG),
+        h("v6 /52 ban: its last /56", &[Active("2001:db8:bad:1000::/52")], "2001:db8:bad:1f00::9", Drop, LONG),
+        h("v6 /52 ban: the /56 after it, no lookup", &[Active("2001:db8:bad:1000::/52")], "2001:db8:bad:2000::9", PassNotBanned, NO),
+        h("v6 long-class fold collision: passes, paying the small trie", &[Active(NET56)], LONG_TWIN, PassNotBanned, LONG),
+        h("v6 long fold twin with the /56 lifted: no lookup", &[], LONG_TWIN, PassNotBanned, NO),
+        h("v6 fold collision with a banned /48: passes, paying the lookup", &[Active(NET6)], FOLD_TWIN, PassNotBanned, SHORT),
+        h("v6 fold twin with the /48 ban lifted: no lookup", &[], FOLD_TWIN, PassNotBanned, NO),
+        h("v6 /40 ban: a /48 inside it", &[Active("2001:db8:100::/40")], "2001:db8:1ff::9", Drop, SHORT),
+        h("v6 ::/0 ban: every source", &[Active("::/0")], "2001:db8:200::9", Drop, SHORT),
+        h("v6 /40 ban: another /40 of the /32, no lookup", &[Active("2001:db8:100::/40")], "2001:db8:200::9", PassNotBanned, NO),
+        h("v6 /16 ban (wider than /24: every IPv6 bit): a clean source outside pays", &[Active("2001::/16")], "3fff::9", PassNotBanned, SHORT),
     ]
 }
 
@@ -218,12 +256,13 @@ fn hint_fixture_table() {
         return;
     }
     assert_eq!(blocksmtp_common::hint_bit_v6(0x3fff_00a7_f5a0), blocksmtp_common::hint_bit_v6(0x2001_0db8_0bad), "FOLD_TWIN");
+    assert_eq!(blocksmtp_common::hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), blocksmtp_common::hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01), "LONG_TWIN");
     let mut dp = dataplane(Cfg::Default);
     let mut failures = Vec::new();
     for case in hint_cases() {
         set_state(&mut dp, case.bans, &[]);
         let ip: std::net::IpAddr = case.src.parse().unwrap();
-        let lookup = dp.hint_set_for(ip).unwrap();
+        let lookup = dp.hint_bits_for(ip).unwrap();
         let pkt = match ip {
             std::net::IpAddr::V4(_) => tcp4(case.src, SMTP),
             std::net::IpAddr::V6(_) => tcp6(case.src, SMTP),
@@ -236,7 +275,7 @@ fn hint_fixture_table() {
             }
         }
         if lookup != case.lookup {
-            failures.push(format!("{}: hint bit of {} is {}, expected {}", case.name, case.src, if lookup { "set" } else { "clear" }, if case.lookup { "set" } else { "clear" }));
+            failures.push(format!("{}: hint bits (short, long) of {} are {lookup:?}, expected {:?}", case.name, case.src, case.lookup));
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
@@ -442,6 +481,58 @@ fn ban_lookup_unban_roundtrip() {
     assert!(!dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the last ban of the /24 lifted: its bit too");
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, PassNotBanned);
     assert!(dp.list().unwrap().is_empty());
+}
+
+/// IPv6 prefix bans longer than /48 live in their own trie (`BANNET_V6L`): routed there
+/// by length, listed, looked up, counted, swept and lifted like the others; each class's
+/// hint bit and config bit set and cleared on its own.
+#[test]
+fn long_v6_prefix_bans_have_their_own_trie() {
+    use blocksmtp_common::{CONFIG_BANNET_V6, CONFIG_BANNET_V6L};
+    if !is_root() {
+        eprintln!("SKIP long_v6_prefix_bans_have_their_own_trie: needs root (BPF)");
+        return;
+    }
+    let mut dp = dataplane(Cfg::Default);
+    let (n48, n56): (SourceAddr, SourceAddr) = (NET6.parse().unwrap(), NET56.parse().unwrap());
+    let inside = tcp6("2001:db8:bad:100::9", SMTP).build();
+    let (src, clean): (std::net::IpAddr, std::net::IpAddr) = ("2001:db8:bad:100::9".parse().unwrap(), "2001:db8:bad:200::9".parse().unwrap());
+    let flags = |dp: &Dataplane| (dp.config().flags & CONFIG_BANNET_V6 != 0, dp.config().flags & CONFIG_BANNET_V6L != 0);
+    assert_eq!(flags(&dp), (false, false));
+    dp.ban(&n56, Duration::from_secs(60), true).unwrap();
+    assert_eq!(flags(&dp), (false, true), "only the long class's trie is looked at");
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (false, true));
+    assert_eq!(dp.hint_bits_for(clean).unwrap(), (false, false), "another /56 of its /48: no trie");
+    assert_eq!((dp.counts(), dp.prefix_counts()), ((0, 1), (0, 1)));
+    let listed: Vec<String> = dp.list().unwrap().iter().map(|b| b.source.to_string()).collect();
+    assert_eq!(listed, [NET56]);
+    assert!(dp.lookup(&n56).unwrap().unwrap().manual);
+    assert!(dp.lookup(&n48).unwrap().is_none(), "the /48 holding it has no ban of its own");
+    assert!(!dp.unban(&n48).unwrap());
+    assert_eq!(run(&dp, Program::Xdp, &inside).1, Drop);
+    assert_eq!(dp.lookup(&n56).unwrap().unwrap().dropped, 1, "charged to the /56");
+    // Its /48 banned too: both classes; the longer ban answers while in force.
+    dp.ban(&n48, Duration::from_secs(60), false).unwrap();
+    assert_eq!(flags(&dp), (true, true));
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (true, true));
+    assert_eq!(dp.hint_bits_for(clean).unwrap(), (true, false));
+    assert_eq!(dp.prefix_counts(), (0, 2));
+    assert_eq!(run(&dp, Program::Xdp, &inside).1, Drop);
+    assert_eq!(dp.lookup(&n56).unwrap().unwrap().dropped, 2);
+    assert!(dp.unban(&n56).unwrap());
+    assert_eq!(flags(&dp), (true, false));
+    assert_eq!(dp.hint_bits_for(src).unwrap(), (true, false), "the long bit clears with its last ban");
+    assert_eq!(run(&dp, Program::Xdp, &inside).1, Drop, "the /48 still holds");
+    assert_eq!(dp.lookup(&n48).unwrap().unwrap().dropped, 1);
+    assert!(dp.unban(&n48).unwrap());
+    assert_eq!((flags(&dp), dp.hint_bits_for(src).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
+    assert_eq!(run(&dp, Program::Xdp, &inside).1, PassNotBanned);
+    // Expired: swept from its trie, its bit and flag cleared.
+    dp.ban(&n56, Duration::ZERO, false).unwrap();
+    assert_eq!(run(&dp, Program::Xdp, &inside).1, PassExpired);
+    assert_eq!(dp.sweep_expired().unwrap(), vec![n56]);
+    assert_eq!((flags(&dp), dp.hint_bits_for(src).unwrap(), dp.prefix_counts()), ((false, false), (false, false), (0, 0)));
+    assert_eq!(dp.hint_footprint(), (0, 0));
 }
 
 #[test]

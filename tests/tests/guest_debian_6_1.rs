@@ -35,6 +35,7 @@ const CHECKS: &[&str] = &[
     "xdp-generic/reattach",
     "tc/reattach",
     "auto/start",
+    "xdp-native/prefix-v6-split",
     "xdp-native/sigterm-during-load",
     "tc/sigterm-during-load",
     "tc/keep-bans-restart",

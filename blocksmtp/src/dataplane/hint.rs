@@ -1,17 +1,20 @@
-//! The prefix-ban hint (`BANNET_HINT24`) as user space keeps it: which bits must be set
-//! for the prefix bans in the tries, and which kernel words change when one comes or goes.
+//! The prefix-ban hints (`BANNET_HINT24`, and `BANNET_HINT6L` for IPv6 bans longer than
+//! /48) as user space keeps them: which bits must be set for the prefix bans in the
+//! tries, and which kernel words change when one comes or goes.
 //!
 //! Every prefix ban sets an aligned block of hint bits: one bit for an IPv4 /24 or longer
-//! (an IPv6 /48 or longer), 2^(24 − len) bits for a wider IPv4 ban, 2^(48 − len) for an
+//! (an IPv6 /48), 2^(24 − len) bits for a wider IPv4 ban, 2^(48 − len) for an
 //! IPv6 ban of /24 to /47 (the XOR fold maps an aligned block of /48s to an aligned block
 //! of bits), every IPv6 bit for a ban wider than /24. Blocks are counted, not bits: a /8
 //! is one entry, not 65,536, so memory follows the number of bans whatever their width.
 //! The bitmap itself is mirrored in 512-byte chunks (4,096 bits: an IPv4 /12), allocated on
 //! a chunk's first set bit and freed when it clears: a thousand scattered /24s cost at most
-//! 500 KiB, an IPv4 /0 2 MiB while it lasts.
+//! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint (IPv6 /49 and longer)
+//! is the same structure over `HINT_LONG_WORDS`: one bit per folded /56, 2^(56 − len)
+//! bits for a /49 … /55 (`Block::v6_long`).
 use std::collections::HashMap;
 
-use blocksmtp_common::{HINT_BITS, HINT_WORDS, hint_bit_v4, hint_bit_v6};
+use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v6, hint_bit_v6l};
 
 /// Words per mirror chunk (512 bytes).
 const CHUNK: usize = 64;
@@ -42,6 +45,14 @@ impl Block {
         Self { start: bit & !((1 << log2) - 1), log2 }
     }
 
+    /// The block of `BANNET_HINT6L` for the IPv6 prefix ban `addr`/`len`, longer than /48:
+    /// 2^(56 − len) bits for a /49 … /55, one bit (its /56's) for a /56 or longer.
+    pub fn v6_long(addr: [u8; 16], len: u8) -> Self {
+        let log2 = 56u8.saturating_sub(len).min(7);
+        let first56 = u64::from_be_bytes([0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6]]);
+        Self { start: hint_bit_v6l(first56) & !((1 << log2) - 1), log2 }
+    }
+
     fn key(self) -> u32 {
         self.start | u32::from(self.log2) << 25
     }
@@ -59,7 +70,7 @@ impl Block {
     }
 
     /// The words the block touches, each with the block's bits in it.
-    fn words(self) -> impl Iterator<Item = (u32, u64)> {
+    pub(super) fn words(self) -> impl Iterator<Item = (u32, u64)> {
         let (first, n) = if self.log2 >= 6 { (self.start / 64, self.len() / 64) } else { (self.start / 64, 1) };
         let mask = if self.log2 >= 6 { u64::MAX } else { ((1u64 << self.len()) - 1) << (self.start % 64) };
         (first..first + n).map(move |w| (w, mask))
@@ -74,12 +85,22 @@ pub struct Hint {
 }
 
 impl Default for Hint {
+    /// `BANNET_HINT24`'s.
     fn default() -> Self {
-        Self { counts: HashMap::default(), chunks: (0..HINT_WORDS as usize / CHUNK).map(|_| None).collect() }
+        Self::with_words(HINT_WORDS)
     }
 }
 
 impl Hint {
+    /// `BANNET_HINT6L`'s.
+    pub fn long() -> Self {
+        Self::with_words(HINT_LONG_WORDS)
+    }
+
+    fn with_words(words: u32) -> Self {
+        Self { counts: HashMap::default(), chunks: (0..words as usize / CHUNK).map(|_| None).collect() }
+    }
+
     /// The mirror's word `w` (what the kernel holds once changes are written).
     pub fn word(&self, w: u32) -> u64 {
         self.chunks[w as usize / CHUNK].as_ref().map_or(0, |c| c[w as usize % CHUNK])
@@ -214,6 +235,7 @@ impl Hint {
 }
 
 const _: () = assert!((HINT_WORDS as usize).is_multiple_of(CHUNK) && HINT_BITS.is_power_of_two());
+const _: () = assert!((HINT_LONG_WORDS as usize).is_multiple_of(CHUNK));
 
 #[cfg(test)]
 mod tests {
@@ -247,6 +269,33 @@ mod tests {
             assert!(seen.insert(one.start));
         }
         assert_eq!(Block::v6(a32, 16), Block { start: HINT_BITS, log2: 24 });
+    }
+
+    #[test]
+    fn long_bans_set_their_56s() {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut h = Hint::long();
+        // A /56 and a /64 in it: one bit, kept until the last is lifted.
+        let b = Block::v6_long(a("2001:db8:bad:100::"), 56);
+        assert_eq!(b, Block::v6_long(a("2001:db8:bad:1ff::"), 64));
+        assert_eq!(b, Block { start: hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01), log2: 0 });
+        assert_eq!(h.add(b).len(), 1);
+        assert!(h.add(b).is_empty());
+        assert!(h.remove(b).is_empty());
+        assert!(h.bit(b.start));
+        assert_eq!(h.remove(b), vec![(b.start / 64, 0)]);
+        assert_eq!(h.footprint(), (0, 0));
+        // The next /56 of the same /48 has its own bit: its clean hosts walk no trie.
+        assert_ne!(Block::v6_long(a("2001:db8:bad:200::"), 56).start, b.start);
+        // A /52 is 16 bits, a /49 128 (two whole words), aligned.
+        let b52 = Block::v6_long(a("2001:db8:bad:1000::"), 52);
+        assert_eq!((b52.log2, b52.start % 16), (4, 0));
+        assert!(b52.contains(Block::v6_long(a("2001:db8:bad:1f00::"), 56)));
+        assert!(!b52.contains(Block::v6_long(a("2001:db8:bad:2000::"), 56)));
+        let w = h.add(Block::v6_long(a("2001:db8:bad:8000::"), 49));
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|(_, v)| *v == u64::MAX));
+        assert_eq!(h.chunks.len() * CHUNK, HINT_LONG_WORDS as usize, "the mirror is the long map's size");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!
 //! Prefix bans (an IPv4 network shorter than /32, an IPv6 network shorter than
 //! `--v6-prefix`) live in the `BANNET_V4` / `BANNET_V6` LPM tries beside the address
-//! maps; the program looks there only while a config bit says a trie holds entries, and
-//! only for an address without a ban of its own.
+//! maps, IPv6 ones longer than /48 in `BANNET_V6L` (each class with its own hint); the
+//! program looks there only while a config bit says a trie holds entries, and only for
+//! an address without a ban of its own.
 //!
 //! Full maps: each ban map holds `MAX_BANS` (1,048,576) entries. When one is full a new
 //! ban first triggers a sweep of expired entries; if the map is still full the ban is
@@ -30,7 +31,8 @@ use aya::{
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, Verdict, map_names, program_names, v6_key,
+    CONFIG_BANNET_V6L, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, V6_SHORT_MAX, Verdict, map_names, program_names,
+    v6_key,
 };
 use ipnet::IpNet;
 
@@ -151,21 +153,31 @@ pub struct KernelBan {
 enum BanKey {
     V4(BanKeyV4Ord),
     V6([u8; 16]),
-    /// A prefix ban: network and length, in `BANNET_V4` / `BANNET_V6`.
+    /// A prefix ban: network and length, in `BANNET_V4` / `BANNET_V6` (`BANNET_V6L` past /48).
     Net4([u8; 4], u8),
     Net6([u8; 16], u8),
 }
 
 impl BanKey {
-    /// Index into `Dataplane::entries`.
+    /// Index into `Dataplane::entries`: one per map (2 and up: prefix bans).
     const fn family(&self) -> usize {
         match self {
             BanKey::V4(_) => 0,
             BanKey::V6(_) => 1,
             BanKey::Net4(..) => 2,
-            BanKey::Net6(..) => 3,
+            BanKey::Net6(_, len) if *len <= V6_SHORT_MAX => 3,
+            BanKey::Net6(..) => 4,
         }
     }
+}
+
+/// Which hint map a prefix ban's bits are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HintMap {
+    /// `BANNET_HINT24`: IPv4, and IPv6 up to /48.
+    Short,
+    /// `BANNET_HINT6L`: IPv6 longer than /48.
+    Long,
 }
 
 /// The hint bits a prefix ban on `net` sets (see `hint`); for the benchmark's other design too.
@@ -176,11 +188,12 @@ pub fn hint_block(net: &IpNet) -> hint::Block {
     }
 }
 
-/// The hint bits a prefix ban sets; none for an address ban.
-fn hint_block_of(key: &BanKey) -> Option<hint::Block> {
+/// The hint bits a prefix ban sets, and in which map; none for an address ban.
+fn hint_block_of(key: &BanKey) -> Option<(HintMap, hint::Block)> {
     match *key {
-        BanKey::Net4(a, len) => Some(hint::Block::v4(a, len)),
-        BanKey::Net6(a, len) => Some(hint::Block::v6(a, len)),
+        BanKey::Net4(a, len) => Some((HintMap::Short, hint::Block::v4(a, len))),
+        BanKey::Net6(a, len) if len <= V6_SHORT_MAX => Some((HintMap::Short, hint::Block::v6(a, len))),
+        BanKey::Net6(a, len) => Some((HintMap::Long, hint::Block::v6_long(a, len))),
         _ => None,
     }
 }
@@ -203,9 +216,19 @@ pub struct Dataplane {
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     bannet_v4: LpmTrie<MapData, [u8; 4], BanValue>,
     bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
+    /// IPv6 prefix bans longer than /48 (`BANNET_V6L`).
+    bannet_v6l: LpmTrie<MapData, [u8; 16], BanValue>,
     hint_map: Array<MapData, u64>,
     /// Prefix bans per block of hint bits, and the bitmap as written to `BANNET_HINT24`.
     hint: hint::Hint,
+    hint_long_map: Array<MapData, u64>,
+    /// The same for `BANNET_HINT6L`.
+    hint_long: hint::Hint,
+    /// IPv6 prefix bans longer than /48 that pins of a build before the split hold in
+    /// `BANNET_V6`, with their drop counts when found: copied into `BANNET_V6L` at load,
+    /// deleted from `BANNET_V6` once this build's programs run on every link (`attach`).
+    /// Until then they count as `BANNET_V6` entries (its config bit, its hint bits).
+    legacy_v6: Vec<([u8; 16], u8, u64)>,
     stats: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     /// (expiry, key) for every ban set or found, one heap per family so an IPv4 entry
@@ -217,9 +240,9 @@ pub struct Dataplane {
     pins: Option<PinDir>,
     /// Every interface asked for, attached or not (see `reconcile`).
     ifaces: Vec<reconcile::Attachment>,
-    /// Entries in BANS_V4 / BANS_V6 / BANNET_V4 / BANNET_V6 (expired ones until swept),
-    /// kept as they change so counting costs nothing at a million bans.
-    entries: [usize; 4],
+    /// Entries in BANS_V4 / BANS_V6 / BANNET_V4 / BANNET_V6 / BANNET_V6L (expired ones
+    /// until swept), kept as they change so counting costs nothing at a million bans.
+    entries: [usize; 5],
     /// Pinned maps were found and reused at load.
     pub restored: bool,
     /// The task forwarding the programs' aya-log records into our log.
@@ -319,9 +342,15 @@ impl Dataplane {
             let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
             T::try_from(map).with_context(|| format!("map {name}"))
         }
-        let config = cfg.to_kernel()?;
+        let mut config = cfg.to_kernel()?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, map_names::CONFIG)?;
         let previous = config_map.get(&0, 0).ok().filter(|c| c.v6_prefix_len != 0);
+        // Until the maps are read, keep the pinned config's word on which of them hold
+        // entries: the programs still attached (an earlier run's) read this config too,
+        // and a bit cleared meanwhile would have them skip a trie that holds bans.
+        if let Some(prev) = previous {
+            config.flags |= prev.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L);
+        }
         let mut dp = Self {
             bans_v4: take(&mut ebpf, map_names::BANS_V4)?,
             bans_v6: take(&mut ebpf, map_names::BANS_V6)?,
@@ -329,8 +358,12 @@ impl Dataplane {
             allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
             bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
             bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
+            bannet_v6l: take(&mut ebpf, map_names::BANNET_V6_LONG)?,
             hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
             hint: hint::Hint::default(),
+            hint_long_map: take(&mut ebpf, map_names::BANNET_HINT_LONG)?,
+            hint_long: hint::Hint::long(),
+            legacy_v6: Vec::new(),
             stats: take(&mut ebpf, map_names::STATS)?,
             config_map: {
                 config_map.set(0, config, 0).context("writing the config map")?;
@@ -343,7 +376,7 @@ impl Dataplane {
             expiry_net: BinaryHeap::new(),
             pins,
             ifaces: Vec::new(),
-            entries: [0; 4],
+            entries: [0; 5],
             restored,
             log_task: None,
         };
@@ -354,6 +387,7 @@ impl Dataplane {
         {
             dp.rekey_v6(prev.v6_prefix_len)?;
         }
+        dp.split_legacy_v6()?;
         dp.rebuild_expiry_index()?;
         Ok(dp)
     }
@@ -365,7 +399,7 @@ impl Dataplane {
     /// Apply a new configuration (SIGHUP); IPv6 bans are re-keyed if the prefix changed.
     pub fn reconfigure(&mut self, cfg: &DataplaneConfig) -> anyhow::Result<()> {
         let mut new = cfg.to_kernel()?;
-        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6);
+        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L);
         let old_len = self.config.v6_prefix_len;
         self.config_map.set(0, new, 0).context("writing the config map")?;
         self.config = new;
@@ -397,7 +431,9 @@ impl Dataplane {
                 }
             }
         }
-        // The links now run this build's programs: maps only an earlier release used go.
+        // The links now run this build's programs: what only an earlier release's programs
+        // read goes (the long IPv6 prefix bans' copies in BANNET_V6, retired maps).
+        self.finish_split_v6()?;
         if let Some(pins) = &self.pins {
             for name in pins.remove_retired()? {
                 log::info!("unpinned {name}, a map of an earlier release (its data is rebuilt in this one's maps)");
@@ -464,7 +500,7 @@ impl Dataplane {
             BanKey::Net4(a, len) => self.bannet_v4.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
                 if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
             }),
-            BanKey::Net6(a, len) => self.bannet_v6.get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
+            BanKey::Net6(a, len) => self.trie6(*len).get(&Key::new(u32::from(*len), *a), 0).and_then(|v| {
                 if len_of(&v) == *len { Ok(v) } else { Err(MapError::KeyNotFound) }
             }),
         };
@@ -486,61 +522,98 @@ impl Dataplane {
             }
             BanKey::Net6(a, len) => {
                 value.flags = (value.flags & 0xff) | (u32::from(*len) << BAN_FLAG_LEN_SHIFT);
-                self.bannet_v6.insert(&Key::new(u32::from(*len), *a), value, 0)
+                self.trie6_mut(*len).insert(&Key::new(u32::from(*len), *a), value, 0)
             }
         }
+    }
+
+    /// The trie of an IPv6 prefix ban of length `len`.
+    fn trie6(&self, len: u8) -> &LpmTrie<MapData, [u8; 16], BanValue> {
+        if len <= V6_SHORT_MAX { &self.bannet_v6 } else { &self.bannet_v6l }
+    }
+
+    fn trie6_mut(&mut self, len: u8) -> &mut LpmTrie<MapData, [u8; 16], BanValue> {
+        if len <= V6_SHORT_MAX { &mut self.bannet_v6 } else { &mut self.bannet_v6l }
     }
 
     /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
     fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
-        let Some(block) = hint_block_of(key) else { return Ok(()) };
-        let changed = if add { self.hint.add(block) } else { self.hint.remove(block) };
-        self.write_hint(&changed)
+        let Some((map, block)) = hint_block_of(key) else { return Ok(()) };
+        self.hint_block(map, block, add)
+    }
+
+    fn hint_block(&mut self, map: HintMap, block: hint::Block, add: bool) -> anyhow::Result<()> {
+        let mirror = match map {
+            HintMap::Short => &mut self.hint,
+            HintMap::Long => &mut self.hint_long,
+        };
+        let changed = if add { mirror.add(block) } else { mirror.remove(block) };
+        self.write_hint(map, &changed)
     }
 
     /// Write hint words: each once, in batches when there are many (a /8 is 1,024 words).
-    fn write_hint(&mut self, words: &[(u32, u64)]) -> anyhow::Result<()> {
+    fn write_hint(&mut self, map: HintMap, words: &[(u32, u64)]) -> anyhow::Result<()> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
+        let (hint_map, name) = match map {
+            HintMap::Short => (&mut self.hint_map, map_names::BANNET_HINT),
+            HintMap::Long => (&mut self.hint_long_map, map_names::BANNET_HINT_LONG),
+        };
         if words.len() > 4 {
             let (keys, values): (Vec<u32>, Vec<u64>) = words.iter().copied().unzip();
-            let fd = aya::maps::IterableMap::map(&self.hint_map).fd().as_fd().as_raw_fd();
+            let fd = aya::maps::IterableMap::map(&*hint_map).fd().as_fd().as_raw_fd();
             match batch::update(fd, &keys, &values) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(anyhow::Error::new(e).context("writing the prefix-ban hint map (BPF_MAP_UPDATE_BATCH)")),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("writing the prefix-ban hint map {name} (BPF_MAP_UPDATE_BATCH)"))),
             }
         }
         for (w, v) in words {
-            self.hint_map.set(*w, *v, 0).context("writing the prefix-ban hint map")?;
+            hint_map.set(*w, *v, 0).with_context(|| format!("writing the prefix-ban hint map {name}"))?;
         }
         Ok(())
     }
 
-    /// The hint's user-side memory: blocks counted, bytes of bitmap chunks in use.
+    /// The hints' user-side memory (both maps): blocks counted, bytes of bitmap chunks in use.
     pub fn hint_footprint(&self) -> (usize, usize) {
-        self.hint.footprint()
+        let (a, b) = (self.hint.footprint(), self.hint_long.footprint());
+        (a.0 + b.0, a.1 + b.1)
     }
 
-    /// Whether the kernel's hint bit for `ip` is set: a clean packet from `ip` pays the
+    /// Whether a kernel hint bit for `ip` is set: a clean packet from `ip` pays a
     /// prefix-ban trie lookup (tests and benchmarks; the kernel map is the truth).
     pub fn hint_set_for(&self, ip: IpAddr) -> anyhow::Result<bool> {
-        let bit = match ip {
-            IpAddr::V4(a) => blocksmtp_common::hint_bit_v4(u32::from(a) >> 8),
-            IpAddr::V6(a) => blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64),
+        let (short, long) = self.hint_bits_for(ip)?;
+        Ok(short || long)
+    }
+
+    /// The kernel's hint bits for `ip`: `BANNET_HINT24`'s (a walk of `BANNET_V4` or
+    /// `BANNET_V6`), and for IPv6 `BANNET_HINT6L`'s (a walk of `BANNET_V6L`).
+    pub fn hint_bits_for(&self, ip: IpAddr) -> anyhow::Result<(bool, bool)> {
+        let read = |map: &Array<MapData, u64>, bit: u32| -> anyhow::Result<bool> {
+            let w = map.get(&(bit / 64), 0).context("reading a prefix-ban hint map")?;
+            Ok(w & 1 << (bit % 64) != 0)
         };
-        let w = self.hint_map.get(&(bit / 64), 0).context("reading the prefix-ban hint map")?;
-        Ok(w & 1 << (bit % 64) != 0)
+        match ip {
+            IpAddr::V4(a) => Ok((read(&self.hint_map, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?, false)),
+            IpAddr::V6(a) => Ok((
+                read(&self.hint_map, blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64))?,
+                read(&self.hint_long_map, blocksmtp_common::hint_bit_v6l((u128::from(a) >> 72) as u64))?,
+            )),
+        }
     }
 
     /// Tell the program whether a prefix-ban trie is worth a lookup.
     fn sync_prefix_flags(&mut self) -> anyhow::Result<()> {
         let mut cfg = self.config;
-        cfg.flags &= !(CONFIG_BANNET_V4 | CONFIG_BANNET_V6);
+        cfg.flags &= !(CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L);
         if self.entries[2] > 0 {
             cfg.flags |= CONFIG_BANNET_V4;
         }
         if self.entries[3] > 0 {
             cfg.flags |= CONFIG_BANNET_V6;
+        }
+        if self.entries[4] > 0 {
+            cfg.flags |= CONFIG_BANNET_V6L;
         }
         if cfg != self.config {
             self.config_map.set(0, cfg, 0).context("writing the config map")?;
@@ -554,13 +627,20 @@ impl Dataplane {
             BanKey::V4(k) => self.bans_v4.remove(&BanKeyV4 { addr: k.0 }),
             BanKey::V6(p) => self.bans_v6.remove(&BanKeyV6 { prefix: *p }),
             BanKey::Net4(a, len) => self.bannet_v4.remove(&Key::new(u32::from(*len), *a)),
-            BanKey::Net6(a, len) => self.bannet_v6.remove(&Key::new(u32::from(*len), *a)),
+            BanKey::Net6(a, len) => self.trie6_mut(*len).remove(&Key::new(u32::from(*len), *a)),
         };
         match r {
             Ok(()) => {
                 self.entries[key.family()] = self.entries[key.family()].saturating_sub(1);
                 if key.family() >= 2 {
                     self.hint(key, false)?;
+                    // Lifted during an upgrade: the copy the old programs read goes too.
+                    if let BanKey::Net6(a, len) = *key
+                        && let Some(i) = self.legacy_v6.iter().position(|l| (l.0, l.1) == (a, len))
+                    {
+                        self.remove_legacy_v6(a, len)?;
+                        self.legacy_v6.swap_remove(i);
+                    }
                     self.sync_prefix_flags()?;
                 }
                 Ok(true)
@@ -609,7 +689,8 @@ impl Dataplane {
                         BanKey::V4(_) => (map_names::BANS_V4, blocksmtp_common::MAX_BANS),
                         BanKey::V6(_) => (map_names::BANS_V6, blocksmtp_common::MAX_BANS),
                         BanKey::Net4(..) => (map_names::BANNET_V4, blocksmtp_common::MAX_PREFIX_BANS),
-                        BanKey::Net6(..) => (map_names::BANNET_V6, blocksmtp_common::MAX_PREFIX_BANS),
+                        BanKey::Net6(_, len) if len <= V6_SHORT_MAX => (map_names::BANNET_V6, blocksmtp_common::MAX_PREFIX_BANS),
+                        BanKey::Net6(..) => (map_names::BANNET_V6_LONG, blocksmtp_common::MAX_PREFIX_BANS),
                     };
                     anyhow!("ban map {map} is full ({cap} entries, {swept} expired swept): ban of {source} refused")
                 })?;
@@ -670,9 +751,14 @@ impl Dataplane {
                 out.push((key, v));
             }
         }
-        for k in self.bannet_v6.keys() {
+        // Past /48 only BANNET_V6L's entries count: one in BANNET_V6 is the copy of an
+        // upgrade in progress (`legacy_v6`); `get` reads each length's own trie.
+        for (k, long) in self.bannet_v6.keys().map(|k| (k, false)).chain(self.bannet_v6l.keys().map(|k| (k, true))) {
             let k = k?;
             let key = BanKey::Net6(k.data(), k.prefix_len() as u8);
+            if !long && k.prefix_len() > u32::from(V6_SHORT_MAX) {
+                continue;
+            }
             if let Some(v) = self.get(&key)? {
                 out.push((key, v));
             }
@@ -728,12 +814,13 @@ impl Dataplane {
 
     /// Number of bans of each family, prefix bans included (expired ones until swept).
     pub fn counts(&self) -> (usize, usize) {
-        (self.entries[0] + self.entries[2], self.entries[1] + self.entries[3])
+        let (n4, n6) = self.prefix_counts();
+        (self.entries[0] + n4, self.entries[1] + n6)
     }
 
-    /// Number of prefix bans (IPv4, IPv6) of those.
+    /// Number of prefix bans (IPv4, IPv6) of those (an upgrade's copies once).
     pub fn prefix_counts(&self) -> (usize, usize) {
-        (self.entries[2], self.entries[3])
+        (self.entries[2], self.entries[3].saturating_sub(self.legacy_v6.len()) + self.entries[4])
     }
 
     fn remember_expiry(&mut self, expires_ns: u64, key: BanKey) {
@@ -759,8 +846,11 @@ impl Dataplane {
         let v4: Vec<_> = Self::dump(&self.bans_v4)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.addr))).collect();
         let v6: Vec<_> = Self::dump(&self.bans_v6)?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k.prefix))).collect();
         let nets: Vec<_> = self.prefix_bans()?.into_iter().map(|(k, v)| Reverse((v.expires_ns, k))).collect();
-        let n4 = nets.iter().filter(|Reverse((_, k))| matches!(k, BanKey::Net4(..))).count();
-        self.entries = [v4.len(), v6.len(), n4, nets.len() - n4];
+        let mut entries = [v4.len(), v6.len(), 0, self.legacy_v6.len(), 0];
+        for Reverse((_, k)) in &nets {
+            entries[k.family()] += 1;
+        }
+        self.entries = entries;
         self.expiry_v4 = BinaryHeap::from(v4);
         self.expiry_v6 = BinaryHeap::from(v6);
         self.expiry_net = BinaryHeap::from(nets);
@@ -771,16 +861,115 @@ impl Dataplane {
         // crash left behind costs a clean packet a lookup until its word is next written);
         // on a reconfiguration, the mirror as it was. Reading 4 MiB back instead would cost
         // ~100 ms of start-up (a batch lookup copies element by element).
-        let mut hint = hint::Hint::default();
+        // Both hints alike; an upgrade's copies in BANNET_V6 keep their bits there.
+        let (mut hint, mut long) = (hint::Hint::default(), hint::Hint::long());
         for Reverse((_, k)) in self.expiry_net.iter() {
-            if let Some(b) = hint_block_of(k) {
-                hint.add(b);
+            match hint_block_of(k) {
+                Some((HintMap::Short, b)) => {
+                    hint.add(b);
+                }
+                Some((HintMap::Long, b)) => {
+                    long.add(b);
+                }
+                None => {}
             }
+        }
+        for (a, len, _) in &self.legacy_v6 {
+            hint.add(hint::Block::v6(*a, *len));
         }
         let changed = hint.diff(&self.hint);
         self.hint = hint;
-        self.write_hint(&changed)?;
+        self.write_hint(HintMap::Short, &changed)?;
+        let changed = long.diff(&self.hint_long);
+        self.hint_long = long;
+        self.write_hint(HintMap::Long, &changed)?;
         self.sync_prefix_flags()
+    }
+
+    /// Pins of a build before the split hold IPv6 prefix bans longer than /48 in
+    /// `BANNET_V6`, the only trie its programs read. Copy each into `BANNET_V6L` (its
+    /// hint bit up first) and remember it (`legacy_v6`); it leaves `BANNET_V6` only once
+    /// this build's programs run on every link (`finish_split_v6`), and either program
+    /// enforces either copy until then. A crash at any point leaves a ban in one trie or
+    /// both, each with its hint bit: the next start copies (or merges) it again.
+    fn split_legacy_v6(&mut self) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        for k in self.bannet_v6.keys() {
+            let k = k?;
+            if k.prefix_len() > u32::from(V6_SHORT_MAX)
+                && let Ok(v) = self.bannet_v6.get(&k, 0)
+                && u32::from(len_of(&v)) == k.prefix_len()
+            {
+                found.push((k.data(), k.prefix_len() as u8, v));
+            }
+        }
+        for (a, len, v) in found {
+            let key = BanKey::Net6(a, len);
+            match self.get(&key)? {
+                // Copied by an earlier start that stopped before its programs were attached.
+                Some(cur) if cur.expires_ns >= v.expires_ns => {}
+                Some(cur) => self.put(&key, BanValue { expires_ns: v.expires_ns, ..cur })?,
+                None => {
+                    // The mirror is rebuilt from the tries next: set the kernel's bits directly.
+                    let words = hint::Block::v6_long(a, len)
+                        .words()
+                        .map(|(w, bits)| Ok((w, bits | self.hint_long_map.get(&w, 0)?)))
+                        .collect::<Result<Vec<_>, MapError>>()
+                        .context("reading the prefix-ban hint map")?;
+                    self.write_hint(HintMap::Long, &words)?;
+                    self.put(&key, v).with_context(|| format!("copying the prefix ban {}/{len} into {}", Ipv6Addr::from(a), map_names::BANNET_V6_LONG))?;
+                }
+            }
+            self.legacy_v6.push((a, len, v.dropped));
+        }
+        if !self.legacy_v6.is_empty() {
+            log::info!(
+                "{} IPv6 prefix bans longer than /{V6_SHORT_MAX} copied from {} to {}; the old copies go once this build's programs are attached",
+                self.legacy_v6.len(),
+                map_names::BANNET_V6,
+                map_names::BANNET_V6_LONG
+            );
+        }
+        Ok(())
+    }
+
+    /// This build's programs run on every link: delete the upgrade's copies from
+    /// `BANNET_V6` (packets the old programs dropped under one meanwhile are added to its
+    /// ban's count), then their hint bits there.
+    fn finish_split_v6(&mut self) -> anyhow::Result<()> {
+        let n = self.legacy_v6.len();
+        // One at a time, forgotten only once gone: after an error the rest stay tracked
+        // (an unban still deletes both copies).
+        while let Some(&(a, len, dropped_then)) = self.legacy_v6.last() {
+            let key = BanKey::Net6(a, len);
+            if let Ok(old) = self.bannet_v6.get(&Key::new(u32::from(len), a), 0)
+                && len_of(&old) == len
+                && old.dropped > dropped_then
+                && let Some(mut cur) = self.get(&key)?
+            {
+                cur.dropped += old.dropped - dropped_then;
+                self.put(&key, cur)?;
+            }
+            self.remove_legacy_v6(a, len)?;
+            self.legacy_v6.pop();
+        }
+        if n > 0 {
+            self.sync_prefix_flags()?;
+            log::info!("{n} IPv6 prefix bans longer than /{V6_SHORT_MAX} moved to {}", map_names::BANNET_V6_LONG);
+        }
+        Ok(())
+    }
+
+    /// An upgrade's copy out of `BANNET_V6`, then its bit of `BANNET_HINT24`.
+    fn remove_legacy_v6(&mut self, a: [u8; 16], len: u8) -> anyhow::Result<()> {
+        match self.bannet_v6.remove(&Key::new(u32::from(len), a)) {
+            Ok(()) => {}
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {}/{len} from {}", Ipv6Addr::from(a), map_names::BANNET_V6))),
+        }
+        self.entries[3] = self.entries[3].saturating_sub(1);
+        self.hint_block(HintMap::Short, hint::Block::v6(a, len), false)
     }
 
     /// The pinned IPv6 bans were keyed for another prefix length: re-key them.
@@ -928,5 +1117,32 @@ impl KernelBan {
     /// The wall-clock end of the ban.
     pub fn expires_at(&self) -> SystemTime {
         clock::boottime_to_wall(self.expires_boot_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 prefix bans go to their trie and hint by length: up to /48 the short class
+    /// (`BANNET_V6`, `BANNET_HINT24`), longer ones the long class (`BANNET_V6L`, the bits
+    /// of their /56s in `BANNET_HINT6L`); IPv4 is not split.
+    #[test]
+    fn prefix_bans_route_by_length() {
+        let a: [u8; 16] = "2001:db8:bad:100::".parse::<Ipv6Addr>().unwrap().octets();
+        for (len, family, map) in [(16, 3, HintMap::Short), (48, 3, HintMap::Short), (49, 4, HintMap::Long), (56, 4, HintMap::Long), (127, 4, HintMap::Long)] {
+            let k = BanKey::Net6(a, len);
+            assert_eq!(k.family(), family, "/{len}");
+            assert_eq!(hint_block_of(&k).map(|(m, _)| m), Some(map), "/{len}");
+        }
+        let bit = blocksmtp_common::hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01);
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 56)).unwrap().1, hint::Block { start: bit, log2: 0 });
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 64)).unwrap().1, hint::Block { start: bit, log2: 0 }, "its /56's bit");
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 49)).unwrap().1.log2, 7, "a /49 is 128 /56s");
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 48)).unwrap().1, hint::Block::v6(a, 48));
+        assert_eq!(hint_block_of(&BanKey::Net6(a, 40)).unwrap().1.log2, 8, "a short ban is still a block");
+        assert_eq!((BanKey::Net4([192, 0, 2, 0], 24).family(), BanKey::Net4([192, 0, 2, 64], 31).family()), (2, 2));
+        assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 64], 31)).map(|(m, _)| m), Some(HintMap::Short));
+        assert!(hint_block_of(&BanKey::V6(a)).is_none() && hint_block_of(&BanKey::V4(BanKeyV4Ord([192, 0, 2, 1]))).is_none());
     }
 }

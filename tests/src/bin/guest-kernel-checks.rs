@@ -237,6 +237,31 @@ fn auto() -> bool {
     report("auto/start", r)
 }
 
+/// IPv6 prefix bans of both length classes on this kernel's verifier and maps (with bans
+/// per /128 a /64 is longer than /48: the trie of its own): each drops its sources, the
+/// clean host of the same /48 connects, and lifting one leaves the other in force.
+fn prefix_v6_split() -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let _srv = topo.serve(&[25])?;
+        let mut d = Daemon::start(Some(&topo.server), &args("xdp-native", &["--v6-prefix", "128"]))?;
+        expect_state(&d, "xdp-native")?;
+        let (inside, clean) = (("2001:db8:0:1::67", "[2001:db8:0:1::25]:25"), ("2001:db8::67", "[2001:db8::25]:25"));
+        ensure!(d.ctl(&["ban", "2001:db8:0:1::/64"])?.status.success(), "ban of 2001:db8:0:1::/64 refused");
+        ensure!(!topo.connect(inside.0, inside.1, T)?, "{} (in the banned /64) connects", inside.0);
+        ensure!(topo.connect(clean.0, clean.1, T)?, "{} (its /48, not its /64) cannot connect", clean.0);
+        ensure!(d.ctl(&["ban", "2001:db8::/48"])?.status.success(), "ban of 2001:db8::/48 refused");
+        ensure!(!topo.connect(clean.0, clean.1, T)?, "{} connects inside the banned /48", clean.0);
+        ensure!(d.ctl(&["unban", "2001:db8:0:1::/64"])?.status.success(), "unban of the /64 refused");
+        ensure!(!topo.connect(inside.0, inside.1, T)?, "{} connects with its /48 still banned", inside.0);
+        ensure!(d.ctl(&["unban", "2001:db8::/48"])?.status.success(), "unban of the /48 refused");
+        ensure!(topo.connect(inside.0, inside.1, T)? && topo.connect(clean.0, clean.1, T)?, "dropped after both bans were lifted");
+        stop_clean(&topo, &mut d)?;
+        Ok("a /64 (longer than /48) and its /48 each enforced and lifted".into())
+    })();
+    report("xdp-native/prefix-v6-split", r)
+}
+
 /// TC before TCX: with --keep-bans the filter stays after SIGTERM and the next start
 /// replaces its program in place.
 fn tc_keep_bans() -> bool {
@@ -298,6 +323,7 @@ fn main() {
         ok &= reattach(m);
     }
     ok &= auto();
+    ok &= prefix_v6_split();
     ok &= sigterm_during_load("xdp-native");
     ok &= sigterm_during_load("tc");
     ok &= tc_keep_bans();
