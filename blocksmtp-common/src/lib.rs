@@ -55,6 +55,18 @@ pub const HINT_LONG_WORDS: u32 = HINT_LONG_BITS / 64;
 // The long hint's blocks (`2^(56 − len)` bits) assume its class starts past /48.
 const _: () = assert!(HINT_LONG_BITS.is_power_of_two() && HINT_LONG_WORDS * 64 == HINT_LONG_BITS && V6_SHORT_MAX == 48);
 
+/// IPv4 prefix bans up to this length set their /24s' bits in `BANNET_HINT24`; longer
+/// ones (all in the same `BANNET_V4` trie) set their /28s' bits in `BANNET_HINT4L`: a /28
+/// in a /24 no longer sends the /24's other clean hosts into the trie.
+pub const V4_SHORT_MAX: u8 = 24;
+/// Bits of `BANNET_HINT4L`: one per IPv4 /28 that a ban longer than /24 covers or lies
+/// in, folded to 24 bits (`hint_bit_v4l`); a 2 MiB array in the kernel.
+pub const HINT_V4L_BITS: u32 = 1 << 24;
+/// Words of `BANNET_HINT4L`.
+pub const HINT_V4L_WORDS: u32 = HINT_V4L_BITS / 64;
+// The long IPv4 hint's blocks (`2^(28 − len)` bits) assume its class starts past /24.
+const _: () = assert!(HINT_V4L_WORDS * 64 == HINT_V4L_BITS && V4_SHORT_MAX == 24);
+
 /// Names of the maps in the eBPF object (kernel map names are at most 15 bytes).
 pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
@@ -69,8 +81,12 @@ pub mod map_names {
     /// IPv6 prefix bans longer than `V6_SHORT_MAX`, and their hint.
     pub const BANNET_V6_LONG: &str = "BANNET_V6L";
     pub const BANNET_HINT_LONG: &str = "BANNET_HINT6L";
-    pub const ALL: [&str; 11] =
-        [CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT, BANNET_V6_LONG, BANNET_HINT_LONG];
+    /// The hint of IPv4 prefix bans longer than `V4_SHORT_MAX` (their trie is `BANNET_V4`).
+    pub const BANNET_HINT_V4_LONG: &str = "BANNET_HINT4L";
+    pub const ALL: [&str; 12] = [
+        CONFIG, BANS_V4, BANS_V6, ALLOW_V4, ALLOW_V6, STATS, BANNET_V4, BANNET_V6, BANNET_HINT, BANNET_V6_LONG, BANNET_HINT_LONG,
+        BANNET_HINT_V4_LONG,
+    ];
     /// Maps of earlier releases that this one no longer uses; their pins are removed once
     /// this build's programs are attached (`BANNET_HINT`: the 16-bit hint, derived data).
     pub const RETIRED: [&str; 1] = ["BANNET_HINT"];
@@ -190,7 +206,8 @@ pub const CONFIG_MAILER_V6: u8 = 2;
 pub const CONFIG_ALLOW_V4: u8 = 4;
 /// `ALLOW_V6` holds entries.
 pub const CONFIG_ALLOW_V6: u8 = 8;
-/// `BANNET_V4` holds entries (when clear, a source with no address ban passes at once).
+/// `BANNET_V4` holds entries (when clear, a source with no address ban passes at once);
+/// one bit for both of its hints.
 pub const CONFIG_BANNET_V4: u8 = 16;
 /// `BANNET_V6` holds entries.
 pub const CONFIG_BANNET_V6: u8 = 32;
@@ -309,6 +326,16 @@ pub fn v6_key(addr: &[u8; 16], mask: &[u8; 16]) -> BanKeyV6 {
 #[inline(always)]
 pub const fn hint_bit_v4(first24: u32) -> u32 {
     first24 & (HINT_BITS - 1)
+}
+
+/// The bit of `BANNET_HINT4L` for an IPv4 source: its /28 (`first28`: the address's
+/// first 28 bits) folded to 24 by XOR of its top 4 bits into the low ones. The /28s of
+/// one /4 get distinct bits (XOR with their common top is a bijection): the three IPv4
+/// documentation networks, all in 192.0.0.0/4, never collide; an aligned block of /28s
+/// (a /25 … /27 ban) maps to an aligned block of bits.
+#[inline(always)]
+pub const fn hint_bit_v4l(first28: u32) -> u32 {
+    (first28 ^ (first28 >> 24)) & (HINT_V4L_BITS - 1)
 }
 
 /// The hint bit of an IPv6 source, after the IPv4 half: its /48 (`first48`: the
@@ -501,6 +528,28 @@ mod tests {
         // A twin in another /32 (3fff::/20, documentation) does collide: the fixture uses it.
         assert_eq!(hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01));
         assert_eq!(HINT_LONG_WORDS, 1 << 18);
+    }
+
+    #[test]
+    fn long_v4_hint_bits() {
+        // Every /28 of a /4 on its own bit (every bit once), inside the map.
+        let mut seen = std::vec![0u64; HINT_V4L_WORDS as usize];
+        for low in 0..(1u32 << 24) {
+            let b = hint_bit_v4l(0xc << 24 | low);
+            assert!(b < HINT_V4L_BITS);
+            assert_eq!(seen[b as usize / 64] & 1 << (b % 64), 0, "{low:#x}");
+            seen[b as usize / 64] |= 1 << (b % 64);
+        }
+        let f = |a: [u8; 4]| hint_bit_v4l(u32::from_be_bytes(a) >> 4);
+        // The /28s of a /26 form an aligned block of 4 bits.
+        let block: std::collections::BTreeSet<u32> = (0..4).map(|i| f([203, 0, 115, 64 + 16 * i])).collect();
+        let first = f([203, 0, 115, 64]);
+        assert_eq!(block, (first & !3..(first & !3) + 4).collect());
+        // Twins lie in other /4s: 208.0.2.48/28 (in 208.0.0.0/4; the fixture uses it in test
+        // packets only) shares the bit of 192.0.2.32/28.
+        assert_eq!(f([208, 0, 2, 48]), f([192, 0, 2, 32]));
+        assert_ne!(f([208, 0, 2, 32]), f([192, 0, 2, 32]));
+        assert_eq!(HINT_V4L_WORDS, 1 << 18);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! NICs and stacks where XDP is unavailable). Per packet, cheapest tests first:
 //! protocol, port, destination (`hdr::parse`), then one hash lookup; prefix bans only
 //! when some exist (a config bit), the address has none of its own and the source's
-//! hint bit is set — then one longest-prefix lookup in a trie (IPv6: bans longer than
-//! /48 first, in their own trie with their own hint, then the rest); the allow-list trie only
+//! hint bit is set — then one longest-prefix lookup in a trie (IPv4: one trie, two hints,
+//! bans up to /24 per /24 and longer ones per /28; IPv6: bans longer than /48 first, in
+//! their own trie with their own hint, then the rest); the allow-list trie only
 //! for a source that is actually banned. Every packet bumps exactly one per-CPU
 //! counter, indexed by its verdict. With the config's log bit set (`--debug 3`), a ban's
 //! first dropped packet is reported through aya-log; with it clear, no logging code runs.
@@ -22,7 +23,8 @@ use aya_log_ebpf::info;
 use blocksmtp_common::{
     AllowValue, BanKeyV4, BanKeyV6, BanValue, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
     CONFIG_BANNET_V6L, CONFIG_LOG, CONFIG_MAILER_V4, CONFIG_MAILER_V6, Config, HINT_LONG_WORDS, HINT_WORDS, MAX_ALLOW,
-    MAX_BANS, MAX_PREFIX_BANS, STAT_COUNT, Verdict, BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v6, hint_bit_v6l,
+    HINT_V4L_WORDS, MAX_BANS, MAX_PREFIX_BANS, STAT_COUNT, Verdict, BAN_FLAG_LEN_SHIFT, hint_bit_v4, hint_bit_v4l, hint_bit_v6,
+    hint_bit_v6l,
 };
 use blocksmtp_ebpf::{Found, ban_state, bytes, charge, expired, hdr::{self, Tcp}, hinted, protected_port, words};
 
@@ -48,10 +50,17 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 static BANNET_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
 #[map]
 static BANNET_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_PREFIX_BANS, 0);
-// One bit per IPv4 /24 (IPv6: per folded /48) that a prefix ban covers or lies in: an
-// array lookup (inlined by the verifier) keeps the trie off a clean packet's path.
+// One bit per IPv4 /24 that a prefix ban up to /24 covers (IPv6: per folded /48 that a
+// ban up to /48 covers or lies in): an array lookup (inlined by the verifier) keeps the
+// trie off a clean packet's path. Programs of earlier builds read the IPv4 half as "any
+// prefix ban covers or lies in the /24"; user space keeps that superset until this
+// build's programs are on every link.
 #[map]
 static BANNET_HINT24: Array<u64> = Array::with_max_entries(HINT_WORDS, 0);
+// IPv4 bans longer than /24 (in BANNET_V4 too): one bit per folded /28 they cover or lie
+// in. A clean host of a /24 holding a /28 ban finds both its bits clear: no walk.
+#[map]
+static BANNET_HINT4L: Array<u64> = Array::with_max_entries(HINT_V4L_WORDS, 0);
 // IPv6 prefix bans longer than /48, apart from the rest: a clean host of a /48 that
 // holds a /56 ban walks no trie (its /56's bit here is clear, its /48's in the other
 // hint too), at most this small one, never the one holding every banned /48. Its hint
@@ -76,9 +85,10 @@ fn classify(start: usize, end: usize) -> Verdict {
                 return Verdict::PassNotProtected;
             }
             let (mut found, mut miss) = ban_state(BANS_V4.get_ptr_mut(BanKeyV4 { addr: saddr }), 32);
+            let src = u32::from_be_bytes(saddr);
             if found.is_none()
                 && cfg.flags & CONFIG_BANNET_V4 != 0
-                && hinted(&BANNET_HINT24, hint_bit_v4(u32::from_be_bytes(saddr) >> 8))
+                && (hinted(&BANNET_HINT24, hint_bit_v4(src >> 8)) || hinted(&BANNET_HINT4L, hint_bit_v4l(src >> 4)))
             {
                 (found, miss) = net_ban(&BANNET_V4, saddr, miss);
             }

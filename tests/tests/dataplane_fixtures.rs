@@ -178,15 +178,28 @@ fn cases() -> Vec<Case> {
         c("v6 split: a /60 and a /56 in use, bans per /128: in the /60", V6Host, tcp6("2001:db8:bad:5::9", SMTP), &[Active("2001:db8:bad::/60"), Active(NET56)], none, Drop),
         c("v4 unchanged: expired /28 inside an active /24", Default, tcp4("192.0.2.70", SMTP), &[Expired("192.0.2.64/28"), Active(NET4)], none, Drop),
         c("v4 unchanged: clean host of a /24 holding a /28", Default, tcp4("192.0.2.9", SMTP), &[Active("192.0.2.64/28")], none, PassNotBanned),
+        // IPv4 bans past /24 hint per /28 (`BANNET_HINT4L`), in the same trie.
+        c("v4 split: host inside a banned /28", Default, tcp4("192.0.2.70", SMTP), &[Active("192.0.2.64/28")], none, Drop),
+        c("v4 split: allow-listed host inside a banned /28", Default, tcp4("192.0.2.70", SMTP), &[Active("192.0.2.64/28")], &["192.0.2.70/32"], PassAllowListed),
+        c("v4 split: neighbour of an allow-listed host in a banned /28", Default, tcp4("192.0.2.71", SMTP), &[Active("192.0.2.64/28")], &["192.0.2.70/32"], Drop),
+        c("v4 split: allow-listed host inside a banned /28 and /24", Default, tcp4("192.0.2.70", SMTP), &[Active("192.0.2.64/28"), Active(NET4)], &["192.0.2.70/32"], PassAllowListed),
+        c("v4 split: active /28 inside an expired /24", Default, tcp4("192.0.2.70", SMTP), &[Active("192.0.2.64/28"), Expired(NET4)], none, Drop),
+        c("v4 split: expired /28 inside an expired /24", Default, tcp4("192.0.2.70", SMTP), &[Expired("192.0.2.64/28"), Expired(NET4)], none, PassExpired),
+        c("v4 split: expired /28 alone", Default, tcp4("192.0.2.70", SMTP), &[Expired("192.0.2.64/28")], none, PassExpired),
+        c("v4 split: outside the active /28 of an expired /24", Default, tcp4("192.0.2.9", SMTP), &[Active("192.0.2.64/28"), Expired(NET4)], none, PassExpired),
+        c("v4 split: outside the active /28 of an active /24", Default, tcp4("192.0.2.9", SMTP), &[Active("192.0.2.64/28"), Active(NET4)], none, Drop),
+        c("v4 split: a /30 inside an expired /28 inside an active /16", Default, tcp4("192.0.2.69", SMTP), &[Active("192.0.2.68/30"), Expired("192.0.2.64/28"), Active("192.0.0.0/16")], none, Drop),
+        c("v4 split: expired /30 and /28 inside an active /16", Default, tcp4("192.0.2.69", SMTP), &[Expired("192.0.2.68/30"), Expired("192.0.2.64/28"), Active("192.0.0.0/16")], none, Drop),
     ]
 }
 
-/// The prefix-ban hints (`BANNET_HINT24`: one bit per IPv4 /24, per folded IPv6 /48 of
-/// bans up to /48; `BANNET_HINT6L`: one per folded /56 of IPv6 bans longer than /48). Each
-/// row: the bans, a source, its verdict, and which of the kernel's hint bits for it are
-/// set — which tries its packet walks. A clean source pays only when its own /24 (/48, or
-/// for the longer bans /56) holds or is covered by a prefix ban, or its folded network
-/// collides with a banned one.
+/// The prefix-ban hints (`BANNET_HINT24`: one bit per IPv4 /24 of bans up to /24, per
+/// folded IPv6 /48 of bans up to /48; `BANNET_HINT4L`: one per folded IPv4 /28 of bans
+/// longer than /24; `BANNET_HINT6L`: one per folded /56 of IPv6 bans longer than /48).
+/// Each row: the bans, a source, its verdict, and which of the kernel's hint bits for it
+/// are set — which tries its packet walks. A clean source pays only when its own /24
+/// (/48), or for the longer bans /28 (/56), holds or is covered by a prefix ban, or its
+/// folded network collides with a banned one.
 struct HintCase {
     name: &'static str,
     bans: &'static [Ban],
@@ -195,7 +208,7 @@ struct HintCase {
     lookup: Walks,
 }
 
-/// (`BANNET_HINT24`'s bit, `BANNET_HINT6L`'s bit).
+/// (`BANNET_HINT24`'s bit, the long class's: `BANNET_HINT4L`'s or `BANNET_HINT6L`'s).
 type Walks = (bool, bool);
 const NO: Walks = (false, false);
 const SHORT: Walks = (true, false);
@@ -209,18 +222,34 @@ const FOLD_TWIN: &str = "3fff:a7:f5a0::9";
 /// A /56 whose `BANNET_HINT6L` bit is 2001:db8:bad:100::/56's (the 24-bit fold; the /56s
 /// of one /32 never collide): 3fff:0:f5a0:a600::/56, packet bytes only.
 const LONG_TWIN: &str = "3fff:0:f5a0:a600::9";
+/// An IPv4 /28 whose `BANNET_HINT4L` bit is 192.0.2.32/28's (the /28s of one /4 never
+/// collide, and the documentation networks share 192.0.0.0/4): 208.0.2.48/28 in
+/// 208.0.0.0/4, as packet bytes only — nothing is sent.
+const V4_TWIN: &str = "208.0.2.57";
 
 fn hint_cases() -> Vec<HintCase> {
     use Ban::*;
     let h = |name, bans, src, expect, lookup| HintCase { name, bans, src, expect, lookup };
     const NEAR6: &[Ban] = &[Active("2001:db8:bac::/48"), Active(NET6), Active("2001:db8:bae::/48")];
     const WITH28: &[Ban] = &[Active(NET4), Active("192.0.3.16/28")];
+    const WITH28_IN24: &[Ban] = &[Active(NET4), Active("192.0.2.64/28")];
     vec![
         h("v4 clean in the /16 of a banned /24: no lookup", &[Active(NET4)], "192.0.3.9", PassNotBanned, NO),
-        h("v4 clean in the next /24, a /28 banned in it: lookup", WITH28, "192.0.3.9", PassNotBanned, SHORT),
-        h("v4 inside that /28", WITH28, "192.0.3.20", Drop, SHORT),
+        h("v4 clean in the next /24, a /28 banned in it: no lookup", WITH28, "192.0.3.9", PassNotBanned, NO),
+        h("v4 inside that /28: the long hint's bit", WITH28, "192.0.3.20", Drop, LONG),
+        h("v4 clean in the last /28 of that /24: no lookup", WITH28, "192.0.3.250", PassNotBanned, NO),
         h("v4 inside a banned /24", &[Active(NET4)], "192.0.2.77", Drop, SHORT),
-        h("v4 /31 ban: the rest of its /24 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, SHORT),
+        h("v4 inside a /28 of a banned /24: both bits", WITH28_IN24, "192.0.2.70", Drop, BOTH),
+        h("v4 outside that /28, in the banned /24", WITH28_IN24, "192.0.2.9", Drop, SHORT),
+        h("v4 inside a /28 of an expired /24", &[Active("192.0.2.64/28"), Expired(NET4)], "192.0.2.70", Drop, BOTH),
+        h("v4 outside the /28 of an expired /24: looked up, passes", &[Active("192.0.2.64/28"), Expired(NET4)], "192.0.2.9", PassExpired, SHORT),
+        h("v4 expired /28: looked up, passes", &[Expired("192.0.2.64/28")], "192.0.2.70", PassExpired, LONG),
+        h("v4 /31 ban: the rest of its /24, no lookup", &[Active("192.0.2.66/31")], "192.0.2.9", PassNotBanned, NO),
+        h("v4 /31 ban: the rest of its /28 pays the lookup", &[Active("192.0.2.66/31")], "192.0.2.70", PassNotBanned, LONG),
+        h("v4 /25 ban: its last /28", &[Active("192.0.2.128/25")], "192.0.2.250", Drop, LONG),
+        h("v4 /25 ban: the other half of its /24, no lookup", &[Active("192.0.2.128/25")], "192.0.2.120", PassNotBanned, NO),
+        h("v4 long fold collision: passes, paying the lookup", &[Active("192.0.2.32/28")], V4_TWIN, PassNotBanned, LONG),
+        h("v4 long fold twin with the /28 lifted: no lookup", &[], V4_TWIN, PassNotBanned, NO),
         h("v4 expired /24: looked up, passes", &[Expired(NET4)], "192.0.2.77", PassExpired, SHORT),
         h("v4 /8 ban: a /24 inside it", &[Active("203.0.0.0/8")], "203.0.113.9", Drop, SHORT),
         // The widest bans (a CrowdSec range may be one): every word of the family's half is
@@ -257,6 +286,7 @@ fn hint_fixture_table() {
     }
     assert_eq!(blocksmtp_common::hint_bit_v6(0x3fff_00a7_f5a0), blocksmtp_common::hint_bit_v6(0x2001_0db8_0bad), "FOLD_TWIN");
     assert_eq!(blocksmtp_common::hint_bit_v6l((0x3fff_0000_f5a0 << 8) | 0xa6), blocksmtp_common::hint_bit_v6l((0x2001_0db8_0bad << 8) | 0x01), "LONG_TWIN");
+    assert_eq!(blocksmtp_common::hint_bit_v4l(0xd00_0023), blocksmtp_common::hint_bit_v4l(0xc00_0022), "V4_TWIN");
     let mut dp = dataplane(Cfg::Default);
     let mut failures = Vec::new();
     for case in hint_cases() {
@@ -475,10 +505,12 @@ fn ban_lookup_unban_roundtrip() {
     assert!(dp.unban(&n4).unwrap());
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.130", SMTP).build()).1, Drop);
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.10", SMTP).build()).1, PassNotBanned);
-    assert!(dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the /25 keeps its /24's bit");
+    // A ban past /24 hints per /28: the /25 keeps its eight /28s' bits, the rest of the /24 none.
+    assert_eq!(dp.hint_bits_for("192.0.2.130".parse().unwrap()).unwrap(), (false, true), "the /25's /28s");
+    assert!(!dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the /24's bit went with the /24");
     assert!(dp.unban(&n4b).unwrap() && dp.unban(&n6).unwrap());
     assert_eq!(dp.prefix_counts(), (0, 0));
-    assert!(!dp.hint_set_for("192.0.2.10".parse().unwrap()).unwrap(), "the last ban of the /24 lifted: its bit too");
+    assert!(!dp.hint_set_for("192.0.2.130".parse().unwrap()).unwrap(), "the last ban of the /24 lifted: its bits too");
     assert_eq!(run(&dp, Program::Xdp, &tcp4("192.0.2.9", SMTP).build()).1, PassNotBanned);
     assert!(dp.list().unwrap().is_empty());
 }

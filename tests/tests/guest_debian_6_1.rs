@@ -36,6 +36,7 @@ const CHECKS: &[&str] = &[
     "tc/reattach",
     "auto/start",
     "xdp-native/prefix-v6-split",
+    "xdp-native/prefix-v4-split",
     "xdp-native/sigterm-during-load",
     "tc/sigterm-during-load",
     "tc/keep-bans-restart",

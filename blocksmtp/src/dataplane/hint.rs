@@ -1,5 +1,5 @@
-//! The prefix-ban hints (`BANNET_HINT24`, and `BANNET_HINT6L` for IPv6 bans longer than
-//! /48) as user space keeps them: which bits must be set for the prefix bans in the
+//! The prefix-ban hints (`BANNET_HINT24`, `BANNET_HINT4L` for IPv4 bans longer than /24,
+//! `BANNET_HINT6L` for IPv6 bans longer than /48) as user space keeps them: which bits must be set for the prefix bans in the
 //! tries, and which kernel words change when one comes or goes.
 //!
 //! Every prefix ban sets an aligned block of hint bits: one bit for an IPv4 /24 or longer
@@ -11,10 +11,13 @@
 //! a chunk's first set bit and freed when it clears: a thousand scattered /24s cost at most
 //! 500 KiB, an IPv4 /0 2 MiB while it lasts. The long class's hint (IPv6 /49 and longer)
 //! is the same structure over `HINT_LONG_WORDS`: one bit per folded /56, 2^(56 − len)
-//! bits for a /49 … /55 (`Block::v6_long`).
+//! bits for a /49 … /55 (`Block::v6_long`); so is the long IPv4 class's, one bit per
+//! folded /28, 2^(28 − len) bits for a /25 … /27 (`Block::v4_long`). During an upgrade
+//! a long IPv4 ban also counts its /24's block (`Block::v4`) in `BANNET_HINT24`, the bit
+//! older programs read for it.
 use std::collections::HashMap;
 
-use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v6, hint_bit_v6l};
+use blocksmtp_common::{HINT_BITS, HINT_LONG_WORDS, HINT_V4L_WORDS, HINT_WORDS, hint_bit_v4, hint_bit_v4l, hint_bit_v6, hint_bit_v6l};
 
 /// Words per mirror chunk (512 bytes).
 const CHUNK: usize = 64;
@@ -35,6 +38,13 @@ impl Block {
         let log2 = 24u8.saturating_sub(len).min(24);
         let first24 = u32::from_be_bytes(addr) >> 8;
         Self { start: hint_bit_v4(first24) & !((1 << log2) - 1), log2 }
+    }
+
+    /// The block of `BANNET_HINT4L` for the IPv4 prefix ban `addr`/`len`, longer than /24:
+    /// 2^(28 − len) bits for a /25 … /27, one bit (its /28's) for a /28 or longer.
+    pub fn v4_long(addr: [u8; 4], len: u8) -> Self {
+        let log2 = 28u8.saturating_sub(len).min(3);
+        Self { start: hint_bit_v4l(u32::from_be_bytes(addr) >> 4) & !((1 << log2) - 1), log2 }
     }
 
     /// The block of the IPv6 prefix ban `addr`/`len`.
@@ -95,6 +105,11 @@ impl Hint {
     /// `BANNET_HINT6L`'s.
     pub fn long() -> Self {
         Self::with_words(HINT_LONG_WORDS)
+    }
+
+    /// `BANNET_HINT4L`'s.
+    pub fn v4_long() -> Self {
+        Self::with_words(HINT_V4L_WORDS)
     }
 
     fn with_words(words: u32) -> Self {
@@ -235,7 +250,7 @@ impl Hint {
 }
 
 const _: () = assert!((HINT_WORDS as usize).is_multiple_of(CHUNK) && HINT_BITS.is_power_of_two());
-const _: () = assert!((HINT_LONG_WORDS as usize).is_multiple_of(CHUNK));
+const _: () = assert!((HINT_LONG_WORDS as usize).is_multiple_of(CHUNK) && (HINT_V4L_WORDS as usize).is_multiple_of(CHUNK));
 
 #[cfg(test)]
 mod tests {
@@ -296,6 +311,32 @@ mod tests {
         assert_eq!(w.len(), 2);
         assert!(w.iter().all(|(_, v)| *v == u64::MAX));
         assert_eq!(h.chunks.len() * CHUNK, HINT_LONG_WORDS as usize, "the mirror is the long map's size");
+    }
+
+    #[test]
+    fn long_v4_bans_set_their_28s() {
+        let mut h = Hint::v4_long();
+        // A /28 and a /30 in it: one bit, kept until the last is lifted.
+        let b = Block::v4_long([203, 0, 115, 16], 28);
+        assert_eq!(b, Block::v4_long([203, 0, 115, 28], 30));
+        assert_eq!(b, Block { start: hint_bit_v4l(u32::from_be_bytes([203, 0, 115, 16]) >> 4), log2: 0 });
+        assert_eq!(h.add(b).len(), 1);
+        assert!(h.add(Block::v4_long([203, 0, 115, 28], 30)).is_empty());
+        assert!(h.remove(b).is_empty());
+        assert!(h.bit(b.start));
+        assert_eq!(h.remove(b), vec![(b.start / 64, 0)]);
+        assert_eq!(h.footprint(), (0, 0));
+        // The other /28s of the /24 have bits of their own: their clean hosts walk no trie.
+        for i in 0..16u8 {
+            assert_eq!(Block::v4_long([203, 0, 115, 16 * i], 28).start == b.start, i == 1, "/28 {i}");
+        }
+        // A /25 is 8 bits, a /27 2, aligned; a /25 holds its /28s.
+        let b25 = Block::v4_long([203, 0, 115, 128], 25);
+        assert_eq!((b25.log2, b25.start % 8), (3, 0));
+        assert!(b25.contains(Block::v4_long([203, 0, 115, 240], 28)));
+        assert!(!b25.contains(Block::v4_long([203, 0, 115, 112], 28)));
+        assert_eq!(Block::v4_long([203, 0, 115, 32], 27).log2, 1);
+        assert_eq!(h.chunks.len() * CHUNK, HINT_V4L_WORDS as usize, "the mirror is the map's size");
     }
 
     #[test]

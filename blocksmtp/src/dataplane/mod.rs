@@ -7,7 +7,8 @@
 //!
 //! Prefix bans (an IPv4 network shorter than /32, an IPv6 network shorter than
 //! `--v6-prefix`) live in the `BANNET_V4` / `BANNET_V6` LPM tries beside the address
-//! maps, IPv6 ones longer than /48 in `BANNET_V6L` (each class with its own hint); the
+//! maps, IPv6 ones longer than /48 in `BANNET_V6L` (each class with its own hint; IPv4
+//! bans longer than /24 share `BANNET_V4` but have a hint of their own); the
 //! program looks there only while a config bit says a trie holds entries, and only for
 //! an address without a ban of its own.
 //!
@@ -17,7 +18,7 @@
 //! an attacker must not be able to flush the ban list by provoking bans).
 use std::{
     cmp::Reverse,
-    collections::BinaryHeap,
+    collections::{BinaryHeap, HashSet},
     net::{IpAddr, Ipv6Addr},
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -31,8 +32,8 @@ use aya::{
 };
 use blocksmtp_common::{
     AllowValue, BAN_FLAG_LEN_SHIFT, BAN_FLAG_MANUAL, CONFIG_ALLOW_V4, CONFIG_ALLOW_V6, CONFIG_BANNET_V4, CONFIG_BANNET_V6,
-    CONFIG_BANNET_V6L, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, V6_SHORT_MAX, Verdict, map_names, program_names,
-    v6_key,
+    CONFIG_BANNET_V6L, BanKeyV4, BanKeyV6, BanValue, Config, STAT_COUNT, V4_SHORT_MAX, V6_SHORT_MAX, Verdict, map_names,
+    program_names, v6_key,
 };
 use ipnet::IpNet;
 
@@ -178,6 +179,8 @@ enum HintMap {
     Short,
     /// `BANNET_HINT6L`: IPv6 longer than /48.
     Long,
+    /// `BANNET_HINT4L`: IPv4 longer than /24.
+    LongV4,
 }
 
 /// The hint bits a prefix ban on `net` sets (see `hint`); for the benchmark's other design too.
@@ -191,7 +194,8 @@ pub fn hint_block(net: &IpNet) -> hint::Block {
 /// The hint bits a prefix ban sets, and in which map; none for an address ban.
 fn hint_block_of(key: &BanKey) -> Option<(HintMap, hint::Block)> {
     match *key {
-        BanKey::Net4(a, len) => Some((HintMap::Short, hint::Block::v4(a, len))),
+        BanKey::Net4(a, len) if len <= V4_SHORT_MAX => Some((HintMap::Short, hint::Block::v4(a, len))),
+        BanKey::Net4(a, len) => Some((HintMap::LongV4, hint::Block::v4_long(a, len))),
         BanKey::Net6(a, len) if len <= V6_SHORT_MAX => Some((HintMap::Short, hint::Block::v6(a, len))),
         BanKey::Net6(a, len) => Some((HintMap::Long, hint::Block::v6_long(a, len))),
         _ => None,
@@ -224,6 +228,14 @@ pub struct Dataplane {
     hint_long_map: Array<MapData, u64>,
     /// The same for `BANNET_HINT6L`.
     hint_long: hint::Hint,
+    hint_v4l_map: Array<MapData, u64>,
+    /// The same for `BANNET_HINT4L`.
+    hint_v4l: hint::Hint,
+    /// IPv4 prefix bans longer than /24 that also count their /24's block in
+    /// `BANNET_HINT24`: programs of earlier builds read that bit for them (and walk
+    /// `BANNET_V4` as this build's do). From a pinned load until this build's programs
+    /// run on every link (`attach`), then `None`; `None` from the start unpinned.
+    v4_compat: Option<HashSet<([u8; 4], u8)>>,
     /// IPv6 prefix bans longer than /48 that pins of a build before the split hold in
     /// `BANNET_V6`, with their drop counts when found: copied into `BANNET_V6L` at load,
     /// deleted from `BANNET_V6` once this build's programs run on every link (`attach`).
@@ -363,6 +375,9 @@ impl Dataplane {
             hint: hint::Hint::default(),
             hint_long_map: take(&mut ebpf, map_names::BANNET_HINT_LONG)?,
             hint_long: hint::Hint::long(),
+            hint_v4l_map: take(&mut ebpf, map_names::BANNET_HINT_V4_LONG)?,
+            hint_v4l: hint::Hint::v4_long(),
+            v4_compat: pins.is_some().then(HashSet::new),
             legacy_v6: Vec::new(),
             stats: take(&mut ebpf, map_names::STATS)?,
             config_map: {
@@ -432,8 +447,10 @@ impl Dataplane {
             }
         }
         // The links now run this build's programs: what only an earlier release's programs
-        // read goes (the long IPv6 prefix bans' copies in BANNET_V6, retired maps).
+        // read goes (the long IPv6 prefix bans' copies in BANNET_V6, the long IPv4 ones'
+        // /24 bits, retired maps).
         self.finish_split_v6()?;
+        self.finish_v4_compat()?;
         if let Some(pins) = &self.pins {
             for name in pins.remove_retired()? {
                 log::info!("unpinned {name}, a map of an earlier release (its data is rebuilt in this one's maps)");
@@ -539,13 +556,47 @@ impl Dataplane {
     /// Count a prefix ban's hint bits (`add`) or uncount them; write changed words.
     fn hint(&mut self, key: &BanKey, add: bool) -> anyhow::Result<()> {
         let Some((map, block)) = hint_block_of(key) else { return Ok(()) };
-        self.hint_block(map, block, add)
+        // While older programs may run, a long IPv4 ban holds their /24 bit too: up with
+        // its own, down after it (counted once per ban).
+        let compat = match (*key, map, self.v4_compat.as_mut()) {
+            (BanKey::Net4(a, len), HintMap::LongV4, Some(set)) => {
+                let counted = if add { set.insert((a, len)) } else { set.remove(&(a, len)) };
+                counted.then(|| hint::Block::v4(a, len))
+            }
+            _ => None,
+        };
+        if add && let Some(b) = compat {
+            self.hint_block(HintMap::Short, b, true)?;
+        }
+        self.hint_block(map, block, add)?;
+        if !add && let Some(b) = compat {
+            self.hint_block(HintMap::Short, b, false)?;
+        }
+        Ok(())
+    }
+
+    /// This build's programs run on every link: the long IPv4 bans' /24 bits in
+    /// `BANNET_HINT24` go (each word written once), unless a ban up to /24 needs them.
+    fn finish_v4_compat(&mut self) -> anyhow::Result<()> {
+        let Some(compat) = self.v4_compat.take() else { return Ok(()) };
+        let mut changed = std::collections::BTreeMap::new();
+        for (a, len) in &compat {
+            changed.extend(self.hint.remove(hint::Block::v4(*a, *len)));
+        }
+        let words: Vec<(u32, u64)> = changed.into_iter().collect();
+        if let Err(e) = self.write_hint(HintMap::Short, &words) {
+            // Bits left set only cost walks; the mirror says they are clear, so the next
+            // write of a word or the next start settles it.
+            log::warn!("clearing the long IPv4 prefix bans' /24 hint bits: {e:#}");
+        }
+        Ok(())
     }
 
     fn hint_block(&mut self, map: HintMap, block: hint::Block, add: bool) -> anyhow::Result<()> {
         let mirror = match map {
             HintMap::Short => &mut self.hint,
             HintMap::Long => &mut self.hint_long,
+            HintMap::LongV4 => &mut self.hint_v4l,
         };
         let changed = if add { mirror.add(block) } else { mirror.remove(block) };
         self.write_hint(map, &changed)
@@ -557,6 +608,7 @@ impl Dataplane {
         let (hint_map, name) = match map {
             HintMap::Short => (&mut self.hint_map, map_names::BANNET_HINT),
             HintMap::Long => (&mut self.hint_long_map, map_names::BANNET_HINT_LONG),
+            HintMap::LongV4 => (&mut self.hint_v4l_map, map_names::BANNET_HINT_V4_LONG),
         };
         if words.len() > 4 {
             let (keys, values): (Vec<u32>, Vec<u64>) = words.iter().copied().unzip();
@@ -573,10 +625,10 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The hints' user-side memory (both maps): blocks counted, bytes of bitmap chunks in use.
+    /// The hints' user-side memory (all three maps): blocks counted, bytes of bitmap chunks in use.
     pub fn hint_footprint(&self) -> (usize, usize) {
-        let (a, b) = (self.hint.footprint(), self.hint_long.footprint());
-        (a.0 + b.0, a.1 + b.1)
+        let (a, b, c) = (self.hint.footprint(), self.hint_long.footprint(), self.hint_v4l.footprint());
+        (a.0 + b.0 + c.0, a.1 + b.1 + c.1)
     }
 
     /// Whether a kernel hint bit for `ip` is set: a clean packet from `ip` pays a
@@ -587,14 +639,18 @@ impl Dataplane {
     }
 
     /// The kernel's hint bits for `ip`: `BANNET_HINT24`'s (a walk of `BANNET_V4` or
-    /// `BANNET_V6`), and for IPv6 `BANNET_HINT6L`'s (a walk of `BANNET_V6L`).
+    /// `BANNET_V6`), and the long class's: `BANNET_HINT4L`'s (a walk of `BANNET_V4`),
+    /// `BANNET_HINT6L`'s (a walk of `BANNET_V6L`).
     pub fn hint_bits_for(&self, ip: IpAddr) -> anyhow::Result<(bool, bool)> {
         let read = |map: &Array<MapData, u64>, bit: u32| -> anyhow::Result<bool> {
             let w = map.get(&(bit / 64), 0).context("reading a prefix-ban hint map")?;
             Ok(w & 1 << (bit % 64) != 0)
         };
         match ip {
-            IpAddr::V4(a) => Ok((read(&self.hint_map, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?, false)),
+            IpAddr::V4(a) => Ok((
+                read(&self.hint_map, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?,
+                read(&self.hint_v4l_map, blocksmtp_common::hint_bit_v4l(u32::from(a) >> 4))?,
+            )),
             IpAddr::V6(a) => Ok((
                 read(&self.hint_map, blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64))?,
                 read(&self.hint_long_map, blocksmtp_common::hint_bit_v6l((u128::from(a) >> 72) as u64))?,
@@ -861,8 +917,12 @@ impl Dataplane {
         // crash left behind costs a clean packet a lookup until its word is next written);
         // on a reconfiguration, the mirror as it was. Reading 4 MiB back instead would cost
         // ~100 ms of start-up (a batch lookup copies element by element).
-        // Both hints alike; an upgrade's copies in BANNET_V6 keep their bits there.
-        let (mut hint, mut long) = (hint::Hint::default(), hint::Hint::long());
+        // All hints alike; an upgrade's copies in BANNET_V6 keep their bits there, and
+        // while older programs may run the long IPv4 bans keep their /24 bits.
+        let (mut hint, mut long, mut long4) = (hint::Hint::default(), hint::Hint::long(), hint::Hint::v4_long());
+        if let Some(compat) = self.v4_compat.as_mut() {
+            compat.clear();
+        }
         for Reverse((_, k)) in self.expiry_net.iter() {
             match hint_block_of(k) {
                 Some((HintMap::Short, b)) => {
@@ -870,6 +930,13 @@ impl Dataplane {
                 }
                 Some((HintMap::Long, b)) => {
                     long.add(b);
+                }
+                Some((HintMap::LongV4, b)) => {
+                    long4.add(b);
+                    if let (BanKey::Net4(a, len), Some(compat)) = (*k, self.v4_compat.as_mut()) {
+                        compat.insert((a, len));
+                        hint.add(hint::Block::v4(a, len));
+                    }
                 }
                 None => {}
             }
@@ -883,6 +950,9 @@ impl Dataplane {
         let changed = long.diff(&self.hint_long);
         self.hint_long = long;
         self.write_hint(HintMap::Long, &changed)?;
+        let changed = long4.diff(&self.hint_v4l);
+        self.hint_v4l = long4;
+        self.write_hint(HintMap::LongV4, &changed)?;
         self.sync_prefix_flags()
     }
 
@@ -1126,7 +1196,8 @@ mod tests {
 
     /// IPv6 prefix bans go to their trie and hint by length: up to /48 the short class
     /// (`BANNET_V6`, `BANNET_HINT24`), longer ones the long class (`BANNET_V6L`, the bits
-    /// of their /56s in `BANNET_HINT6L`); IPv4 is not split.
+    /// of their /56s in `BANNET_HINT6L`); IPv4 keeps one trie, but bans up to /24 hint per
+    /// /24 in `BANNET_HINT24`, longer ones per /28 in `BANNET_HINT4L`.
     #[test]
     fn prefix_bans_route_by_length() {
         let a: [u8; 16] = "2001:db8:bad:100::".parse::<Ipv6Addr>().unwrap().octets();
@@ -1142,7 +1213,11 @@ mod tests {
         assert_eq!(hint_block_of(&BanKey::Net6(a, 48)).unwrap().1, hint::Block::v6(a, 48));
         assert_eq!(hint_block_of(&BanKey::Net6(a, 40)).unwrap().1.log2, 8, "a short ban is still a block");
         assert_eq!((BanKey::Net4([192, 0, 2, 0], 24).family(), BanKey::Net4([192, 0, 2, 64], 31).family()), (2, 2));
-        assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 64], 31)).map(|(m, _)| m), Some(HintMap::Short));
+        for (len, map) in [(0, HintMap::Short), (16, HintMap::Short), (24, HintMap::Short), (25, HintMap::LongV4), (28, HintMap::LongV4), (31, HintMap::LongV4)] {
+            assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 64], len)).map(|(m, _)| m), Some(map), "/{len}");
+        }
+        assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 64], 30)).unwrap().1, hint::Block::v4_long([192, 0, 2, 64], 28), "its /28's bit");
+        assert_eq!(hint_block_of(&BanKey::Net4([192, 0, 2, 0], 24)).unwrap().1, hint::Block::v4([192, 0, 2, 0], 24));
         assert!(hint_block_of(&BanKey::V6(a)).is_none() && hint_block_of(&BanKey::V4(BanKeyV4Ord([192, 0, 2, 1]))).is_none());
     }
 }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{MapInfo, MapType};
 use blocksmtp_common::{
-    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_LONG_WORDS, HINT_WORDS, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
+    AllowValue, BanKeyV4, BanKeyV6, BanValue, Config, HINT_LONG_WORDS, HINT_V4L_WORDS, HINT_WORDS, LAYOUT_VERSION, MAX_ALLOW, MAX_BANS,
     MAX_PREFIX_BANS, STAT_COUNT, map_names,
 };
 
@@ -145,7 +145,7 @@ pub struct MapLayout {
     pub max_entries: u32,
 }
 
-pub fn expected_layouts() -> [MapLayout; 11] {
+pub fn expected_layouts() -> [MapLayout; 12] {
     use std::mem::size_of;
     [
         MapLayout {
@@ -224,6 +224,13 @@ pub fn expected_layouts() -> [MapLayout; 11] {
             key_size: 4,
             value_size: 8,
             max_entries: HINT_LONG_WORDS,
+        },
+        MapLayout {
+            name: map_names::BANNET_HINT_V4_LONG,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: HINT_V4L_WORDS,
         },
     ]
 }

@@ -262,6 +262,32 @@ fn prefix_v6_split() -> bool {
     report("xdp-native/prefix-v6-split", r)
 }
 
+/// IPv4 prefix bans of both hint classes (a /28: `BANNET_HINT4L`; its /24:
+/// `BANNET_HINT24`) on this kernel: the /28 drops its host and not another /28's host of
+/// the same /24; the /24 drops both; lifting the /28 leaves the /24 in force.
+fn prefix_v4_split() -> bool {
+    let r = (|| {
+        let topo = Topology::new()?;
+        let _srv = topo.serve(&[25])?;
+        topo.client.ip(&["addr", "add", "192.0.2.130/24", "dev", "vc0"])?;
+        let mut d = Daemon::start(Some(&topo.server), &args("xdp-native", &[]))?;
+        expect_state(&d, "xdp-native")?;
+        let (inside, clean, server) = ("192.0.2.66", "192.0.2.130", "192.0.2.25:25");
+        ensure!(d.ctl(&["ban", "192.0.2.64/28"])?.status.success(), "ban of 192.0.2.64/28 refused");
+        ensure!(!topo.connect(inside, server, T)?, "{inside} (in the banned /28) connects");
+        ensure!(topo.connect(clean, server, T)?, "{clean} (its /24, not its /28) cannot connect");
+        ensure!(d.ctl(&["ban", "192.0.2.0/24"])?.status.success(), "ban of 192.0.2.0/24 refused");
+        ensure!(!topo.connect(clean, server, T)?, "{clean} connects inside the banned /24");
+        ensure!(d.ctl(&["unban", "192.0.2.64/28"])?.status.success(), "unban of the /28 refused");
+        ensure!(!topo.connect(inside, server, T)?, "{inside} connects with its /24 still banned");
+        ensure!(d.ctl(&["unban", "192.0.2.0/24"])?.status.success(), "unban of the /24 refused");
+        ensure!(topo.connect(inside, server, T)? && topo.connect(clean, server, T)?, "dropped after both bans were lifted");
+        stop_clean(&topo, &mut d)?;
+        Ok("a /28 and its /24 each enforced and lifted".into())
+    })();
+    report("xdp-native/prefix-v4-split", r)
+}
+
 /// TC before TCX: with --keep-bans the filter stays after SIGTERM and the next start
 /// replaces its program in place.
 fn tc_keep_bans() -> bool {
@@ -324,6 +350,7 @@ fn main() {
     }
     ok &= auto();
     ok &= prefix_v6_split();
+    ok &= prefix_v4_split();
     ok &= sigterm_during_load("xdp-native");
     ok &= sigterm_during_load("tc");
     ok &= tc_keep_bans();
