@@ -321,7 +321,10 @@ impl Dataplane {
         attach::check_kernel()?;
         object_built()?;
         let ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
-        Self::finish_load(ebpf, cfg, None, false)
+        let mut dp = Self::finish_load(ebpf, cfg, None, false)?;
+        // Tests and benchmarks run both programs (BPF_PROG_TEST_RUN) without attaching.
+        dp.load_programs()?;
+        Ok(dp)
     }
 
     /// Load with maps pinned under `pins`, reusing pinned maps of the same layout
@@ -395,7 +398,7 @@ impl Dataplane {
             restored,
             log_task: None,
         };
-        attach::load(&mut dp.ebpf)?;
+        // The programs are loaded (verified) by `attach`, each when first attached.
         dp.log_task = start_log_task(&mut dp.ebpf);
         if let Some(prev) = previous
             && prev.v6_prefix_len != config.v6_prefix_len
@@ -1128,8 +1131,15 @@ impl Dataplane {
         Ok(s)
     }
 
-    /// Run a program on `packet` through BPF_PROG_TEST_RUN, `repeat` times.
-    /// Returns the program's return value and the kernel-measured time per run.
+    /// Load both programs into the kernel now (for [`Self::test_run`]; attaching loads
+    /// only the program it attaches).
+    pub fn load_programs(&mut self) -> anyhow::Result<()> {
+        attach::load(&mut self.ebpf)
+    }
+
+    /// Run a program on `packet` through BPF_PROG_TEST_RUN, `repeat` times (after
+    /// [`Self::load_programs`]). Returns the program's return value and the
+    /// kernel-measured time per run.
     pub fn test_run(&self, program: Program, packet: &[u8], repeat: u32) -> Result<(u32, Duration), ProgramError> {
         let opts = TestRunOptions { data_in: Some(packet), repeat, ..Default::default() };
         let r = match program {
