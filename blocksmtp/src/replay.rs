@@ -224,6 +224,19 @@ struct Feed<'i> {
 }
 
 impl Feed<'_> {
+    /// A free parsed block and the next block read into `buf` (the block stays free at
+    /// the end).
+    fn take(&mut self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
+        let parsed = self.free.pop()?;
+        match self.next_block(buf) {
+            Some((seq, max_line)) => Some((seq, max_line, parsed)),
+            None => {
+                self.free.push(parsed);
+                None
+            }
+        }
+    }
+
     /// Read the next block into `buf`: its number and longest line, or `None` at the end
     /// (or after an error, kept for the in-order thread to report).
     fn next_block(&mut self, buf: &mut Vec<u8>) -> Option<(u64, usize)> {
@@ -271,28 +284,13 @@ impl Shared<'_> {
         while feed.free.is_empty() && !feed.finished {
             feed = self.freed.wait(feed).ok()?;
         }
-        let parsed = feed.free.pop()?;
-        match feed.next_block(buf) {
-            Some((seq, max_line)) => Some((seq, max_line, parsed)),
-            None => {
-                feed.free.push(parsed);
-                None
-            }
-        }
+        feed.take(buf)
     }
 
     /// As [`Self::take`] without waiting: `None` when another thread holds the feed or
     /// no parsed block is free (then the parsing threads are ahead).
     fn try_take(&self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
-        let mut feed = self.feed.try_lock().ok()?;
-        let parsed = feed.free.pop()?;
-        match feed.next_block(buf) {
-            Some((seq, max_line)) => Some((seq, max_line, parsed)),
-            None => {
-                feed.free.push(parsed);
-                None
-            }
-        }
+        self.feed.try_lock().ok()?.take(buf)
     }
 
     fn give_back(&self, parsed: ParsedBlock) {

@@ -172,7 +172,11 @@ impl BanKey {
     }
 }
 
-/// Which hint map a prefix ban's bits are in.
+/// Config bits that say what the maps hold (set from their contents, not from the
+/// configuration): kept across a reconfiguration and over a pinned load until read.
+const HELD_FLAGS: u8 = CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L;
+
+/// Which hint map a prefix ban's bits are in (an index into `Dataplane::hints`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum HintMap {
     /// `BANNET_HINT24`: IPv4, and IPv6 up to /48.
@@ -211,6 +215,14 @@ fn len_of(v: &BanValue) -> u8 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct BanKeyV4Ord([u8; 4]);
 
+/// A hint map in the kernel, and its mirror: prefix bans per block of hint bits, and the
+/// bitmap as written.
+struct HintState {
+    map: Array<MapData, u64>,
+    mirror: hint::Hint,
+    name: &'static str,
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     config: Config,
@@ -222,15 +234,8 @@ pub struct Dataplane {
     bannet_v6: LpmTrie<MapData, [u8; 16], BanValue>,
     /// IPv6 prefix bans longer than /48 (`BANNET_V6L`).
     bannet_v6l: LpmTrie<MapData, [u8; 16], BanValue>,
-    hint_map: Array<MapData, u64>,
-    /// Prefix bans per block of hint bits, and the bitmap as written to `BANNET_HINT24`.
-    hint: hint::Hint,
-    hint_long_map: Array<MapData, u64>,
-    /// The same for `BANNET_HINT6L`.
-    hint_long: hint::Hint,
-    hint_v4l_map: Array<MapData, u64>,
-    /// The same for `BANNET_HINT4L`.
-    hint_v4l: hint::Hint,
+    /// The three hint maps, by `HintMap`.
+    hints: [HintState; 3],
     /// IPv4 prefix bans longer than /24 that also count their /24's block in
     /// `BANNET_HINT24`: programs of earlier builds read that bit for them (and walk
     /// `BANNET_V4` as this build's do). From a pinned load until this build's programs
@@ -364,7 +369,7 @@ impl Dataplane {
         // entries: the programs still attached (an earlier run's) read this config too,
         // and a bit cleared meanwhile would have them skip a trie that holds bans.
         if let Some(prev) = previous {
-            config.flags |= prev.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L);
+            config.flags |= prev.flags & HELD_FLAGS;
         }
         let mut dp = Self {
             bans_v4: take(&mut ebpf, map_names::BANS_V4)?,
@@ -374,12 +379,15 @@ impl Dataplane {
             bannet_v4: take(&mut ebpf, map_names::BANNET_V4)?,
             bannet_v6: take(&mut ebpf, map_names::BANNET_V6)?,
             bannet_v6l: take(&mut ebpf, map_names::BANNET_V6_LONG)?,
-            hint_map: take(&mut ebpf, map_names::BANNET_HINT)?,
-            hint: hint::Hint::default(),
-            hint_long_map: take(&mut ebpf, map_names::BANNET_HINT_LONG)?,
-            hint_long: hint::Hint::long(),
-            hint_v4l_map: take(&mut ebpf, map_names::BANNET_HINT_V4_LONG)?,
-            hint_v4l: hint::Hint::v4_long(),
+            hints: [
+                HintState { map: take(&mut ebpf, map_names::BANNET_HINT)?, mirror: hint::Hint::default(), name: map_names::BANNET_HINT },
+                HintState { map: take(&mut ebpf, map_names::BANNET_HINT_LONG)?, mirror: hint::Hint::long(), name: map_names::BANNET_HINT_LONG },
+                HintState {
+                    map: take(&mut ebpf, map_names::BANNET_HINT_V4_LONG)?,
+                    mirror: hint::Hint::v4_long(),
+                    name: map_names::BANNET_HINT_V4_LONG,
+                },
+            ],
             v4_compat: pins.is_some().then(HashSet::new),
             legacy_v6: Vec::new(),
             stats: take(&mut ebpf, map_names::STATS)?,
@@ -417,7 +425,7 @@ impl Dataplane {
     /// Apply a new configuration (SIGHUP); IPv6 bans are re-keyed if the prefix changed.
     pub fn reconfigure(&mut self, cfg: &DataplaneConfig) -> anyhow::Result<()> {
         let mut new = cfg.to_kernel()?;
-        new.flags |= self.config.flags & (CONFIG_ALLOW_V4 | CONFIG_ALLOW_V6 | CONFIG_BANNET_V4 | CONFIG_BANNET_V6 | CONFIG_BANNET_V6L);
+        new.flags |= self.config.flags & HELD_FLAGS;
         let old_len = self.config.v6_prefix_len;
         self.config_map.set(0, new, 0).context("writing the config map")?;
         self.config = new;
@@ -584,7 +592,7 @@ impl Dataplane {
         let Some(compat) = self.v4_compat.take() else { return Ok(()) };
         let mut changed = std::collections::BTreeMap::new();
         for (a, len) in &compat {
-            changed.extend(self.hint.remove(hint::Block::v4(*a, *len)));
+            changed.extend(self.hints[HintMap::Short as usize].mirror.remove(hint::Block::v4(*a, *len)));
         }
         let words: Vec<(u32, u64)> = changed.into_iter().collect();
         if let Err(e) = self.write_hint(HintMap::Short, &words) {
@@ -596,11 +604,7 @@ impl Dataplane {
     }
 
     fn hint_block(&mut self, map: HintMap, block: hint::Block, add: bool) -> anyhow::Result<()> {
-        let mirror = match map {
-            HintMap::Short => &mut self.hint,
-            HintMap::Long => &mut self.hint_long,
-            HintMap::LongV4 => &mut self.hint_v4l,
-        };
+        let mirror = &mut self.hints[map as usize].mirror;
         let changed = if add { mirror.add(block) } else { mirror.remove(block) };
         self.write_hint(map, &changed)
     }
@@ -608,14 +612,10 @@ impl Dataplane {
     /// Write hint words: each once, in batches when there are many (a /8 is 1,024 words).
     fn write_hint(&mut self, map: HintMap, words: &[(u32, u64)]) -> anyhow::Result<()> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let (hint_map, name) = match map {
-            HintMap::Short => (&mut self.hint_map, map_names::BANNET_HINT),
-            HintMap::Long => (&mut self.hint_long_map, map_names::BANNET_HINT_LONG),
-            HintMap::LongV4 => (&mut self.hint_v4l_map, map_names::BANNET_HINT_V4_LONG),
-        };
+        let HintState { map: hint_map, name, .. } = &mut self.hints[map as usize];
         if words.len() > 4 {
             let (keys, values): (Vec<u32>, Vec<u64>) = words.iter().copied().unzip();
-            let fd = aya::maps::IterableMap::map(&*hint_map).fd().as_fd().as_raw_fd();
+            let fd = aya::maps::IterableMap::map(hint_map).fd().as_fd().as_raw_fd();
             match batch::update(fd, &keys, &values) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
@@ -630,8 +630,7 @@ impl Dataplane {
 
     /// The hints' user-side memory (all three maps): blocks counted, bytes of bitmap chunks in use.
     pub fn hint_footprint(&self) -> (usize, usize) {
-        let (a, b, c) = (self.hint.footprint(), self.hint_long.footprint(), self.hint_v4l.footprint());
-        (a.0 + b.0 + c.0, a.1 + b.1 + c.1)
+        self.hints.iter().map(|h| h.mirror.footprint()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// Whether a kernel hint bit for `ip` is set: a clean packet from `ip` pays a
@@ -645,18 +644,19 @@ impl Dataplane {
     /// `BANNET_V6`), and the long class's: `BANNET_HINT4L`'s (a walk of `BANNET_V4`),
     /// `BANNET_HINT6L`'s (a walk of `BANNET_V6L`).
     pub fn hint_bits_for(&self, ip: IpAddr) -> anyhow::Result<(bool, bool)> {
-        let read = |map: &Array<MapData, u64>, bit: u32| -> anyhow::Result<bool> {
-            let w = map.get(&(bit / 64), 0).context("reading a prefix-ban hint map")?;
+        let read = |map: HintMap, bit: u32| -> anyhow::Result<bool> {
+            let h = &self.hints[map as usize];
+            let w = h.map.get(&(bit / 64), 0).with_context(|| format!("reading the prefix-ban hint map {}", h.name))?;
             Ok(w & 1 << (bit % 64) != 0)
         };
         match ip {
             IpAddr::V4(a) => Ok((
-                read(&self.hint_map, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?,
-                read(&self.hint_v4l_map, blocksmtp_common::hint_bit_v4l(u32::from(a) >> 4))?,
+                read(HintMap::Short, blocksmtp_common::hint_bit_v4(u32::from(a) >> 8))?,
+                read(HintMap::LongV4, blocksmtp_common::hint_bit_v4l(u32::from(a) >> 4))?,
             )),
             IpAddr::V6(a) => Ok((
-                read(&self.hint_map, blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64))?,
-                read(&self.hint_long_map, blocksmtp_common::hint_bit_v6l((u128::from(a) >> 72) as u64))?,
+                read(HintMap::Short, blocksmtp_common::hint_bit_v6((u128::from(a) >> 80) as u64))?,
+                read(HintMap::Long, blocksmtp_common::hint_bit_v6l((u128::from(a) >> 72) as u64))?,
             )),
         }
     }
@@ -922,40 +922,26 @@ impl Dataplane {
         // ~100 ms of start-up (a batch lookup copies element by element).
         // All hints alike; an upgrade's copies in BANNET_V6 keep their bits there, and
         // while older programs may run the long IPv4 bans keep their /24 bits.
-        let (mut hint, mut long, mut long4) = (hint::Hint::default(), hint::Hint::long(), hint::Hint::v4_long());
+        let mut new = [hint::Hint::default(), hint::Hint::long(), hint::Hint::v4_long()];
         if let Some(compat) = self.v4_compat.as_mut() {
             compat.clear();
         }
         for Reverse((_, k)) in self.expiry_net.iter() {
-            match hint_block_of(k) {
-                Some((HintMap::Short, b)) => {
-                    hint.add(b);
-                }
-                Some((HintMap::Long, b)) => {
-                    long.add(b);
-                }
-                Some((HintMap::LongV4, b)) => {
-                    long4.add(b);
-                    if let (BanKey::Net4(a, len), Some(compat)) = (*k, self.v4_compat.as_mut()) {
-                        compat.insert((a, len));
-                        hint.add(hint::Block::v4(a, len));
-                    }
-                }
-                None => {}
+            let Some((map, b)) = hint_block_of(k) else { continue };
+            new[map as usize].add(b);
+            if let (HintMap::LongV4, BanKey::Net4(a, len), Some(compat)) = (map, *k, self.v4_compat.as_mut()) {
+                compat.insert((a, len));
+                new[HintMap::Short as usize].add(hint::Block::v4(a, len));
             }
         }
         for (a, len, _) in &self.legacy_v6 {
-            hint.add(hint::Block::v6(*a, *len));
+            new[HintMap::Short as usize].add(hint::Block::v6(*a, *len));
         }
-        let changed = hint.diff(&self.hint);
-        self.hint = hint;
-        self.write_hint(HintMap::Short, &changed)?;
-        let changed = long.diff(&self.hint_long);
-        self.hint_long = long;
-        self.write_hint(HintMap::Long, &changed)?;
-        let changed = long4.diff(&self.hint_v4l);
-        self.hint_v4l = long4;
-        self.write_hint(HintMap::LongV4, &changed)?;
+        for (map, mirror) in [HintMap::Short, HintMap::Long, HintMap::LongV4].into_iter().zip(new) {
+            let changed = mirror.diff(&self.hints[map as usize].mirror);
+            self.hints[map as usize].mirror = mirror;
+            self.write_hint(map, &changed)?;
+        }
         self.sync_prefix_flags()
     }
 
@@ -986,7 +972,7 @@ impl Dataplane {
                     // The mirror is rebuilt from the tries next: set the kernel's bits directly.
                     let words = hint::Block::v6_long(a, len)
                         .words()
-                        .map(|(w, bits)| Ok((w, bits | self.hint_long_map.get(&w, 0)?)))
+                        .map(|(w, bits)| Ok((w, bits | self.hints[HintMap::Long as usize].map.get(&w, 0)?)))
                         .collect::<Result<Vec<_>, MapError>>()
                         .context("reading the prefix-ban hint map")?;
                     self.write_hint(HintMap::Long, &words)?;
