@@ -10,6 +10,7 @@
 use std::{
     fs::File,
     io::{self, Read},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -44,9 +45,49 @@ impl std::fmt::Display for Input {
     }
 }
 
+/// Where an input's bytes come from.
+enum Source {
+    /// A plain file or standard input: blocks are read straight into the caller's
+    /// buffer, one `read` each (`read_to_end` through a `dyn Read` restarted at 8 KiB
+    /// every call: 16 syscalls a block).
+    Fd(File),
+    /// Anything else: gzip-compressed data, a reader given by a caller.
+    Reader(Box<dyn Read + Send>),
+}
+
+impl Source {
+    /// Append up to `want` bytes to `out` (at least one unless at the end).
+    fn read_into(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+        match self {
+            Source::Fd(f) => {
+                out.reserve(want);
+                loop {
+                    match rustix::io::read(&*f, rustix::buffer::spare_capacity(out)) {
+                        Ok(n) => return Ok(n),
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Source::Reader(r) => (&mut **r).take(want as u64).read_to_end(out),
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Fd(f) => f.read(buf),
+            Source::Reader(r) => r.read(buf),
+        }
+    }
+}
+
 /// Lines of one input.
 pub struct LineReader {
-    src: Box<dyn Read + Send>,
+    src: Source,
+    /// Bytes read to tell gzip from plain text, not yet handed out.
+    head: Vec<u8>,
     split: Splitter,
     eof: bool,
     gzip: bool,
@@ -62,15 +103,30 @@ impl LineReader {
     /// Open `input` (a file, or standard input).
     pub fn open(input: &Input) -> io::Result<Self> {
         match input {
-            Input::Stdin => Self::new(io::stdin()),
+            // Standard input's descriptor itself: nothing has been read through
+            // io::stdin()'s buffer.
+            Input::Stdin => Self::of_file(File::from(io::stdin().as_fd().try_clone_to_owned()?), DEFAULT_MAX_LINE),
             Input::File(p) => {
                 let f = File::open(p)?;
                 if f.metadata()?.is_dir() {
                     return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
                 }
-                Self::new(f)
+                Self::of_file(f, DEFAULT_MAX_LINE)
             }
         }
+    }
+
+    fn of_file(mut f: File, max_line: usize) -> io::Result<Self> {
+        let head = peek_head(&mut f)?;
+        if is_gzip(&head) {
+            Ok(Self::build(Source::Reader(Box::new(MultiGzDecoder::new(io::Cursor::new(head).chain(f)))), Vec::new(), true, max_line))
+        } else {
+            Ok(Self::build(Source::Fd(f), head, false, max_line))
+        }
+    }
+
+    fn build(src: Source, head: Vec<u8>, gzip: bool, max_line: usize) -> Self {
+        Self { src, head, split: Splitter::with_buffer(max_line, MIN_BUFFER), eof: false, gzip }
     }
 
     /// Lines of any reader; gzip data is decompressed.
@@ -80,25 +136,12 @@ impl LineReader {
 
     /// As [`Self::new`] with a chosen longest line (at least 1 byte).
     pub fn with_max_line(mut r: impl Read + Send + 'static, max_line: usize) -> io::Result<Self> {
-        // Peek at the first bytes for the gzip magic.
-        let mut head = [0u8; 2];
-        let mut n = 0;
-        while n < 2 {
-            match r.read(&mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let head = io::Cursor::new(head[..n].to_vec());
-        let gzip = n == 2 && head.get_ref()[..] == [0x1f, 0x8b];
-        let src: Box<dyn Read + Send> = if gzip {
-            Box::new(MultiGzDecoder::new(head.chain(r)))
+        let head = peek_head(&mut r)?;
+        if is_gzip(&head) {
+            Ok(Self::build(Source::Reader(Box::new(MultiGzDecoder::new(io::Cursor::new(head).chain(r)))), Vec::new(), true, max_line))
         } else {
-            Box::new(head.chain(r))
-        };
-        Ok(Self { src, split: Splitter::with_buffer(max_line, MIN_BUFFER), eof: false, gzip })
+            Ok(Self::build(Source::Reader(Box::new(r)), head, false, max_line))
+        }
     }
 
     /// Whether the input was gzip-compressed.
@@ -124,6 +167,13 @@ impl LineReader {
             if self.eof {
                 return Ok(self.split.rest().map(|r| self.split.slice(r)));
             }
+            if !self.head.is_empty() {
+                let n = self.head.len();
+                self.split.spare()[..n].copy_from_slice(&self.head);
+                self.split.filled(n);
+                self.head.clear();
+                continue;
+            }
             match self.src.read(self.split.spare()) {
                 Ok(0) => self.eof = true,
                 Ok(k) => self.split.filled(k),
@@ -132,6 +182,25 @@ impl LineReader {
             }
         }
     }
+}
+
+/// The first bytes of an input, enough to tell gzip's magic.
+fn peek_head(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; 2];
+    let mut n = 0;
+    while n < 2 {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(head[..n].to_vec())
+}
+
+fn is_gzip(head: &[u8]) -> bool {
+    head == [0x1f, 0x8b]
 }
 
 /// Bytes a [`Blocks`] reader aims at per block. 256 KiB (about 2,000 lines): the
@@ -145,7 +214,7 @@ pub const BLOCK: usize = 1 << 18;
 /// then a newline, the rest dropped); longer lines inside a block are left for the
 /// consumer to cut at `max_line` ([`block_lines`]).
 pub struct Blocks {
-    src: Box<dyn Read + Send>,
+    src: Source,
     max_line: usize,
     carry: Vec<u8>,
     discarding: bool,
@@ -165,7 +234,7 @@ impl LineReader {
         Blocks {
             src: self.src,
             max_line: self.split.max_line(),
-            carry: Vec::new(),
+            carry: self.head,
             discarding: false,
             eof: false,
             truncated: 0,
@@ -226,9 +295,8 @@ impl Blocks {
                 return Ok(any);
             }
             let n0 = out.len();
-            // Into the spare capacity, without zeroing it first (read_to_end does that
-            // safely); retried on EINTR there.
-            match (&mut self.src).take((self.size / 4) as u64).read_to_end(out) {
+            // The rest of the block in one read; past its size (a long line) a quarter.
+            match self.src.read_into(out, self.size.saturating_sub(n0).max(self.size / 4)) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {
                     if let Some(i) = memchr::memrchr(b'\n', &out[n0..]) {
