@@ -462,7 +462,18 @@ mod tests {
                 want_lines.push(l.to_vec());
             }
             let got = block_lines_of(LineReader::with_max_line(io::Cursor::new(data.clone()), max).unwrap());
-            assert_eq!(got, (want_lines, w.truncated()), "{} bytes, max {max}", data.len());
+            assert_eq!(got, (want_lines.clone(), w.truncated()), "{} bytes, max {max}", data.len());
+            // A file is read by descriptor (straight into the block), as lines and as blocks.
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&data).unwrap();
+            let file = |f: &File| {
+                let mut f = f.try_clone().unwrap();
+                io::Seek::rewind(&mut f).unwrap();
+                LineReader::of_file(f, max).unwrap()
+            };
+            assert!(matches!(file(&f).src, Source::Fd(_)));
+            assert_eq!(lines(file(&f)), want_lines, "file, {} bytes, max {max}", data.len());
+            assert_eq!(block_lines_of(file(&f)), (want_lines, w.truncated()), "file blocks, {} bytes, max {max}", data.len());
             let got = block_lines_of(LineReader::with_max_line(io::Cursor::new(gz(&data)), max).unwrap());
             assert_eq!(got.0.len(), { let mut w = LineReader::with_max_line(io::Cursor::new(data.clone()), max).unwrap(); let mut n = 0; while w.next_line().unwrap().is_some() { n += 1 } n });
         }
