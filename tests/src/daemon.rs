@@ -32,6 +32,9 @@ pub fn binary() -> PathBuf {
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// The kernel's BTF, which aya parses on every load unless it cannot be read.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// How a daemon is run: tests take the debug build at debug level; benchmarks the
 /// release build at info level (debug logging would be measured too), with more time to
 /// start and stop (a million restored bans).
@@ -49,6 +52,10 @@ pub struct Launch {
     /// test (which cleans up on unwinding), not the daemon. Benchmarks share theirs, so
     /// that a Ctrl-C stops their daemons too.
     pub own_process_group: bool,
+    /// Hide the kernel's BTF from the daemon as the shipped unit does
+    /// (`InaccessiblePaths=-/sys/kernel/btf/vmlinux`): a private mount namespace, slave
+    /// to the host's (bpffs and its pins stay shared), with /dev/null bound over it.
+    pub hide_kernel_btf: bool,
 }
 
 impl Launch {
@@ -61,6 +68,7 @@ impl Launch {
             ready_timeout: Duration::from_secs(20),
             stop_timeout: Duration::from_secs(15),
             own_process_group: true,
+            hide_kernel_btf: false,
         }
     }
 
@@ -73,6 +81,7 @@ impl Launch {
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
             own_process_group: false,
+            hide_kernel_btf: false,
         }
     }
 }
@@ -169,17 +178,20 @@ impl Daemon {
         }
         // A killed daemon's socket file stays: readiness must be the new one's.
         let _ = std::fs::remove_file(&self.socket);
-        let mut cmd = match &self.ns {
-            // nsenter --net, not `ip netns exec`: the latter gives the process its
-            // own mount namespace, without the host's bpffs (and so no pins that
-            // outlive it).
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.settings.bin);
-                c
-            }
-            None => Command::new(&self.settings.bin),
-        };
+        // Each wrapper execs the next: the child's pid is the daemon's.
+        let mut wrap: Vec<std::ffi::OsString> = Vec::new();
+        // nsenter --net, not `ip netns exec`: the latter gives the process its own mount
+        // namespace, without the host's bpffs (and so no pins that outlive it).
+        if let Some(ns) = &self.ns {
+            wrap.extend(["nsenter".into(), format!("--net=/var/run/netns/{ns}").into()]);
+        }
+        if self.settings.hide_kernel_btf && Path::new(KERNEL_BTF).exists() {
+            wrap.extend(["unshare", "--mount", "--propagation", "slave", "sh", "-c"].map(Into::into));
+            wrap.push(format!("mount --bind /dev/null {KERNEL_BTF} && exec \"$0\" \"$@\"").into());
+        }
+        wrap.push(self.settings.bin.clone().into());
+        let mut cmd = Command::new(&wrap[0]);
+        cmd.args(&wrap[1..]);
         cmd.arg("run");
         // `--no-log` (an enforce-only fleet member) reads no log at all.
         if !self.args.iter().any(|a| a == "--no-log") {

@@ -518,6 +518,22 @@ fn package_on_debian_12_systemd() {
     assert_eq!(c.unit("SystemCallErrorNumber"), "1", "SystemCallErrorNumber=EPERM");
     assert!(c.unit("ExecReload").contains("path=/usr/sbin/blocksmtp ; argv[]=/usr/sbin/blocksmtp reload"), "{}", c.unit("ExecReload"));
     assert_eq!(c.unit("ProtectKernelTunables"), "no");
+    // The kernel's BTF is hidden from the daemon (aya would parse all of it at start;
+    // the programs need none of it) and the dataplane loaded without it (below: mode,
+    // program attached, a harvester's connects dropped).
+    let pid = c.unit("MainPID");
+    let btf_size = |ns: &[&str]| {
+        let mut args = ns.to_vec();
+        args.extend(["stat", "-c", "%s", "/sys/kernel/btf/vmlinux"]);
+        c.exec(&args)
+    };
+    let outside = btf_size(&[]);
+    if outside.status.success() && text(&outside).trim() != "0" {
+        let inside = btf_size(&["nsenter", "-t", &pid, "-m", "--"]);
+        assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), "0", "the daemon's mount namespace still shows the kernel's BTF: {}", text(&inside));
+    }
+    let peak = c.ok(&["grep", "-E", "^Vm(RSS|HWM)", &format!("/proc/{pid}/status")]);
+    eprintln!("daemon memory under the unit: {}", peak.split_whitespace().collect::<Vec<_>>().join(" "));
     let status: serde_json::Value = serde_json::from_str(&c.ok(&["blocksmtp", "status", "--json"])).unwrap();
     assert_eq!(status["data"]["mode"], "xdp", "{status}");
     // No mail log in the container: the journal, whose lines say who wrote them.

@@ -1190,6 +1190,21 @@ impl KernelBan {
 mod tests {
     use super::*;
 
+    /// The programs resolve nothing against the kernel's BTF (no CO-RE relocation), so
+    /// the shipped unit may hide /sys/kernel/btf/vmlinux from the daemon (aya 0.14
+    /// parses it on every load otherwise; packaging/blocksmtp.service). A program that
+    /// starts reading kernel structures fails here first.
+    #[test]
+    fn the_programs_need_no_kernel_btf() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("SKIP: built with AYA_BUILD_SKIP=1, no eBPF object");
+            return;
+        }
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        assert!(!obj.programs.is_empty(), "no programs in the embedded object");
+        assert!(!obj.has_btf_relocations(), "the eBPF object has CO-RE relocations: the unit's InaccessiblePaths=/sys/kernel/btf/vmlinux would break them");
+    }
+
     /// IPv6 prefix bans go to their trie and hint by length: up to /48 the short class
     /// (`BANNET_V6`, `BANNET_HINT24`), longer ones the long class (`BANNET_V6L`, the bits
     /// of their /56s in `BANNET_HINT6L`); IPv4 keeps one trie, but bans up to /24 hint per
