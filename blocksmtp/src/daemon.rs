@@ -162,9 +162,7 @@ async fn run(args: RunArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
 
     // An unreadable or corrupt file is moved aside by load_state (and said so); a file of
     // an unknown version is refused: starting would overwrite it.
-    if let Some(state) = crate::policy::history::load_state(&args.state_file)? {
-        let n = state.offenders.len();
-        detector.restore_state(state, SystemTime::now());
+    if let Some(n) = crate::policy::history::load_state(&args.state_file, detector.policy_mut(), SystemTime::now())? {
         log::info!("state: {n} offenders' history restored from {}", args.state_file.display());
     }
 

@@ -209,6 +209,72 @@ struct EvidenceRef<'a> {
     sender_nets: &'a Bounded<()>,
 }
 
+/// [`PolicyState`] read into a history as it is parsed (`Policy::restore_from_reader`):
+/// the number of offenders and the evidence. Same fields and rules as the derived
+/// `Deserialize` (`offenders` required, `evidence` optional, unknown fields ignored).
+struct StreamedState<'h>(&'h mut Histories);
+
+impl<'de> serde::de::DeserializeSeed<'de> for StreamedState<'_> {
+    type Value = (usize, EvidenceState);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StreamedState<'_> {
+    type Value = (usize, EvidenceState);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("blocksmtp state")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let (mut version, mut offenders, mut evidence) = (None::<u32>, None, None);
+        while let Some(key) = m.next_key::<std::borrow::Cow<'_, str>>()? {
+            match &*key {
+                "version" => version = Some(m.next_value()?),
+                "offenders" => offenders = Some(m.next_value_seed(StreamedOffenders(&mut *self.0))?),
+                "evidence" => evidence = Some(m.next_value()?),
+                _ => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        version.ok_or_else(|| A::Error::missing_field("version"))?;
+        Ok((offenders.ok_or_else(|| A::Error::missing_field("offenders"))?, evidence.unwrap_or_default()))
+    }
+}
+
+/// The `offenders` list, each put into the history as it is read.
+struct StreamedOffenders<'h>(&'h mut Histories);
+
+impl<'de> serde::de::DeserializeSeed<'de> for StreamedOffenders<'_> {
+    type Value = usize;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StreamedOffenders<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of offenders")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while let Some(o) = seq.next_element::<Offender>()? {
+            self.0.insert(&o.source, o.offences);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offender {
     pub source: SourceAddr,
@@ -505,7 +571,33 @@ impl Policy {
         for o in state.offenders {
             self.history.insert(&o.source, o.offences);
         }
-        let e = state.evidence;
+        self.restore_evidence(state.evidence, now);
+    }
+
+    /// [`Self::restore`] from [`PolicyState`] JSON read from `r`, each offender put into
+    /// the history as it is read: no list of all of them is held (at 100,000 offenders
+    /// that list, 7 MB, beside the tables being filled from it was the restart's peak).
+    /// The number of offenders read; on an error the history is left empty.
+    pub fn restore_from_reader(&mut self, r: impl std::io::Read, now: SystemTime) -> serde_json::Result<usize> {
+        self.history.clear();
+        let mut de = serde_json::Deserializer::from_reader(r);
+        let read = serde::de::DeserializeSeed::deserialize(StreamedState(&mut self.history), &mut de).and_then(|s| {
+            de.end()?;
+            Ok(s)
+        });
+        match read {
+            Ok((n, evidence)) => {
+                self.restore_evidence(evidence, now);
+                Ok(n)
+            }
+            Err(e) => {
+                self.history.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_evidence(&mut self, e: EvidenceState, now: SystemTime) {
         self.surge = e.surge;
         self.prefixes.nets.adopt(e.prefixes);
         self.dictionary.names.adopt(e.names);
@@ -585,13 +677,15 @@ fn tmp_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// Read the state file; `None` when there is none yet (or it was corrupt).
+/// Read the state file into `policy` (its history replaced, see
+/// [`Policy::restore_from_reader`]): the number of offenders restored, `None` when there
+/// is no file yet (or it was corrupt: then the history is empty).
 ///
 /// A temporary file left by a crash mid-write is removed (the state file itself is
 /// intact: writes are atomic). A file that is not valid state is moved aside as
 /// `<file>.corrupt-<unix time>` (nothing is lost) and the daemon starts without history;
 /// a file of another version is refused, since running would overwrite it.
-pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
+pub fn load_state(path: &Path, policy: &mut Policy, now: SystemTime) -> anyhow::Result<Option<usize>> {
     let tmp = tmp_path(path);
     if tmp.exists() {
         match std::fs::remove_file(&tmp) {
@@ -616,10 +710,10 @@ pub fn load_state(path: &Path) -> anyhow::Result<Option<PolicyState>> {
             return Ok(Err(v.version));
         }
         let reader = open().with_context(|| format!("reading the state file {}", path.display()))?;
-        Ok(Ok(serde_json::from_reader::<_, PolicyState>(reader)?))
+        Ok(Ok(policy.restore_from_reader(reader, now)?))
     });
     match parsed {
-        Ok(Ok(state)) => Ok(Some(state)),
+        Ok(Ok(n)) => Ok(Some(n)),
         Ok(Err(v)) => anyhow::bail!(
             "state file {} has version {v}, this blocksmtp reads versions 1 to {STATE_VERSION} (written by a \
              newer release?); refusing to overwrite it: move it away to start without the offence history",
@@ -738,7 +832,9 @@ mod tests {
         let p = dir.path().join("state.json");
         std::fs::write(&p, "{\"version\":1,\"offenders\":[{\"source\":").unwrap();
         std::fs::write(dir.path().join("state.json.tmp"), "half").unwrap();
-        assert!(load_state(&p).unwrap().is_none());
+        let mut policy = Policy::new(super::super::PolicyConfig::default(), crate::whitelist::Whitelist::new());
+        let now = SystemTime::now();
+        assert!(load_state(&p, &mut policy, now).unwrap().is_none());
         let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(names[0].starts_with("state.json.corrupt-"), "{names:?}");
@@ -746,12 +842,23 @@ mod tests {
         assert!(kept.ends_with("\"source\":"), "moved aside unchanged");
 
         std::fs::write(&p, "{\"version\":999,\"offenders\":[]}").unwrap();
-        let e = load_state(&p).unwrap_err().to_string();
+        let e = load_state(&p, &mut policy, now).unwrap_err().to_string();
         assert!(e.contains("version 999") && e.contains("refusing"), "{e}");
         assert!(p.exists(), "a newer file is left alone");
 
+        // Corrupt after a valid offender: nothing of it is kept (not half a history).
+        let one = r#"{"source":"192.0.2.66","offences":[{"number":1,"at":1800000000,"duration":3600,"guesses":5,"first_seen":1799999990,"last_seen":1800000000,"span":10,"kinds":[5,0,0],"mta":"sendmail"}]}"#;
+        std::fs::write(&p, format!(r#"{{"version":2,"offenders":[{one},{{"source":"#)).unwrap();
+        assert!(load_state(&p, &mut policy, now).unwrap().is_none());
+        assert!(policy.offences(&"192.0.2.66".parse().unwrap()).is_empty(), "a corrupt file leaves no history");
+        std::fs::write(&p, format!(r#"{{"version":2,"offenders":[{one}],"later":{{"x":[1]}}}}"#)).unwrap();
+        assert_eq!(load_state(&p, &mut policy, now).unwrap(), Some(1), "unknown fields are ignored");
+        assert_eq!(policy.offences(&"192.0.2.66".parse().unwrap()).len(), 1);
+        std::fs::write(&p, r#"{"version":2}"#).unwrap();
+        assert!(load_state(&p, &mut policy, now).unwrap().is_none(), "offenders are required");
+
         std::fs::write(&p, "{\"version\":1,\"offenders\":[]}").unwrap();
-        assert_eq!(load_state(&p).unwrap().unwrap().offenders.len(), 0);
-        assert!(load_state(&dir.path().join("none.json")).unwrap().is_none());
+        assert_eq!(load_state(&p, &mut policy, now).unwrap(), Some(0));
+        assert!(load_state(&dir.path().join("none.json"), &mut policy, now).unwrap().is_none());
     }
 }
