@@ -75,7 +75,7 @@ pub fn xdp_action(v: Verdict) -> u32 {
 #[inline(always)]
 pub fn tc_action(v: Verdict) -> i32 {
     match v {
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop => TC_ACT_SHOT,
         // UNSPEC: let later TC/TCX programs see the packet too.
         _ => TC_ACT_UNSPEC,
     }
@@ -97,7 +97,8 @@ pub type Found = Option<(*mut BanValue, u8)>;
 #[inline(always)]
 pub fn ban_state(ban: Option<*mut BanValue>, len: u8) -> (Found, Verdict) {
     match ban {
-        Some(b) if expired(b) => (None, Verdict::PassExpired),
+        // SAFETY: a map lookup's pointer, valid for this run of the program.
+        Some(b) if unsafe { expired(b) } => (None, Verdict::PassExpired),
         Some(b) => (Some((b, len)), Verdict::PassNotBanned),
         None => (None, Verdict::PassNotBanned),
     }
@@ -138,22 +139,32 @@ pub fn protected_port(cfg: &Config, dport: u16) -> bool {
 }
 
 /// An expired ban is never enforced, whether or not the daemon has swept it yet.
+///
+/// # Safety
+/// `ban` points at a map value (a lookup's result, valid for this run of the program).
 #[inline(always)]
-pub fn expired(ban: *mut BanValue) -> bool {
+pub unsafe fn expired(ban: *mut BanValue) -> bool {
     !unsafe { &*ban }.active_at(unsafe { bpf_ktime_get_boot_ns() })
 }
 
 /// Drop, and charge the packet to the ban's counter.
-#[cfg(target_arch = "bpf")]
+///
+/// # Safety
+/// As [`expired`]: `ban` points at a map value.
 #[inline(always)]
-pub fn charge(ban: *mut BanValue) -> Verdict {
+pub unsafe fn charge(ban: *mut BanValue) -> Verdict {
     // Shared across CPUs: atomic add (BPF_ATOMIC_ADD). core's AtomicU64 has no
     // fetch_add on the BPF target, the intrinsic lowers to the right instruction.
+    #[cfg(target_arch = "bpf")]
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             &raw mut (*ban).dropped,
             1,
         )
     };
+    // Elsewhere (a host's `cargo check`/clippy of the workspace) the same add in core's
+    // terms; the programs run only on the BPF target.
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(&raw mut (*ban).dropped) }.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     Verdict::Drop
 }

@@ -99,7 +99,8 @@ fn classify(start: usize, end: usize) -> Verdict {
             if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
                 info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", saddr, len, u16::from_be(dport_be));
             }
-            charge(ban)
+            // SAFETY: `ban` is the lookup's pointer (ban_state / in_force).
+            unsafe { charge(ban) }
         }
         Ok(Tcp::V6 { saddr, daddr, dport_be }) => {
             if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V6 != 0 && daddr != words(&cfg.mailer_v6)) {
@@ -124,7 +125,8 @@ fn classify(start: usize, end: usize) -> Verdict {
             if cfg.flags & CONFIG_LOG != 0 && first_drop(ban) {
                 info!(&(), "first packet dropped for the ban of {:i}/{}: to port {}", bytes(saddr), len, u16::from_be(dport_be));
             }
-            charge(ban)
+            // SAFETY: `ban` is the lookup's pointer (ban_state / in_force).
+            unsafe { charge(ban) }
         }
     }
 }
@@ -157,7 +159,8 @@ fn net_ban<const N: usize>(trie: &LpmTrie<[u8; N], BanValue>, saddr: [u8; N], mu
 fn in_force(ban: &BanValue) -> Result<(*mut BanValue, u8), u8> {
     let len = (ban.flags >> BAN_FLAG_LEN_SHIFT) as u8;
     let ban = ban as *const BanValue as *mut BanValue;
-    if expired(ban) { Err(len) } else { Ok((ban, len)) }
+    // SAFETY: from the reference to the trie's value.
+    if unsafe { expired(ban) } { Err(len) } else { Ok((ban, len)) }
 }
 
 /// No packet was dropped under this ban yet. A plain read: two CPUs dropping a ban's

@@ -205,7 +205,7 @@ pub enum Command {
     /// Run the daemon: follow the mail log, ban harvesters, reap stuck sessions.
     Run(Box<RunArgs>),
     /// Dry run over logs: which sources would be banned, no kernel touched, no root needed.
-    Replay(crate::replay::ReplayArgs),
+    Replay(Box<crate::replay::ReplayArgs>),
     /// The running daemon's state: mode, interfaces, sources, counters.
     Status(ClientArgs),
     /// Active bans: source, reason, guesses, time left, packets dropped.

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => blocksmtp::daemon::main(*args, argv),
-        Command::Replay(args) => blocksmtp::replay::main(args, argv),
+        Command::Replay(args) => blocksmtp::replay::main(*args, argv),
         Command::Status(c) => blocksmtp::control::client_main(&c, blocksmtp::control::Request::Status),
         Command::List(c) => blocksmtp::control::client_main(&c, blocksmtp::control::Request::List),
         Command::Ban { source, duration, client } => blocksmtp::control::client_main(

@@ -598,7 +598,7 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
     let args = match with_config(&args, &argv) {
         Ok(None) => args,
         Ok(Some(full)) => match <crate::cli::Cli as clap::Parser>::try_parse_from(&full).map(|c| c.command) {
-            Ok(crate::cli::Command::Replay(a)) => a,
+            Ok(crate::cli::Command::Replay(a)) => *a,
             Ok(_) => unreachable!("replay stays replay"),
             Err(e) => {
                 eprintln!("blocksmtp replay: with the config file's settings: {e}");
@@ -674,7 +674,7 @@ mod tests {
     fn args_of(argv: &[&str]) -> (ReplayArgs, Vec<OsString>) {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
         match <crate::cli::Cli as clap::Parser>::try_parse_from(&argv).unwrap().command {
-            crate::cli::Command::Replay(a) => (a, argv),
+            crate::cli::Command::Replay(a) => (*a, argv),
             _ => panic!("not replay"),
         }
     }

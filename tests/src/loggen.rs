@@ -1003,7 +1003,8 @@ pub fn distributed_shapes(seed: u64) -> Vec<(&'static str, bool, Scenario)> {
 pub fn innocent_scenarios(seed: u64) -> Vec<(&'static str, Scenario)> {
     let start = 1_795_780_800;
     let hours = 10;
-    let kinds: [(&'static str, fn(&mut Scenario, i64)); 6] = [
+    type Kind = (&'static str, fn(&mut Scenario, i64));
+    let kinds: [Kind; 6] = [
         ("background", |s, h| s.background(400, h)),
         ("typo", Scenario::typo),
         ("departed-employee", |s, h| s.departed_employee(40, h)),

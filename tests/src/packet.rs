@@ -55,7 +55,7 @@ impl Packet {
 
     pub fn ipv4_options(mut self, opts: &[u8]) -> Self {
         if let L3::V4 { options, .. } = &mut self.l3 {
-            assert!(opts.len() % 4 == 0 && opts.len() <= 40, "IPv4 options pad to 4 bytes, ≤ 40");
+            assert!(opts.len().is_multiple_of(4) && opts.len() <= 40, "IPv4 options pad to 4 bytes, ≤ 40");
             *options = opts.to_vec();
         }
         self

@@ -68,7 +68,8 @@ fn classify(start: usize, end: usize) -> Verdict {
             if cfg.flags & CONFIG_ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, saddr)).is_some() {
                 return Verdict::PassAllowListed;
             }
-            charge(ban)
+            // SAFETY: `ban` is the lookup's pointer (ban_state / in_force).
+            unsafe { charge(ban) }
         }
         Ok(Tcp::V6 { saddr, daddr, dport_be }) => {
             if !protected_port(cfg, dport_be) || (cfg.flags & CONFIG_MAILER_V6 != 0 && daddr != words(&cfg.mailer_v6)) {
@@ -87,7 +88,8 @@ fn classify(start: usize, end: usize) -> Verdict {
             if cfg.flags & CONFIG_ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, bytes(saddr))).is_some() {
                 return Verdict::PassAllowListed;
             }
-            charge(ban)
+            // SAFETY: `ban` is the lookup's pointer (ban_state / in_force).
+            unsafe { charge(ban) }
         }
     }
 }
@@ -107,7 +109,8 @@ fn net_ban_v4(saddr: [u8; 4], mut miss: Verdict) -> (Found, Verdict) {
             continue;
         }
         if let Some(ban) = NETS_V4.get_ptr_mut(net_key_v4(saddr, len as u32)) {
-            if !expired(ban) {
+            // SAFETY: the lookup's pointer, valid for this run.
+            if !unsafe { expired(ban) } {
                 return (Some((ban, len)), miss);
             }
             miss = Verdict::PassExpired;
@@ -129,7 +132,8 @@ fn net_ban_v6(hi: u64, lo: u64, mut miss: Verdict) -> (Found, Verdict) {
             continue;
         }
         if let Some(ban) = NETS_V6.get_ptr_mut(net_key_v6(hi, lo, len as u32)) {
-            if !expired(ban) {
+            // SAFETY: the lookup's pointer, valid for this run.
+            if !unsafe { expired(ban) } {
                 return (Some((ban, len)), miss);
             }
             miss = Verdict::PassExpired;

@@ -240,6 +240,7 @@ pub struct AlertDecision {
 impl Alert {
     /// The alert for one of our bans: `source` banned for `duration`, with the
     /// evidence as the message.
+    #[allow(clippy::too_many_arguments, reason = "one per field of the alert, named at its one call")]
     pub fn for_ban(
         source: &crate::addr::SourceAddr,
         duration: Duration,

@@ -280,7 +280,9 @@ mod tests {
 
     #[test]
     fn queue_ids() {
-        let cases: &[(&[u8], Option<&[u8]>, &[u8])] = &[
+        // message → (queue id, rest)
+        type Case<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+        let cases: &[Case] = &[
             (b"6ARCZkEp018868: x", Some(b"6ARCZkEp018868"), b"x"),
             (b"NOQUEUE: x", None, b"NOQUEUE: x"),
             (b"from=<a>: x", None, b"from=<a>: x"),

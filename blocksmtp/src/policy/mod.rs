@@ -599,6 +599,14 @@ impl Policy {
 }
 
 #[cfg(test)]
+impl Attributed {
+    fn with_client(mut self, ip: IpAddr) -> Self {
+        self.client = ip;
+        self
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::{net::IpAddr, time::UNIX_EPOCH};
 
@@ -759,7 +767,9 @@ mod tests {
 
     fn run(c: &Case, cfg: PolicyConfig, wl: Whitelist) -> Vec<(String, Evidence, String)> {
         let mut p = Policy::new(cfg, wl);
-        let mut events: Vec<(u64, Option<&(String, u64, String)>, Option<&String>)> =
+        // (time, guess, delivery)
+        type Event<'a> = (u64, Option<&'a (String, u64, String)>, Option<&'a String>);
+        let mut events: Vec<Event> =
             c.guesses.iter().map(|g| (g.1, Some(g), None)).chain(c.deliveries.iter().map(|d| (d.1, None, Some(&d.0)))).collect();
         events.sort_by_key(|e| (e.0, e.2.is_none()));
         let mut bans = Vec::new();
@@ -995,13 +1005,5 @@ mod tests {
             p.record(&Attributed { sample: Some(format!("<n{i}@example.com>").into()), ..guess("192.0.2.1", t(u64::from(i))) }.with_client(ip));
         }
         assert!(p.evidence_entries() <= CAP_SUSPECTS + CAP_PREFIXES + CAP_NAMES + CAP_REPUTATION + CAP_REPUTATION / 4);
-    }
-}
-
-#[cfg(test)]
-impl Attributed {
-    fn with_client(mut self, ip: IpAddr) -> Self {
-        self.client = ip;
-        self
     }
 }

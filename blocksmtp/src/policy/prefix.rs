@@ -97,7 +97,8 @@ mod tests {
     #[test]
     fn counts_table() {
         // (source, at) guesses in one network → (guesses, distinct sources), window 3600 s.
-        let cases: &[(&[(u128, u32)], (u32, u16))] = &[
+        type Case<'a> = (&'a [(u128, u32)], (u32, u16));
+        let cases: &[Case] = &[
             (&[(1, 0)], (1, 1)),
             (&[(1, 0), (1, 10)], (2, 1)),
             (&[(1, 0), (2, 10), (3, 20), (3, 30)], (4, 3)),

@@ -114,7 +114,8 @@ mod tests {
     #[test]
     fn distinct_and_dictionary_table() {
         // (recipient or None, in dictionary) guesses → (distinct, dictionary hits)
-        let cases: &[(&[(Option<&str>, bool)], (u32, u32))] = &[
+        type Case<'a> = (&'a [(Option<&'a str>, bool)], (u32, u32));
+        let cases: &[Case] = &[
             (&[(Some("a@x.example"), false)], (1, 0)),
             // The same recipient again (a departed employee written to twice) is one.
             (&[(Some("a@x.example"), false), (Some("<A@X.example>"), false)], (1, 0)),

@@ -138,9 +138,9 @@ impl Table {
         }
         let line = |r: &Vec<String>| {
             let mut s = String::from("| ");
-            for i in 0..cols {
+            for (i, wi) in w.iter().enumerate().take(cols) {
                 let c = r.get(i).map(String::as_str).unwrap_or("");
-                let pad = w[i] - c.chars().count();
+                let pad = wi - c.chars().count();
                 if i == 0 {
                     s.push_str(c);
                     s.push_str(&" ".repeat(pad));
@@ -155,7 +155,7 @@ impl Table {
         println!("{}", line(&self.header));
         let mut sep = String::from("|");
         for (i, wi) in w.iter().enumerate() {
-            sep.push_str(if i == 0 { " " } else { " " });
+            sep.push(' ');
             sep.push_str(&"-".repeat(*wi));
             sep.push_str(if i == 0 { " |" } else { ":|" });
         }
@@ -176,7 +176,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

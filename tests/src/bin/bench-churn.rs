@@ -3,6 +3,7 @@
 //! - the iptables chain (`IptablesEnforcer::ban_many`: one batched iptables-restore;
 //!   removal through `sweep_expired` after the bans expire, also one batch),
 //! - an ipset (`ipset restore` of N `add` lines into a hash:ip set, then N `del` lines).
+//!
 //! The addresses (10.0.0.0/8) are map keys and rule matches only; nothing is sent. The
 //! iptables and ipset work happens in a private network namespace.
 use std::{

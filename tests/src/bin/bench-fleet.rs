@@ -116,7 +116,7 @@ struct Row {
 
 /// What runs on MX2 for one row; dropped (stopped, cleaned up) before the next row starts.
 enum Mx2 {
-    Ours(BenchDaemon),
+    Ours(Box<BenchDaemon>),
     Peer(FirewallBouncer),
 }
 
@@ -172,7 +172,7 @@ fn measure(
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Mx2::Ours(d)
+            Mx2::Ours(Box::new(d))
         }
         Enforcer::Bouncer { interval, .. } => Mx2::Peer(FirewallBouncer::start(&f.mx2.name, &url, &key, interval, &format!("bsmbench{tag}"))?),
     };

@@ -52,7 +52,7 @@ fn harvest(
     let t0 = Instant::now();
     append(log, &last)?;
     let mut map = None;
-    if let Some(poll) = map_poll.as_deref_mut() {
+    if let Some(poll) = &mut map_poll {
         while t0.elapsed() < deadline {
             if poll() {
                 map = Some(t0.elapsed());
