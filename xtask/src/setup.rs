@@ -6,7 +6,7 @@
 //!   LLVM_PREFIX, and the built linker finds libLLVM there at run time (RUNPATH), so
 //!   the folder lives in CARGO_HOME, not in a temporary directory;
 //! - a BPF filesystem at /sys/fs/bpf (where the daemon pins its maps);
-//! - with `test_deps`, the Debian packages the tests use.
+//! - with `test_deps`, clippy and the Debian packages the tests use.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -33,6 +33,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     bpffs(&mut changed)?;
     if test_deps {
         crowdsec_offline();
+        clippy(&mut changed)?;
         debian_packages(TEST_PACKAGES, &mut changed)?;
         guest_kernel(&mut changed)?;
     }
@@ -49,6 +50,16 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
 /// Whether the eBPF build can run as things stand (cheap; no installs).
 pub fn ready() -> bool {
     nightly_sysroot().map(|s| rust_src_present(&s)).unwrap_or(false) && bpf_linker_works()
+}
+
+/// clippy for the default toolchain: tests/tests/workspace_lint.rs lints the workspace.
+fn clippy(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    if Command::new("rustup").args(["which", "cargo-clippy"]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    cmd(Command::new("rustup").args(["component", "add", "clippy"])).context("`rustup component add clippy` failed")?;
+    changed.push("added clippy to the default toolchain".into());
+    Ok(())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
