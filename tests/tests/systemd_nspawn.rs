@@ -31,6 +31,7 @@ use std::{
 };
 
 use blocksmtp_tests::{
+    daemon::KERNEL_BTF,
     is_root,
     netns::{Netns, connect_from},
 };
@@ -524,10 +525,10 @@ fn package_on_debian_12_systemd() {
     let pid = c.unit("MainPID");
     let btf_size = |ns: &[&str]| {
         let mut args = ns.to_vec();
-        args.extend(["stat", "-c", "%s", "/sys/kernel/btf/vmlinux"]);
+        args.extend(["stat", "-c", "%s", KERNEL_BTF]);
         c.exec(&args)
     };
-    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if Path::new(KERNEL_BTF).exists() {
         let outside = btf_size(&[]);
         assert!(outside.status.success() && text(&outside).trim() != "0", "the container does not show the kernel's BTF: {}", text(&outside));
         let inside = btf_size(&["nsenter", "-t", &pid, "-m", "--"]);

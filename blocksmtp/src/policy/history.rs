@@ -155,12 +155,11 @@ impl Offence {
 /// The persisted policy state: every source's offence history and (since version 2)
 /// the evidence beyond one address, so a restart neither forgets a harvest in progress
 /// nor judges against a baseline of zero.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PolicyState {
     pub version: u32,
     pub offenders: Vec<Offender>,
     /// Absent in version 1 files: they load with no evidence memory.
-    #[serde(default)]
     pub evidence: EvidenceState,
 }
 
@@ -209,9 +208,10 @@ struct EvidenceRef<'a> {
     sender_nets: &'a Bounded<()>,
 }
 
-/// [`PolicyState`] read into a history as it is parsed (`Policy::restore_from_reader`):
-/// the number of offenders and the evidence. Same fields and rules as the derived
-/// `Deserialize` (`offenders` required, `evidence` optional, unknown fields ignored).
+/// [`PolicyState`] read into a history as it is parsed (`Policy::restore_from_reader`,
+/// the one reader of the format): the number of offenders and the evidence. `version`
+/// and `offenders` are required, `evidence` optional (version 1 has none), unknown
+/// fields ignored.
 struct StreamedState<'h>(&'h mut Histories);
 
 impl<'de> serde::de::DeserializeSeed<'de> for StreamedState<'_> {
@@ -665,9 +665,7 @@ impl Policy {
 
     /// Restore from [`Self::save_json`] output.
     pub fn load_json(&mut self, json: &str, now: SystemTime) -> Result<(), serde_json::Error> {
-        let state: PolicyState = serde_json::from_str(json)?;
-        self.restore(state, now);
-        Ok(())
+        self.restore_from_reader(json.as_bytes(), now).map(|_| ())
     }
 }
 

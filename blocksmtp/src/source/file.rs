@@ -116,17 +116,21 @@ impl LineReader {
         }
     }
 
-    fn of_file(mut f: File, max_line: usize) -> io::Result<Self> {
-        let head = peek_head(&mut f)?;
-        if is_gzip(&head) {
-            Ok(Self::build(Source::Reader(Box::new(MultiGzDecoder::new(io::Cursor::new(head).chain(f)))), Vec::new(), true, max_line))
-        } else {
-            Ok(Self::build(Source::Fd(f), head, false, max_line))
-        }
+    fn of_file(f: File, max_line: usize) -> io::Result<Self> {
+        Self::sniffed(f, max_line, Source::Fd)
     }
 
-    fn build(src: Source, head: Vec<u8>, gzip: bool, max_line: usize) -> Self {
-        Self { src, head, split: Splitter::with_buffer(max_line, MIN_BUFFER), eof: false, gzip }
+    /// Lines of `r`, decompressed if its first bytes are gzip's magic; plain data is
+    /// read through `plain(r)`.
+    fn sniffed<R: Read + Send + 'static>(mut r: R, max_line: usize, plain: impl FnOnce(R) -> Source) -> io::Result<Self> {
+        let head = peek_head(&mut r)?;
+        let gzip = is_gzip(&head);
+        let (src, head) = if gzip {
+            (Source::Reader(Box::new(MultiGzDecoder::new(io::Cursor::new(head).chain(r)))), Vec::new())
+        } else {
+            (plain(r), head)
+        };
+        Ok(Self { src, head, split: Splitter::with_buffer(max_line, MIN_BUFFER), eof: false, gzip })
     }
 
     /// Lines of any reader; gzip data is decompressed.
@@ -135,13 +139,8 @@ impl LineReader {
     }
 
     /// As [`Self::new`] with a chosen longest line (at least 1 byte).
-    pub fn with_max_line(mut r: impl Read + Send + 'static, max_line: usize) -> io::Result<Self> {
-        let head = peek_head(&mut r)?;
-        if is_gzip(&head) {
-            Ok(Self::build(Source::Reader(Box::new(MultiGzDecoder::new(io::Cursor::new(head).chain(r)))), Vec::new(), true, max_line))
-        } else {
-            Ok(Self::build(Source::Reader(Box::new(r)), head, false, max_line))
-        }
+    pub fn with_max_line(r: impl Read + Send + 'static, max_line: usize) -> io::Result<Self> {
+        Self::sniffed(r, max_line, |r| Source::Reader(Box::new(r)))
     }
 
     /// Whether the input was gzip-compressed.
