@@ -1,6 +1,6 @@
 //! The detection engine: parse → correlate → policy over log lines, for the daemon
 //! and for `blocksmtp replay` — and the settings it runs with ([`DetectArgs`]).
-use std::{path::PathBuf, time::SystemTime};
+use std::{net::IpAddr, path::PathBuf, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -383,7 +383,7 @@ pub struct Detector {
     live: Option<Box<dyn LiveAttribution + Send>>,
     clock: Clock,
     last_log_time: Option<SystemTime>,
-    scratch: Vec<Attributed>,
+    steps: Steps,
 }
 
 impl std::fmt::Debug for Detector {
@@ -393,6 +393,99 @@ impl std::fmt::Debug for Detector {
             .field("stats", &self.stats)
             .field("live_attribution", &self.live.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// What the policy is to do for a run of mail lines, in their order: the guesses the
+/// correlator attributed, and accepted mail (a real sender's evidence), each delivery
+/// recorded before the guesses of its own line and after those of the lines before.
+#[derive(Debug, Default)]
+pub struct Steps {
+    guesses: Vec<Attributed>,
+    /// `(guesses before it, client, time)`.
+    deliveries: Vec<(usize, IpAddr, SystemTime)>,
+}
+
+impl Steps {
+    pub fn is_empty(&self) -> bool {
+        self.guesses.is_empty() && self.deliveries.is_empty()
+    }
+}
+
+/// Detection's first in-order stage: a mail line's time (from the log under
+/// [`Clock::Log`]), and the correlation of its event into attributed guesses.
+#[derive(Debug)]
+pub struct Correlating<'d> {
+    resolver: &'d mut TimeResolver,
+    correlator: &'d mut Correlator,
+    clock: Clock,
+    last_log_time: &'d mut Option<SystemTime>,
+}
+
+impl Correlating<'_> {
+    /// One mail line's event; what the policy is to do goes to `steps`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        &mut self,
+        host: &[u8],
+        pid: Option<u32>,
+        time: RawTime<'_>,
+        mta: Mta,
+        event: &Event<'_>,
+        now: SystemTime,
+        live: Option<&(dyn LiveAttribution + Send)>,
+        steps: &mut Steps,
+    ) {
+        if !self.correlator.wants(event) {
+            return;
+        }
+        let at = match self.clock {
+            Clock::Wall => now,
+            Clock::Log => {
+                let t = self.resolver.resolve(time, now).or(*self.last_log_time).unwrap_or(now);
+                *self.last_log_time = Some(t);
+                t
+            }
+        };
+        // Accepted mail first: a session's guesses attributed on this very line
+        // are judged knowing the client delivers valid mail.
+        if let Event::Delivered { client, .. } = *event {
+            steps.deliveries.push((steps.guesses.len(), client, at));
+        }
+        self.correlator.on_event(host, pid, mta, event, at, live, &mut steps.guesses);
+    }
+}
+
+/// Detection's second in-order stage: the policy's decisions.
+#[derive(Debug)]
+pub struct Deciding<'d> {
+    policy: &'d mut Policy,
+    stats: &'d mut LineStats,
+}
+
+impl Deciding<'_> {
+    /// Do `steps` (leaving it empty); bans go to `bans`.
+    pub fn steps(&mut self, steps: &mut Steps, bans: &mut Vec<BanDecision>) {
+        let whitelisted = self.policy.stats().guesses_whitelisted;
+        let mut deliveries = steps.deliveries.drain(..).peekable();
+        for (i, g) in steps.guesses.drain(..).enumerate() {
+            while let Some((_, client, at)) = deliveries.next_if(|d| d.0 <= i) {
+                self.policy.record_delivery(client, at);
+            }
+            // The policy checks the whitelist (once, there).
+            if let Some(ban) = self.policy.record(&g) {
+                bans.push(ban);
+            }
+        }
+        for (_, client, at) in deliveries {
+            self.policy.record_delivery(client, at);
+        }
+        self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
+    }
+
+    /// Add counts of lines counted elsewhere ([`LineStats::count`]).
+    pub fn add_line_stats(&mut self, s: &LineStats) {
+        self.stats.add(s);
     }
 }
 
@@ -418,7 +511,7 @@ impl Detector {
             live: None,
             clock: Clock::Wall,
             last_log_time: None,
-            scratch: Vec::new(),
+            steps: Steps::default(),
         }
     }
 
@@ -455,8 +548,8 @@ impl Detector {
     }
 
     /// The in-order half of [`Self::feed`], for a line already framed, parsed and
-    /// counted ([`LineStats::count`]) elsewhere (replay parses on several threads):
-    /// correlation and the policy's decision. Bans go to `bans`.
+    /// counted ([`LineStats::count`]) elsewhere: correlation, then the policy's
+    /// decision. Bans go to `bans`.
     #[allow(clippy::too_many_arguments)]
     pub fn feed_event(
         &mut self,
@@ -468,42 +561,33 @@ impl Detector {
         now: SystemTime,
         bans: &mut Vec<BanDecision>,
     ) {
-        if !self.correlator.wants(event) {
-            return;
-        }
-        let at = match self.clock {
-            Clock::Wall => now,
-            Clock::Log => {
-                let t = self.resolver.resolve(time, now).or(self.last_log_time).unwrap_or(now);
-                self.last_log_time = Some(t);
-                t
-            }
-        };
-        // Accepted mail first: a session's guesses attributed on this very line
-        // are judged knowing the client delivers valid mail.
-        if let Event::Delivered { client, .. } = *event {
-            self.policy.record_delivery(client, at);
-        }
-        self.scratch.clear();
-        self.correlator.on_event(host, pid, mta, event, at, self.live.as_deref(), &mut self.scratch);
-        let whitelisted = self.policy.stats().guesses_whitelisted;
-        for g in &self.scratch {
-            // The policy checks the whitelist (once, there).
-            if let Some(ban) = self.policy.record(g) {
-                bans.push(ban);
-            }
-        }
-        self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
+        let live = self.live.take();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut correlating, mut deciding) = self.stages();
+        correlating.event(host, pid, time, mta, event, now, live.as_deref(), &mut steps);
+        deciding.steps(&mut steps, bans);
+        self.steps = steps;
+        self.live = live;
+    }
+
+    /// The two in-order stages apart, for replay to run them on different threads,
+    /// one block of lines behind the other (see [`Correlating`] and [`Deciding`]);
+    /// [`Self::feed_event`] is one after the other.
+    pub fn stages(&mut self) -> (Correlating<'_>, Deciding<'_>) {
+        (
+            Correlating {
+                resolver: &mut self.resolver,
+                correlator: &mut self.correlator,
+                clock: self.clock,
+                last_log_time: &mut self.last_log_time,
+            },
+            Deciding { policy: &mut self.policy, stats: &mut self.stats },
+        )
     }
 
     /// The line filter this detector frames lines with.
     pub fn filter(&self) -> &MailerFilter {
         &self.filter
-    }
-
-    /// Add counts of lines counted elsewhere ([`LineStats::count`]).
-    pub fn add_line_stats(&mut self, s: &LineStats) {
-        self.stats.add(s);
     }
 
     /// The per-line counters alone (cheap: no copy).

@@ -33,14 +33,15 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Condvar, Mutex, mpsc},
+    collections::{BTreeMap, VecDeque},
+    sync::{Condvar, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
     duration::format_duration,
     parse::time::format_rfc3339,
-    detect::{Clock, DetectArgs, Detector, DetectorStats, LineStats},
+    detect::{Clock, Correlating, Deciding, DetectArgs, Detector, DetectorStats, LineStats, Steps},
     parse::{MailerFilter, Parsed, stored::StoredEvent, with_parsed},
     policy::BanDecision,
     source::file::{Input, LineReader, block_lines},
@@ -201,44 +202,27 @@ fn parse_block(block: &[u8], max_line: usize, filter: &MailerFilter, out: &mut P
     }
 }
 
-/// Blocks in flight at once (being parsed, parsed and waiting), per thread.
-const IN_FLIGHT_PER_THREAD: usize = 3;
+/// Parsed blocks in flight at once (being parsed, parsed and waiting), per thread.
+const PARSED_PER_THREAD: usize = 3;
+/// Correlated blocks in flight at once (being correlated, waiting, being decided).
+const CORRELATED: usize = 3;
 
-/// A parsed block on its way to the in-order thread: its number and what its lines said.
-type Work = (u64, ParsedBlock);
-
-/// What the parsing threads share: the inputs, read a block at a time by whichever
-/// thread parses it next (a reading thread of its own cost more in wake-ups and
-/// hand-offs than the copy itself on two CPUs), and the parsed blocks free for reuse,
-/// which bound how far parsing runs ahead of the in-order thread.
+/// The inputs, read a block at a time by whichever thread parses it next (a reading
+/// thread of its own cost more in wake-ups and hand-offs than the copy itself on two
+/// CPUs).
 struct Feed<'i> {
     inputs: std::vec::IntoIter<(&'i Input, LineReader)>,
     current: Option<(&'i Input, crate::source::file::Blocks)>,
     seq: u64,
     truncated: u64,
-    /// Parsed blocks the in-order thread has finished with.
-    free: Vec<ParsedBlock>,
     /// The end of the last input, or a read error: nothing more to read.
     finished: bool,
     error: Option<InputError>,
 }
 
 impl Feed<'_> {
-    /// A free parsed block and the next block read into `buf` (the block stays free at
-    /// the end).
-    fn take(&mut self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
-        let parsed = self.free.pop()?;
-        match self.next_block(buf) {
-            Some((seq, max_line)) => Some((seq, max_line, parsed)),
-            None => {
-                self.free.push(parsed);
-                None
-            }
-        }
-    }
-
     /// Read the next block into `buf`: its number and longest line, or `None` at the end
-    /// (or after an error, kept for the in-order thread to report).
+    /// (or after an error, kept to be reported).
     fn next_block(&mut self, buf: &mut Vec<u8>) -> Option<(u64, usize)> {
         while !self.finished {
             let (input, blocks) = match &mut self.current {
@@ -270,59 +254,187 @@ impl Feed<'_> {
     }
 }
 
-/// The feed and the signal that a parsed block was freed.
-struct Shared<'i> {
-    feed: Mutex<Feed<'i>>,
-    freed: Condvar,
+/// A block's steps for the policy, in log order, with its lines' counts.
+#[derive(Default)]
+struct CorrelatedBlock {
+    stats: LineStats,
+    steps: Steps,
 }
 
-impl Shared<'_> {
-    /// A free parsed block and the next block read into `buf`, waiting for a free one
-    /// while parsing is far enough ahead; `None` at the end.
-    fn take(&self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
-        let mut feed = self.feed.lock().ok()?;
-        while feed.free.is_empty() && !feed.finished {
-            feed = self.freed.wait(feed).ok()?;
+/// The policy's stage with what it writes to.
+struct Decide<'d, 'o> {
+    deciding: Deciding<'d>,
+    decisions: &'o mut Vec<(BanDecision, SystemTime)>,
+    bans: Vec<BanDecision>,
+}
+
+/// Where the three stages stand. Parsing takes any block, in any order, on any
+/// thread; correlating and deciding take the blocks in the log's order, one thread at
+/// a time each — but on two threads at once, a block apart, so that the in-order work
+/// (the critical path) is spread over both CPUs. A stage in use is taken out of here
+/// (`None`) by the thread running it.
+struct Stages<'d, 'o> {
+    /// Parsed blocks waiting for their turn to be correlated, by number.
+    parsed: BTreeMap<u64, ParsedBlock>,
+    next: u64,
+    /// Correlated blocks, in order, waiting to be decided.
+    correlated: VecDeque<CorrelatedBlock>,
+    correlating: Option<Correlating<'d>>,
+    deciding: Option<Decide<'d, 'o>>,
+    /// Blocks free for reuse: they bound how far each stage runs ahead of the next.
+    free_parsed: Vec<ParsedBlock>,
+    free_correlated: Vec<CorrelatedBlock>,
+    /// Blocks being parsed now.
+    parsing: usize,
+    /// Lines cut at the line limit.
+    cut: u64,
+    /// The feed has no more blocks.
+    read_all: bool,
+    /// Threads waiting for work (a wake-up is a system call: made only for them).
+    waiting: usize,
+    /// A thread panicked: the others stop rather than wait for its stage.
+    aborted: bool,
+}
+
+/// What a thread does next.
+enum Job<'d, 'o> {
+    Decide(Decide<'d, 'o>, CorrelatedBlock),
+    Correlate(Correlating<'d>, ParsedBlock, CorrelatedBlock),
+    Parse(ParsedBlock),
+    Done,
+}
+
+impl<'d, 'o> Stages<'d, 'o> {
+    /// The next job, the in-order stages first (they are the critical path); `None`
+    /// when nothing can be done until another thread finishes its job.
+    fn job(&mut self) -> Option<Job<'d, 'o>> {
+        if self.aborted {
+            return Some(Job::Done);
         }
-        feed.take(buf)
-    }
-
-    /// As [`Self::take`] without waiting: `None` when another thread holds the feed or
-    /// no parsed block is free (then the parsing threads are ahead).
-    fn try_take(&self, buf: &mut Vec<u8>) -> Option<(u64, usize, ParsedBlock)> {
-        self.feed.try_lock().ok()?.take(buf)
-    }
-
-    fn give_back(&self, parsed: ParsedBlock) {
-        if let Ok(mut feed) = self.feed.lock() {
-            feed.free.push(parsed);
+        if self.deciding.is_some()
+            && let Some(block) = self.correlated.pop_front()
+        {
+            return Some(Job::Decide(self.deciding.take()?, block));
         }
-        self.freed.notify_one();
+        if self.correlating.is_some()
+            && !self.free_correlated.is_empty()
+            && let Some(parsed) = self.parsed.remove(&self.next)
+        {
+            self.next += 1;
+            let out = self.free_correlated.pop()?;
+            return Some(Job::Correlate(self.correlating.take()?, parsed, out));
+        }
+        if !self.read_all
+            && let Some(parsed) = self.free_parsed.pop()
+        {
+            self.parsing += 1;
+            return Some(Job::Parse(parsed));
+        }
+        let idle = self.correlating.is_some() && self.deciding.is_some() && self.parsing == 0;
+        (self.read_all && idle && self.parsed.is_empty() && self.correlated.is_empty()).then_some(Job::Done)
     }
 }
 
-/// The next parsed block for the in-order thread: one a parsing thread finished, else
-/// one read and parsed here rather than idle (on two cores this thread waited a third
-/// of the time while the parsing threads were the bottleneck), else the next to finish.
-/// `None` at the end.
-fn next_parsed(done: &mpsc::Receiver<Work>, shared: &Shared<'_>, buf: &mut Vec<u8>, filter: &MailerFilter) -> Option<Work> {
-    match done.try_recv() {
-        Ok(w) => return Some(w),
-        Err(mpsc::TryRecvError::Disconnected) => return None,
-        Err(mpsc::TryRecvError::Empty) => {}
-    }
-    if let Some((seq, max_line, mut parsed)) = shared.try_take(buf) {
-        parse_block(buf, max_line, filter, &mut parsed);
-        return Some((seq, parsed));
-    }
-    done.recv().ok()
+/// The stages, and the signal that they changed.
+struct Pipeline<'d, 'o> {
+    stages: Mutex<Stages<'d, 'o>>,
+    changed: Condvar,
 }
 
-/// Framing and parsing on `threads` threads, block by block: `threads - 1` parsing
-/// threads and this one, which correlates and decides in the order of the log and
-/// parses a block itself when none is ready. Same result as [`sequential`] (tested).
-/// (With a parsing thread per CPU, this thread — the critical path — shared its CPU with
-/// them: one fewer was 10% faster on two CPUs.)
+impl<'d, 'o> Pipeline<'d, 'o> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stages<'d, 'o>> {
+        // A panicking thread holds no stage lock across its work; its flag is honoured.
+        self.stages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn next_job(&self) -> Job<'d, 'o> {
+        let mut s = self.lock();
+        loop {
+            if let Some(job) = s.job() {
+                return job;
+            }
+            s.waiting += 1;
+            s = self.changed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.waiting -= 1;
+        }
+    }
+
+    /// Change the stages and wake a waiting thread: there may be work for it now.
+    fn finish(&self, f: impl FnOnce(&mut Stages<'d, 'o>)) {
+        let mut s = self.lock();
+        f(&mut s);
+        if s.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Stops the other threads when this one panics mid-job (its stage never comes back).
+struct AbortOnPanic<'p, 'd, 'o>(&'p Pipeline<'d, 'o>);
+
+impl Drop for AbortOnPanic<'_, '_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut s = self.0.lock();
+            s.aborted = true;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+/// One thread's loop: whatever job is ready, until the end.
+fn work(pipeline: &Pipeline<'_, '_>, feed: &Mutex<Feed<'_>>, filter: &MailerFilter, now: SystemTime) {
+    let _abort = AbortOnPanic(pipeline);
+    let mut buf = Vec::new();
+    loop {
+        match pipeline.next_job() {
+            Job::Done => return,
+            Job::Parse(mut parsed) => {
+                let block = feed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next_block(&mut buf);
+                match block {
+                    Some((seq, max_line)) => {
+                        parse_block(&buf, max_line, filter, &mut parsed);
+                        pipeline.finish(|s| {
+                            s.parsing -= 1;
+                            s.parsed.insert(seq, parsed);
+                        });
+                    }
+                    None => pipeline.finish(|s| {
+                        s.parsing -= 1;
+                        s.read_all = true;
+                        s.free_parsed.push(parsed);
+                    }),
+                }
+            }
+            Job::Correlate(mut correlating, parsed, mut out) => {
+                out.stats = parsed.stats;
+                for e in &parsed.events {
+                    let l = e.load(&parsed.arena);
+                    correlating.event(l.host, l.pid, l.time, l.mta, &l.event, now, None, &mut out.steps);
+                }
+                pipeline.finish(|s| {
+                    s.cut += parsed.cut;
+                    s.correlating = Some(correlating);
+                    s.correlated.push_back(out);
+                    s.free_parsed.push(parsed);
+                });
+            }
+            Job::Decide(mut decide, mut block) => {
+                decide.deciding.add_line_stats(&block.stats);
+                decide.deciding.steps(&mut block.steps, &mut decide.bans);
+                decided(decide.bans.drain(..), decide.decisions);
+                pipeline.finish(|s| {
+                    s.deciding = Some(decide);
+                    s.free_correlated.push(block);
+                });
+            }
+        }
+    }
+}
+
+/// Framing and parsing on `threads` threads, block by block, and the two in-order
+/// stages — correlating, then deciding — on whichever thread is free when a block's
+/// turn comes (see [`Stages`]). Same result as [`sequential`] (tested).
 fn parallel(
     detector: &mut Detector,
     readers: Vec<(&Input, LineReader)>,
@@ -331,62 +443,36 @@ fn parallel(
     decisions: &mut Vec<(BanDecision, SystemTime)>,
 ) -> anyhow::Result<u64> {
     let filter = detector.filter().clone();
-    let in_flight = threads * IN_FLIGHT_PER_THREAD;
-    // At most `in_flight` parsed blocks exist; they go round, so none allocates after
-    // the first rounds.
-    let shared = Shared {
-        feed: Mutex::new(Feed {
-            inputs: readers.into_iter(),
-            current: None,
-            seq: 0,
-            truncated: 0,
-            free: (0..in_flight).map(|_| ParsedBlock::default()).collect(),
-            finished: false,
-            error: None,
+    let feed = Mutex::new(Feed { inputs: readers.into_iter(), current: None, seq: 0, truncated: 0, finished: false, error: None });
+    let (correlating, deciding) = detector.stages();
+    // At most this many blocks exist; they go round, so none allocates after the first
+    // rounds.
+    let pipeline = Pipeline {
+        stages: Mutex::new(Stages {
+            parsed: BTreeMap::new(),
+            next: 0,
+            correlated: VecDeque::new(),
+            correlating: Some(correlating),
+            deciding: Some(Decide { deciding, decisions, bans: Vec::new() }),
+            free_parsed: (0..threads * PARSED_PER_THREAD).map(|_| ParsedBlock::default()).collect(),
+            free_correlated: (0..CORRELATED).map(|_| CorrelatedBlock::default()).collect(),
+            parsing: 0,
+            cut: 0,
+            read_all: false,
+            waiting: 0,
+            aborted: false,
         }),
-        freed: Condvar::new(),
+        changed: Condvar::new(),
     };
-    let (done_tx, done_rx) = mpsc::sync_channel::<Work>(in_flight);
-    let cut = std::thread::scope(|scope| {
-        let (shared, filter) = (&shared, &filter);
+    std::thread::scope(|scope| {
+        let (pipeline, feed, filter) = (&pipeline, &feed, &filter);
         for _ in 1..threads {
-            let done_tx = done_tx.clone();
-            scope.spawn(move || {
-                let mut buf = Vec::new();
-                while let Some((seq, max_line, mut parsed)) = shared.take(&mut buf) {
-                    parse_block(&buf, max_line, filter, &mut parsed);
-                    if done_tx.send((seq, parsed)).is_err() {
-                        return;
-                    }
-                }
-            });
+            scope.spawn(move || work(pipeline, feed, filter, now));
         }
-        drop(done_tx);
-        // In order: blocks finished early wait here for their predecessors.
-        let mut waiting = std::collections::BTreeMap::new();
-        let mut next = 0u64;
-        let mut cut = 0;
-        let mut bans = Vec::new();
-        let mut buf = Vec::new();
-        while let Some((seq, parsed)) = next_parsed(&done_rx, shared, &mut buf, filter) {
-            waiting.insert(seq, parsed);
-            while let Some(parsed) = waiting.remove(&next) {
-                detector.add_line_stats(&parsed.stats);
-                cut += parsed.cut;
-                for e in &parsed.events {
-                    let l = e.load(&parsed.arena);
-                    detector.feed_event(l.host, l.pid, l.time, l.mta, &l.event, now, &mut bans);
-                    decided(bans.drain(..), decisions);
-                }
-                next += 1;
-                shared.give_back(parsed);
-            }
-        }
-        // The parsing threads end when the feed does; none is left waiting.
-        shared.freed.notify_all();
-        cut
+        work(pipeline, feed, filter, now);
     });
-    let feed = shared.feed.into_inner().map_err(|_| anyhow::anyhow!("a parsing thread panicked"))?;
+    let cut = pipeline.stages.into_inner().map_err(|_| anyhow::anyhow!("a replay thread panicked"))?.cut;
+    let feed = feed.into_inner().map_err(|_| anyhow::anyhow!("a replay thread panicked"))?;
     match feed.error {
         Some(e) => Err(e.into()),
         None => Ok(feed.truncated + cut),
