@@ -975,7 +975,7 @@ mod tests {
             mta: "sendmail".into(),
             ban_time: 3600,
             offence: 1,
-            samples: if i % 3 == 0 { Vec::new() } else { vec![format!("<u{i}@example.com>"), "<\u{e9}@example.com>".into()] },
+            samples: if i.is_multiple_of(3) { Vec::new() } else { vec![format!("<u{i}@example.com>"), "<\u{e9}@example.com>".into()] },
             guesses_at_ban: 5,
             banned_at: "2026-11-27T12:36:04Z".into(),
             banned_at_unix: 1_795_782_964.25,
