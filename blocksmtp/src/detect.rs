@@ -406,12 +406,6 @@ pub struct Steps {
     deliveries: Vec<(usize, IpAddr, SystemTime)>,
 }
 
-impl Steps {
-    pub fn is_empty(&self) -> bool {
-        self.guesses.is_empty() && self.deliveries.is_empty()
-    }
-}
-
 /// Detection's first in-order stage: a mail line's time (from the log under
 /// [`Clock::Log`]), and the correlation of its event into attributed guesses.
 #[derive(Debug)]

@@ -62,9 +62,9 @@ pub struct ReplayArgs {
     /// Ignore the config file.
     #[arg(long, conflicts_with = "config")]
     pub no_config: bool,
-    /// Threads that frame and parse lines (0: one per CPU; 1: the sequential path), one
-    /// of them the thread that correlates and decides in log order (it parses when it
-    /// has nothing to decide). The result is the same either way.
+    /// Threads to run on (0: one per CPU; 1: the sequential path). Blocks of lines are
+    /// framed and parsed on all of them, then correlated and decided in log order, each
+    /// stage on whichever thread is free. The result is the same either way.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
     #[command(flatten)]
@@ -179,14 +179,21 @@ fn report_bans(policy: &Policy, decisions: Vec<(BanDecision, SystemTime)>, threa
         chunks.push(std::mem::replace(&mut rest, tail));
     }
     chunks.push(rest);
-    let built: Vec<Vec<ReportedBan>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| scope.spawn(move || c.into_iter().map(|(d, at)| report_ban(policy, d, at)).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
+    let built = on_threads(chunks, |c| c.into_iter().map(|(d, at)| report_ban(policy, d, at)).collect::<Vec<_>>());
     built.into_iter().flatten().collect()
+}
+
+/// `f` of each item, in order: the first on this thread, each other on one of its own.
+fn on_threads<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else { return Vec::new() };
+    std::thread::scope(|scope| {
+        let f = &f;
+        let others: Vec<_> = items.map(|i| scope.spawn(move || f(i))).collect();
+        let mut out = vec![f(first)];
+        out.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+        out
+    })
 }
 
 /// `report` as pretty JSON, the bans rendered on `threads` threads: the same bytes as
@@ -219,10 +226,7 @@ pub fn write_json(report: &Report, out: &mut impl Write, threads: usize) -> std:
         }
         Ok(text)
     };
-    let rendered: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = report.bans.chunks(n).map(|c| scope.spawn(move || render(c))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
+    let rendered = on_threads(report.bans.chunks(n).collect(), render);
     let skeleton = serde_json::to_vec_pretty(&report.clone_without_bans())?;
     let at = memchr::memmem::find(&skeleton, EMPTY_BANS)
         .ok_or_else(|| std::io::Error::other("the report's JSON has no top-level bans"))?;
@@ -818,7 +822,8 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let (report, detector) = match run_keeping(&args.detect, &inputs, args.threads) {
+    let threads = threads_of(args.threads);
+    let (report, detector) = match run_keeping(&args.detect, &inputs, threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("blocksmtp replay: {e:#}");
@@ -831,7 +836,7 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
     // A report of thousands of bans is megabytes of JSON: written in large pieces.
     let mut out = std::io::BufWriter::with_capacity(1 << 18, stdout.lock());
     let written = if args.json {
-        write_json(&report, &mut out, threads_of(args.threads))
+        write_json(&report, &mut out, threads)
     } else {
         write_table(&report, &mut out)
     };
