@@ -43,7 +43,7 @@ use crate::{
     parse::time::format_rfc3339,
     detect::{Clock, Correlating, Deciding, DetectArgs, Detector, DetectorStats, LineStats, Steps},
     parse::{MailerFilter, Parsed, stored::StoredEvent, with_parsed},
-    policy::{BanDecision, Policy},
+    policy::BanDecision,
     source::file::{Input, LineReader, block_lines},
 };
 
@@ -105,13 +105,6 @@ pub struct Report {
     pub truncated_lines: u64,
 }
 
-impl Report {
-    /// The totals, without the bans.
-    fn clone_without_bans(&self) -> Self {
-        Self { bans: Vec::new(), ..*self }
-    }
-}
-
 /// An input problem: the message names the input.
 #[derive(Debug, thiserror::Error)]
 #[error("{input}: {source}")]
@@ -141,7 +134,7 @@ fn run_keeping(args: &DetectArgs, inputs: &[Input], threads: usize) -> anyhow::R
         let r = LineReader::open(input).map_err(|source| InputError { input: input.clone(), source })?;
         readers.push((input, r));
     }
-    let threads = threads_of(threads);
+    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     // One timestamp for the whole run: it only anchors the year of BSD timestamps.
     let now = SystemTime::now();
     let mut decisions: Vec<(BanDecision, SystemTime)> = Vec::new();
@@ -151,101 +144,8 @@ fn run_keeping(args: &DetectArgs, inputs: &[Input], threads: usize) -> anyhow::R
         parallel(&mut detector, readers, now, threads, &mut decisions)?
     };
     let stats = detector.stats();
-    let bans = report_bans(detector.policy(), decisions, threads);
+    let bans = decisions.into_iter().map(|(d, at)| report_ban(&detector, d, at)).collect();
     Ok((report(stats, bans, truncated), detector))
-}
-
-/// Below this many bans the report is built (and written) on one thread: a thread's
-/// start costs more than the work.
-const BANS_PER_THREAD: usize = 256;
-
-/// The chunks `items` is cut into for `threads` threads.
-fn chunk_len(items: usize, threads: usize) -> usize {
-    let threads = threads.min(items / BANS_PER_THREAD).max(1);
-    items.div_ceil(threads).max(1)
-}
-
-/// The would-be bans as reported, built on `threads` threads (thousands of bans are a
-/// millisecond of formatting).
-fn report_bans(policy: &Policy, decisions: Vec<(BanDecision, SystemTime)>, threads: usize) -> Vec<ReportedBan> {
-    let n = chunk_len(decisions.len(), threads);
-    if n >= decisions.len() {
-        return decisions.into_iter().map(|(d, at)| report_ban(policy, d, at)).collect();
-    }
-    let mut chunks: Vec<Vec<(BanDecision, SystemTime)>> = Vec::new();
-    let mut rest = decisions;
-    while rest.len() > n {
-        let tail = rest.split_off(n);
-        chunks.push(std::mem::replace(&mut rest, tail));
-    }
-    chunks.push(rest);
-    let built = on_threads(chunks, |c| c.into_iter().map(|(d, at)| report_ban(policy, d, at)).collect::<Vec<_>>());
-    built.into_iter().flatten().collect()
-}
-
-/// `f` of each item, in order: the first on this thread, each other on one of its own.
-fn on_threads<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let mut items = items.into_iter();
-    let Some(first) = items.next() else { return Vec::new() };
-    std::thread::scope(|scope| {
-        let f = &f;
-        let others: Vec<_> = items.map(|i| scope.spawn(move || f(i))).collect();
-        let mut out = vec![f(first)];
-        out.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
-        out
-    })
-}
-
-/// `report` as pretty JSON, the bans rendered on `threads` threads: the same bytes as
-/// `serde_json::to_writer_pretty` (tested).
-pub fn write_json(report: &Report, out: &mut impl Write, threads: usize) -> std::io::Result<()> {
-    /// The top-level key's place in the pretty document with no bans.
-    const EMPTY_BANS: &[u8] = b"\n  \"bans\": [],\n";
-    let n = chunk_len(report.bans.len(), threads);
-    if report.bans.is_empty() || n >= report.bans.len() {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        return writeln!(out);
-    }
-    // Each ban pretty at depth 0, then indented to its depth (2) in the document.
-    let render = |bans: &[ReportedBan]| -> std::io::Result<Vec<u8>> {
-        let mut text = Vec::with_capacity(bans.len() * 600);
-        let mut one = Vec::with_capacity(1024);
-        for (i, b) in bans.iter().enumerate() {
-            one.clear();
-            serde_json::to_writer_pretty(&mut one, b)?;
-            if i > 0 {
-                text.extend_from_slice(b",\n");
-            }
-            text.extend_from_slice(b"    ");
-            for (j, line) in one.split(|&c| c == b'\n').enumerate() {
-                if j > 0 {
-                    text.extend_from_slice(b"\n    ");
-                }
-                text.extend_from_slice(line);
-            }
-        }
-        Ok(text)
-    };
-    let rendered = on_threads(report.bans.chunks(n).collect(), render);
-    let skeleton = serde_json::to_vec_pretty(&report.clone_without_bans())?;
-    let at = memchr::memmem::find(&skeleton, EMPTY_BANS)
-        .ok_or_else(|| std::io::Error::other("the report's JSON has no top-level bans"))?;
-    out.write_all(&skeleton[..at])?;
-    out.write_all(b"\n  \"bans\": [\n")?;
-    for (i, r) in rendered.into_iter().enumerate() {
-        if i > 0 {
-            out.write_all(b",\n")?;
-        }
-        out.write_all(&r?)?;
-    }
-    out.write_all(b"\n  ],\n")?;
-    out.write_all(&skeleton[at + EMPTY_BANS.len()..])?;
-    writeln!(out)
-}
-
-/// `--threads`: 0 is one per CPU.
-fn threads_of(threads: usize) -> usize {
-    if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads }
 }
 
 fn decided(bans: impl IntoIterator<Item = BanDecision>, decisions: &mut Vec<(BanDecision, SystemTime)>) {
@@ -579,9 +479,10 @@ fn parallel(
     }
 }
 
-fn report_ban(policy: &Policy, d: BanDecision, at: SystemTime) -> ReportedBan {
+fn report_ban(detector: &Detector, d: BanDecision, at: SystemTime) -> ReportedBan {
     // Guesses made while banned were added to the offence record.
-    let record = policy
+    let record = detector
+        .policy()
         .offences(&d.source)
         .iter()
         .find(|o| o.number == d.offence && o.first_seen == crate::policy::secs32(d.first_seen));
@@ -822,8 +723,7 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let threads = threads_of(args.threads);
-    let (report, detector) = match run_keeping(&args.detect, &inputs, threads) {
+    let (report, detector) = match run_keeping(&args.detect, &inputs, args.threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("blocksmtp replay: {e:#}");
@@ -836,7 +736,7 @@ pub fn main(args: ReplayArgs, argv: Vec<OsString>) -> ExitCode {
     // A report of thousands of bans is megabytes of JSON: written in large pieces.
     let mut out = std::io::BufWriter::with_capacity(1 << 18, stdout.lock());
     let written = if args.json {
-        write_json(&report, &mut out, threads)
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from).and_then(|()| writeln!(out))
     } else {
         write_table(&report, &mut out)
     };
@@ -965,41 +865,6 @@ mod tests {
         assert!(!time_order(&mut inputs).unwrap(), "already in order");
         let mut with_stdin = vec![Input::File(new), Input::Stdin];
         assert!(!time_order(&mut with_stdin).unwrap(), "standard input keeps the given order");
-    }
-
-    /// The bans rendered on several threads and spliced in give the bytes of one
-    /// pretty document, whatever the count (none, below and above the threshold).
-    #[test]
-    fn json_on_threads_is_the_plain_pretty_json() {
-        let ban = |i: usize| ReportedBan {
-            source: format!("198.18.{}.{}", i / 256, i % 256),
-            guesses: i as u32,
-            first_seen: "2026-11-27T12:35:47Z".into(),
-            last_seen: "2026-11-27T12:36:04Z".into(),
-            reason: format!("{i} unknown recipients \"quoted\" \u{1b}"),
-            mta: "sendmail".into(),
-            ban_time: 3600,
-            offence: 1,
-            samples: if i.is_multiple_of(3) { Vec::new() } else { vec![format!("<u{i}@example.com>"), "<\u{e9}@example.com>".into()] },
-            guesses_at_ban: 5,
-            banned_at: "2026-11-27T12:36:04Z".into(),
-            banned_at_unix: 1_795_782_964.25,
-            rule: "address",
-        };
-        let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("empty.log");
-        std::fs::write(&file, "").unwrap();
-        let mut r = run(&DetectArgs::default(), &[Input::File(file)]).unwrap();
-        for n in [0, 1, BANS_PER_THREAD * 2 - 1, BANS_PER_THREAD * 5 + 7] {
-            r.bans = (0..n).map(ban).collect();
-            let mut want = serde_json::to_vec_pretty(&r).unwrap();
-            want.push(b'\n');
-            for threads in [1, 2, 3, 8] {
-                let mut got = Vec::new();
-                write_json(&r, &mut got, threads).unwrap();
-                assert!(got == want, "{n} bans on {threads} threads: {}", String::from_utf8_lossy(&got));
-            }
-        }
     }
 
     #[test]
