@@ -33,6 +33,8 @@ struct Measured {
     /// wall time.
     cpu: Option<f64>,
     max_rss_kb: Option<u64>,
+    /// Minor page faults (wait4's rusage; none from `/usr/bin/time`).
+    faults: Option<u64>,
     stdout: Vec<u8>,
 }
 
@@ -97,7 +99,7 @@ fn measure(program: &Path, args: &[&str]) -> anyhow::Result<Measured> {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     let cpu = Some(tv(ru.ru_utime) + tv(ru.ru_stime));
-    Ok(Measured { wall, cpu, max_rss_kb: None, stdout })
+    Ok(Measured { wall, cpu, max_rss_kb: None, faults: Some(ru.ru_minflt as u64), stdout })
 }
 
 /// Run `program args` once under `/usr/bin/time -v` (when present) for its peak RSS: the
@@ -132,7 +134,7 @@ fn under_time(program: &Path, args: &[&str]) -> anyhow::Result<Measured> {
         .and_then(|v| v.trim().parse().ok());
     let secs = |key: &str| stderr.lines().find_map(|l| l.trim().strip_prefix(key)).and_then(|v| v.trim().parse::<f64>().ok());
     let cpu = secs("User time (seconds):").zip(secs("System time (seconds):")).map(|(u, s)| u + s);
-    Ok(Measured { wall, cpu, max_rss_kb, stdout: out.stdout })
+    Ok(Measured { wall, cpu, max_rss_kb, faults: None, stdout: out.stdout })
 }
 
 fn rate(lines: u64, wall: Duration) -> f64 {
@@ -233,12 +235,13 @@ fn main() -> anyhow::Result<()> {
             let report: serde_json::Value = serde_json::from_slice(&m.stdout).context("reading blocksmtp's JSON report")?;
             let bans = report["bans"].as_array().map_or(0, Vec::len);
             println!(
-                "blocksmtp replay ({label:>10}): {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  CPU {}  peak RSS {}  ({bans} would-be bans, {} guesses)",
+                "blocksmtp replay ({label:>10}): {:>8.3} s {:>12.0} lines/s {:>8.1} MB/s  CPU {}  peak RSS {}  page faults {}  ({bans} would-be bans, {} guesses)",
                 m.wall.as_secs_f64(),
                 rate(lines, m.wall),
                 mb / m.wall.as_secs_f64().max(1e-9),
                 m.cpu.map_or_else(|| "n/a".into(), |c| format!("{c:.2} s")),
                 rss(m.max_rss_kb),
+                m.faults.map_or_else(|| "n/a".into(), |f| f.to_string()),
                 report["guesses"]
             );
             ours.push((m, report));
