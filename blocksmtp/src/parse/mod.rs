@@ -317,11 +317,12 @@ pub enum MtaHint {
 }
 
 fn default_mta(tag: &[u8]) -> Option<Mta> {
-    match tag {
-        b"sm-mta" | b"sendmail" | b"sendmail-mta" => Some(Mta::Sendmail),
-        b"exim" | b"exim4" => Some(Mta::Exim),
-        b"postfix" => Some(Mta::Postfix),
-        t if postfix_tag(t) => Some(Mta::Postfix),
+    // By the first byte: most lines' tags are other programs' (CRON, sshd, kernel),
+    // refused here without a comparison.
+    match tag.first()? {
+        b's' => matches!(tag, b"sm-mta" | b"sendmail" | b"sendmail-mta").then_some(Mta::Sendmail),
+        b'e' => matches!(tag, b"exim" | b"exim4").then_some(Mta::Exim),
+        b'p' => (tag == b"postfix" || postfix_tag(tag)).then_some(Mta::Postfix),
         _ => None,
     }
 }

@@ -16,7 +16,8 @@ pub fn frame(line: &[u8]) -> Option<Frame<'_>> {
         return None;
     };
     let rest = rest.strip_prefix(b" ")?;
-    let sp = memchr::memchr(b' ', rest)?;
+    // Host names are short: a plain scan beats a vector search's set-up here.
+    let sp = rest.iter().position(|&b| b == b' ')?;
     let (host, rest) = (&rest[..sp], &rest[sp + 1..]);
     if host.is_empty() {
         return None;
@@ -45,9 +46,18 @@ pub(crate) fn tag_pid_msg(s: &[u8]) -> Option<(&[u8], Option<u32>, &[u8])> {
     let tag = &s[..end];
     match s[end] {
         b'[' => {
-            let close = end + 1 + s[end + 1..].iter().take(12).position(|&b| b == b']')?;
-            let pid = parse_pid(&s[end + 1..close])?;
-            let msg = s[close + 1..].strip_prefix(b":")?;
+            // `[`, one to ten digits, `]:` — read in one pass.
+            let mut pid: u64 = 0;
+            let mut i = end + 1;
+            while i < s.len() && i <= end + 10 && s[i].is_ascii_digit() {
+                pid = pid * 10 + u64::from(s[i] - b'0');
+                i += 1;
+            }
+            if i == end + 1 || s.get(i) != Some(&b']') {
+                return None;
+            }
+            let pid = u32::try_from(pid).ok()?;
+            let msg = s[i + 1..].strip_prefix(b":")?;
             Some((tag, Some(pid), msg.strip_prefix(b" ").unwrap_or(msg)))
         }
         b':' => {
@@ -94,6 +104,8 @@ mod tests {
 
         let f = frame(b"<22>Nov 27 12:35:47 mx sm-mta[1]: x").unwrap();
         assert_eq!(f.tag, b"sm-mta");
+        // Ten digits (the most), up to u32's largest.
+        assert_eq!(frame(b"Nov 27 12:35:47 mx sm-mta[4294967295]: x").unwrap().pid, Some(u32::MAX));
     }
 
     #[test]
@@ -106,6 +118,12 @@ mod tests {
             b"Nov 27 12:35:47 mx no-colon-here",
             b"Nov 27 12:35:47 mx sm-mta[abc]: x",
             b"Nov 27 12:35:47 mx sm-mta[1: x",
+            // The pid: none, eleven digits, past u32, a non-digit, no colon after it.
+            b"Nov 27 12:35:47 mx sm-mta[]: x",
+            b"Nov 27 12:35:47 mx sm-mta[12345678901]: x",
+            b"Nov 27 12:35:47 mx sm-mta[4294967296]: x",
+            b"Nov 27 12:35:47 mx sm-mta[1x]: x",
+            b"Nov 27 12:35:47 mx sm-mta[123] x",
             b"2026-11-27 12:00:00 H=[192.0.2.66] rejected RCPT <a@b>: Unknown user",
             b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
         ] {
