@@ -32,6 +32,16 @@ fn main() {
         root_dir: ebpf.to_str().expect("UTF-8 path"),
         ..Default::default()
     };
+    // The workspace's release profile is for the host binary (fat LTO, one codegen
+    // unit); the nested cargo that builds the eBPF object inherits this environment,
+    // and configuration overrides the manifest: the object is built with cargo's
+    // defaults (and its own package override), as it always was.
+    // SAFETY: a build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe {
+        std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "false");
+        std::env::set_var("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
+    }
     if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::default()) {
         panic!("building the eBPF object failed: {e:#}");
     }
