@@ -29,11 +29,11 @@
 //! line wins. Files are read oldest first, by modification time (rotated logs given
 //! newest first, as `mail.log mail.log.1` is, would otherwise change the result).
 use std::{
+    collections::{BTreeMap, VecDeque},
     ffi::OsString,
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
-    collections::{BTreeMap, VecDeque},
     sync::{Condvar, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -703,6 +703,8 @@ fn batch_heap() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, STEP as libc::c_int);
         let before = libc::sbrk(0) as usize;
+        // One block beyond the top grows the heap by STEP now (black_box: the compiler
+        // would drop a malloc freed unused).
         libc::free(std::hint::black_box(libc::malloc(1 << 20)));
         let after = libc::sbrk(0) as usize;
         let page = 4096;
