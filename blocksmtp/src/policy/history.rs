@@ -303,17 +303,106 @@ pub fn secs32(t: SystemTime) -> u32 {
 /// one of the two, never both.
 #[derive(Debug)]
 struct Table<K> {
-    one: FastMap<K, Offence>,
+    one: Sharded<K, Offence>,
     many: FastMap<K, Vec<Offence>>,
 }
 
 impl<K> Default for Table<K> {
     fn default() -> Self {
-        Self { one: FastMap::default(), many: FastMap::default() }
+        Self { one: Sharded::default(), many: FastMap::default() }
     }
 }
 
-impl<K: Hash + Eq + Copy + Ord> Table<K> {
+/// Parts a [`Sharded`] map is split into.
+const SHARDS: usize = 16;
+
+/// A map split by key into [`SHARDS`] parts, each growing on its own: a hash table
+/// doubles by copying itself, and the copy beside the table was the daemon's peak
+/// memory (2.5 MiB over its resident size after 100,000 offences); a part's copy is a
+/// sixteenth of that.
+#[derive(Debug)]
+struct Sharded<K, V> {
+    parts: [FastMap<K, V>; SHARDS],
+}
+
+impl<K, V> Default for Sharded<K, V> {
+    fn default() -> Self {
+        Self { parts: std::array::from_fn(|_| FastMap::default()) }
+    }
+}
+
+/// Which part a key is in: the top bits of a multiplicative hash (every bit of the key
+/// counts, so networks, whose low bits are zero, spread too).
+trait Spread {
+    fn part(&self) -> usize;
+}
+
+impl Spread for u32 {
+    fn part(&self) -> usize {
+        (self.wrapping_mul(0x9e37_79b9) >> 28) as usize
+    }
+}
+
+impl Spread for (u32, u8) {
+    fn part(&self) -> usize {
+        (self.0 ^ u32::from(self.1)).part()
+    }
+}
+
+impl Spread for (u128, u8) {
+    fn part(&self) -> usize {
+        let folded = (self.0 >> 64) as u64 ^ self.0 as u64 ^ u64::from(self.1);
+        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize
+    }
+}
+
+impl<K: Hash + Eq + Spread, V> Sharded<K, V> {
+    fn get(&self, k: &K) -> Option<&V> {
+        self.parts[k.part()].get(k)
+    }
+
+    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.parts[k.part()].get_mut(k)
+    }
+
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
+        self.parts[k.part()].insert(k, v)
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        self.parts[k.part()].remove(k)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        for p in &mut self.parts {
+            p.retain(&mut keep);
+            // After a mass expiry hand the part back rather than carry it empty.
+            if p.capacity() > 1024 && p.len() < p.capacity() / 4 {
+                p.shrink_to_fit();
+            }
+        }
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = (K, V)>) {
+        for (k, v) in items {
+            self.insert(k, v);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.parts.iter().flat_map(|p| p.iter())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.parts.iter().flat_map(|p| p.keys())
+    }
+}
+
+impl<K: Hash + Eq + Copy + Ord + Spread> Table<K> {
     fn get(&self, k: &K) -> Option<&[Offence]> {
         if let Some(o) = self.one.get(k) {
             return Some(std::slice::from_ref(o));
@@ -383,10 +472,6 @@ impl<K: Hash + Eq + Copy + Ord> Table<K> {
             None => {
                 self.many.retain(|k, v| prune(k, v));
                 self.one.retain(|_, o| keep(o));
-                // After a mass expiry hand the table back rather than carry it empty.
-                if self.one.capacity() > 1024 && self.one.len() < self.one.capacity() / 4 {
-                    self.one.shrink_to_fit();
-                }
             }
         }
         self.one.extend(back);
@@ -762,6 +847,28 @@ pub fn write_state(path: &Path, policy: &Policy) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sharded map is a map; and the keys an attack brings — one network's addresses,
+    /// networks with zero low bits, IPv6 /64s — spread over every part.
+    #[test]
+    fn sharded_maps_spread_and_behave_as_one() {
+        let mut m: Sharded<u32, u32> = Sharded::default();
+        for i in 0..256u32 {
+            m.insert(0xc000_0200 | i, i);
+        }
+        assert!(m.parts.iter().all(|p| !p.is_empty()), "one /24's addresses: {:?}", m.parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+        assert_eq!((m.len(), m.get(&0xc000_0242)), (256, Some(&0x42)));
+        assert_eq!(m.remove(&0xc000_0242), Some(0x42));
+        assert_eq!((m.len(), m.get(&0xc000_0242)), (255, None));
+        m.retain(|_, v| *v % 2 == 0);
+        assert_eq!((m.len(), m.iter().count(), m.keys().count()), (127, 127, 127));
+        *m.get_mut(&0xc000_0200).unwrap() = 7;
+        m.extend([(1, 1), (2, 2)]);
+        assert_eq!((m.get(&0xc000_0200), m.len()), (Some(&7), 129));
+        let nets: std::collections::HashSet<usize> = (0..256u32).map(|i| ((0xc600_0000 | (i << 8)), 24u8).part()).collect();
+        let v6: std::collections::HashSet<usize> = (0..256u128).map(|i| ((0x2001_0db8u128 << 96) | (i << 64), 64u8).part()).collect();
+        assert_eq!((nets.len(), v6.len()), (SHARDS, SHARDS));
+    }
 
     fn offence(at: u32) -> Offence {
         Offence {
