@@ -477,6 +477,11 @@ impl Deciding<'_> {
         self.stats.whitelisted += self.policy.stats().guesses_whitelisted - whitelisted;
     }
 
+    /// Count one line (see [`LineStats::count`]).
+    pub fn count<'p, 'f, 'a>(&mut self, p: &'p Parsed<'f, 'a>) -> Option<&'p Parsed<'f, 'a>> {
+        self.stats.count(p)
+    }
+
     /// Add counts of lines counted elsewhere ([`LineStats::count`]).
     pub fn add_line_stats(&mut self, s: &LineStats) {
         self.stats.add(s);
@@ -530,43 +535,27 @@ impl Detector {
     /// does not allocate).
     pub fn feed(&mut self, line: &[u8], now: SystemTime) -> Vec<BanDecision> {
         let mut bans = Vec::new();
-        // Lent out for the line (an empty filter allocates nothing): feed_event needs `self`.
+        // Lent out for the line (an empty filter allocates nothing), as are the live
+        // attribution and the steps: the two stages borrow the rest of `self`.
         let filter = std::mem::replace(&mut self.filter, MailerFilter::none());
+        let live = self.live.take();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut correlating, mut deciding) = self.stages();
         with_parsed(line, &filter, |p| {
-            if let Some(Parsed::Mail { frame, mta, event }) = self.stats.count(&p) {
-                self.feed_event(frame.host, frame.pid, frame.time, *mta, event, now, &mut bans);
+            if let Some(Parsed::Mail { frame, mta, event }) = deciding.count(&p) {
+                correlating.event(frame.host, frame.pid, frame.time, *mta, event, now, live.as_deref(), &mut steps);
+                deciding.steps(&mut steps, &mut bans);
             }
         });
+        self.steps = steps;
+        self.live = live;
         self.filter = filter;
         bans
     }
 
-    /// The in-order half of [`Self::feed`], for a line already framed, parsed and
-    /// counted ([`LineStats::count`]) elsewhere: correlation, then the policy's
-    /// decision. Bans go to `bans`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn feed_event(
-        &mut self,
-        host: &[u8],
-        pid: Option<u32>,
-        time: RawTime<'_>,
-        mta: Mta,
-        event: &Event<'_>,
-        now: SystemTime,
-        bans: &mut Vec<BanDecision>,
-    ) {
-        let live = self.live.take();
-        let mut steps = std::mem::take(&mut self.steps);
-        let (mut correlating, mut deciding) = self.stages();
-        correlating.event(host, pid, time, mta, event, now, live.as_deref(), &mut steps);
-        deciding.steps(&mut steps, bans);
-        self.steps = steps;
-        self.live = live;
-    }
-
     /// The two in-order stages apart, for replay to run them on different threads,
     /// one block of lines behind the other (see [`Correlating`] and [`Deciding`]);
-    /// [`Self::feed_event`] is one after the other.
+    /// [`Self::feed`] runs them one after the other.
     pub fn stages(&mut self) -> (Correlating<'_>, Deciding<'_>) {
         (
             Correlating {
